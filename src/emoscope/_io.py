@@ -1,0 +1,86 @@
+"""Small file helpers: atomic writes and hashing. Nothing here loads pickle."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from emoscope.errors import OutputError
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "ensure_writable_dir",
+    "sha256_file",
+    "sha256_bytes",
+    "sha256_json",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; rename it onto ``dest`` only on success.
+
+    A crash or exception leaves ``dest`` untouched and removes the temporary file.
+
+    >>> with atomic_path("out.json") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("{}")
+    """
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` if needed and check that files can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output directory {path}: {e.strerror or e}") from None
+    if not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {path} is not writable; choose another --out")
+    return path
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-serialisable object with sorted keys (stable across runs)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())

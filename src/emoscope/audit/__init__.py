@@ -1,0 +1,37 @@
+"""Findings, their checklists and the append-only ledger.
+
+A ``Finding`` separates what was observed (a metric and its interval) from what is claimed
+about it, lists the controls that ran, and gets a verdict from the checklist of its kind
+(``checklists.yaml``): ``ships``, ``needs controls`` or ``fails``.
+
+>>> from emoscope.audit import Finding, Observation, Control
+>>> f = Finding(kind="probe", claim="joy is linearly decodable at layer 12",
+...             observation=Observation(metric="accuracy", value=0.98, n=400),
+...             controls=[Control(name="length_baseline", value=0.97, passed=False)])
+>>> f.verdict, f.reasons
+('fails', ['length-only baseline 0.97 explains the probe accuracy 0.98'])
+"""
+
+from emoscope.audit.checklist import Checklist, ControlSpec, assess, canonical_control, checklist_kinds, checklists
+from emoscope.audit.finding import SCHEMA_VERSION, Control, Finding, Observation, Provenance, Verdict
+from emoscope.audit.ledger import Ledger
+from emoscope.audit.summary import control_badge, format_findings, verdict_counts
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Finding",
+    "Observation",
+    "Control",
+    "Provenance",
+    "Verdict",
+    "Ledger",
+    "Checklist",
+    "ControlSpec",
+    "assess",
+    "checklists",
+    "checklist_kinds",
+    "canonical_control",
+    "format_findings",
+    "verdict_counts",
+    "control_badge",
+]

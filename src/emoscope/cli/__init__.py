@@ -1,0 +1,1 @@
+"""Command-line interface. Each ``cmd_*.py`` module in this package adds one subcommand."""

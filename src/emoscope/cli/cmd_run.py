@@ -1,0 +1,61 @@
+"""``emoscope run SPEC [--out DIR] [--resume]``: run an experiment spec into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register", "run", "stage_logger", "print_outcome"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run an experiment spec (YAML file or built-in name) into a run directory",
+        description="Run every stage of SPEC into a run directory (spec, manifest, tables, figures, "
+        "findings, report.html). SPEC is a YAML file, a built-in spec name (demo, emotions, "
+        "introspection, cross-model), or, with --resume, an existing run directory.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="YAML file, built-in spec name, or run directory (with --resume)")
+    p.add_argument("--out", metavar="DIR", default=None, help="run directory (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in DIR, redoing only unfinished stages")
+    p.set_defaults(func=run)
+
+
+def stage_logger(quiet: bool):  # noqa: ANN201
+    """Progress lines on stderr, silenced by --quiet."""
+    if quiet:
+        return lambda msg: None
+    return lambda msg: print(f"emoscope: {msg}", file=sys.stderr, flush=True)
+
+
+def print_outcome(run_dir: Path) -> None:
+    """One summary block on stdout: where the report is and how the claims fared."""
+    from emoscope.audit import verdict_counts
+    from emoscope.runs import RunDir
+
+    rd = RunDir.open(run_dir)
+    m = rd.read_manifest()
+    findings = rd.ledger.read()
+    counts = verdict_counts(findings, claims_only=True)
+    skipped = [n for n, r in m.ordered_stages() if r.status == "skipped"]
+    print(f"run directory: {rd.root}")
+    print(f"report: {rd.report_path}")
+    print(f"findings: {len(findings)}; claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    if skipped:
+        print(f"skipped (not built yet): {', '.join(skipped)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from emoscope.runs import load_spec, run_spec
+
+    spec_arg, out = args.spec, args.out
+    if args.resume and Path(spec_arg, "manifest.json").is_file():  # `emoscope run RUN --resume`
+        out = out or spec_arg
+        spec_arg = str(Path(spec_arg, "spec.yaml"))
+    spec = load_spec(spec_arg)
+    rd = run_spec(spec, out, resume=args.resume, log=stage_logger(args.quiet))
+    print_outcome(rd.root)
+    return 0

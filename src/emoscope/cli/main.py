@@ -1,0 +1,69 @@
+"""``emoscope`` entry point.
+
+Subcommands live in ``emoscope/cli/cmd_*.py``; each module defines
+``register(subparsers) -> None`` and sets ``func`` on its parser. They are discovered here,
+so adding a stage never edits this file.
+
+Errors a user can cause (``EmoscopeError``) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import emoscope.cli as _cli_pkg
+from emoscope.errors import EmoscopeError
+
+__all__ = ["main", "build_parser"]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print the error alone, on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emoscope import __version__
+
+    parser = _OneLineParser(
+        prog="emoscope",
+        description="Find, measure and steer emotion and concept representations in language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"emoscope {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    for info in sorted(pkgutil.iter_modules(_cli_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"emoscope.cli.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    if args.quiet:
+        from emoscope import _progress
+
+        _progress.set_quiet(True)
+    try:
+        rc = args.func(args)
+    except EmoscopeError as e:
+        print(f"emoscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emoscope: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

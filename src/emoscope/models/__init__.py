@@ -1,0 +1,21 @@
+"""Models: loading (embedded, local, GGUF, hub) and a uniform view over architectures.
+
+See ``standard.py`` for the residual-stream convention (``resid[l]`` = output of block ``l``,
+before the final norm).
+"""
+
+from emoscope.models.loading import cache_dir, embedded_models, load_model, resolve_dtype, wrap_model
+from emoscope.models.standard import Layout, StandardModel, block_output, get_layout, known_architectures
+
+__all__ = [
+    "load_model",
+    "wrap_model",
+    "embedded_models",
+    "cache_dir",
+    "resolve_dtype",
+    "StandardModel",
+    "Layout",
+    "get_layout",
+    "known_architectures",
+    "block_output",
+]

@@ -1,0 +1,224 @@
+"""Controls for layer probes. All run by default; each is switched off by an argument.
+
+- shuffled labels: a probe trained on permuted labels at every layer (cheap, one
+  shuffle), plus a permutation test with ``n_permutations`` shuffles of the full logistic
+  probe at the chosen layer;
+- per-layer permutation p-values from a closed-form ridge probe (exact permutation test,
+  all shuffles in one matrix product), Holm-corrected across layers;
+- random directions: the probe restricted to ``K - 1`` random directions (the dimension
+  of the subspace a ``K``-class softmax probe uses);
+- length-only: a probe on token count and character count;
+- bag-of-words: a probe on the raw text;
+- seed spread (from the probe's seeds), a held-out split never used to choose the
+  layer, and an INLP-style nullspace curve at the chosen layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from emoscope.errors import InputError
+from emoscope.probing._solver import fit_batch, subspace_basis
+from emoscope.probing.probe import Folds, cv_proba
+from emoscope.probing.metrics import permutation_pvalue
+
+__all__ = ["ProbeControls"]
+
+
+@dataclass(frozen=True)
+class ProbeControls:
+    """Which controls ``probe_layers`` runs, and how hard. Defaults run all of them.
+
+    ``n_permutations`` shuffles for the logistic permutation test at the chosen layer;
+    ``n_layer_permutations`` shuffles for the fast per-layer test behind ``perm_p`` (1000
+    lets a Holm-corrected p pass 0.05 over 30 layers); ``heldout`` is the share of rows
+    kept out of layer choice; ``nullspace_k`` the number of INLP removals.
+    ``confound_ratio``: a baseline reaching this share of the probe's accuracy (and
+    above chance) marks the report as confounded.
+
+    >>> ProbeControls(bow=False).bow
+    False
+    """
+
+    shuffled: bool = True
+    n_permutations: int = 100
+    n_layer_permutations: int = 1000
+    random_directions: bool = True
+    n_random_draws: int = 3
+    length_only: bool = True
+    bow: bool = True
+    heldout: float = 0.2
+    nullspace_k: int = 5
+    confound_ratio: float = 0.9
+    alpha: float = 0.05
+
+    def validate(self) -> None:
+        for name in ("n_permutations", "n_layer_permutations", "n_random_draws", "nullspace_k"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"ProbeControls.{name} must be >= 0; got {getattr(self, name)}")
+        if not (self.heldout == 0 or 0 < self.heldout < 0.5):
+            raise InputError(f"ProbeControls.heldout must be 0 (off) or in (0, 0.5); got {self.heldout}")
+        if not 0 < self.confound_ratio <= 1:
+            raise InputError(f"ProbeControls.confound_ratio must be in (0, 1]; got {self.confound_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shuffled_labels(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(y)
+
+
+def ridge_permutation_test(
+    X: np.ndarray, y: np.ndarray, folds: Folds, perms: np.ndarray, n_classes: int
+) -> tuple[float, float, np.ndarray]:
+    """Permutation test of a ridge probe's CV accuracy: ``(observed, p, null (P,))``.
+
+    Features are standardised on all rows (no labels involved, so the test stays exact);
+    the ridge fit is in kernel form, so every shuffle costs one small matrix product.
+    ``perms (P, n)`` are row permutations applied to ``y``.
+    """
+    Z = X - X.mean(0)
+    sd = Z.std(0)
+    Z = (Z / np.where(sd > 0, sd, 1.0)).astype(np.float32)  # (n, d)
+    Kmat = (Z @ Z.T).astype(np.float64)  # (n, n)
+    lam = float(Z.shape[1])
+    n, K = y.size, n_classes
+    labels = np.concatenate([y[None, :], y[perms]], axis=0)  # (1 + P, n)
+    correct = np.zeros(labels.shape[0])
+    eye = np.eye(K, dtype=np.float32)
+    for tr, te in folds:
+        A = np.linalg.solve(Kmat[np.ix_(tr, tr)] + lam * np.eye(tr.size), Kmat[np.ix_(tr, te)]).T
+        Ytr = eye[labels[:, tr]]  # (1+P, n_tr, K)
+        ybar = Ytr.mean(1, keepdims=True)
+        B = (Ytr - ybar).transpose(1, 0, 2).reshape(tr.size, -1)  # (n_tr, (1+P) K)
+        pred = (A.astype(np.float32) @ B).reshape(te.size, -1, K).transpose(1, 0, 2) + ybar
+        correct += (pred.argmax(2) == labels[:, te]).sum(1)
+    acc = correct / n
+    return float(acc[0]), permutation_pvalue(acc[0], acc[1:]), acc[1:]
+
+
+def logistic_permutation_test(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Folds,
+    n_classes: int,
+    n_permutations: int,
+    rng: np.random.Generator,
+    C: float,
+    max_iter: int,
+    tol: float,
+    observed: float,
+    chunk: int = 20,
+) -> dict[str, Any]:
+    """Permutation test of the logistic probe's CV accuracy on fixed folds."""
+    null: list[float] = []
+    for start in range(0, n_permutations, chunk):
+        m = min(chunk, n_permutations - start)
+        labels = [rng.permutation(y) for _ in range(m)]
+        proba, _ = cv_proba(X, labels, [folds] * m, n_classes, C, max_iter, tol)
+        null.extend(float(np.mean(p.argmax(1) == lab)) for p, lab in zip(proba, labels, strict=True))
+    arr = np.asarray(null)
+    return {
+        "statistic": "cv_accuracy_logistic",
+        "observed": float(observed),
+        "n_permutations": int(n_permutations),
+        "p": permutation_pvalue(observed, arr),
+        "null_mean": float(arr.mean()),
+        "null_q025": float(np.quantile(arr, 0.025)),
+        "null_q975": float(np.quantile(arr, 0.975)),
+    }
+
+
+def random_directions(d: int, k: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_draws`` orthonormal blocks of ``k`` isotropic random directions: ``(d, n_draws*k)``."""
+    blocks = []
+    for _ in range(n_draws):
+        q, _ = np.linalg.qr(rng.normal(size=(d, k)))
+        blocks.append(q)
+    return np.concatenate(blocks, axis=1)
+
+
+def random_direction_accuracy(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Folds,
+    n_classes: int,
+    R: np.ndarray,
+    k: int,
+    C: float,
+    max_iter: int,
+    tol: float,
+) -> float:
+    """Mean CV accuracy of probes that see only ``k`` random projections each."""
+    F = X @ R  # (n, n_draws * k)
+    n_draws = R.shape[1] // k
+    cols = np.zeros((n_draws * len(folds), F.shape[1]), dtype=bool)
+    for j in range(n_draws):
+        cols[j * len(folds) : (j + 1) * len(folds), j * k : (j + 1) * k] = True
+    proba, _ = cv_proba(F, [y] * n_draws, [folds] * n_draws, n_classes, C, max_iter, tol, cols=cols)
+    return float(np.mean([np.mean(p.argmax(1) == y) for p in proba]))
+
+
+def nullspace_curve(
+    X: np.ndarray, y: np.ndarray, folds: Folds, n_classes: int, k: int, C: float, max_iter: int, tol: float
+) -> list[float]:
+    """INLP: CV accuracy after 0, 1, ..., k rounds of removing the probe's directions.
+
+    In each fold, round ``i`` fits the probe on training rows whose previously found
+    directions are projected out, scores the test rows, then adds the new probe's
+    directions to the removed set. Entry 0 is the unablated probe.
+    """
+    removed: list[np.ndarray | None] = [None] * len(folds)
+    d = X.shape[1]
+    accs = []
+    for _ in range(k + 1):
+        proba, fit = cv_proba(X, [y], [folds], n_classes, C, max_iter, tol, remove=removed)
+        accs.append(float(np.mean(proba[0].argmax(1) == y)))
+        for f in range(len(folds)):
+            new = subspace_basis(fit.W[f])  # (d, r) in this fold's standardised coordinates
+            Q = new if removed[f] is None else np.concatenate([removed[f], new], axis=1)
+            Q, _ = np.linalg.qr(Q)
+            removed[f] = Q[:, : min(Q.shape[1], d)]
+    return accs
+
+
+def length_features(token_counts: np.ndarray | None, texts: list[str] | None) -> np.ndarray:
+    """Features of the length-only probe: token count and character count ``(n, 2)``."""
+    cols = []
+    if token_counts is not None:
+        cols.append(np.asarray(token_counts, dtype=np.float64))
+    if texts is not None:
+        cols.append(np.array([len(t) for t in texts], dtype=np.float64))
+    return np.stack(cols, axis=1)
+
+
+def bow_proba(texts: list[str], y: np.ndarray, folds: Folds, n_classes: int, C: float) -> np.ndarray:
+    """Out-of-fold probabilities of a bag-of-words logistic probe on the raw texts."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    arr = np.asarray(texts, dtype=object)
+    out = np.full((len(texts), n_classes), 1.0 / n_classes)
+    for tr, te in folds:
+        vec = CountVectorizer(lowercase=True, binary=True)
+        try:
+            A = vec.fit_transform(arr[tr])
+        except ValueError:  # empty vocabulary (e.g. texts are blank): chance predictions
+            continue
+        clf = LogisticRegression(C=C, max_iter=1000).fit(A, y[tr])
+        out[te] = 0.0
+        out[np.ix_(te, clf.classes_)] = clf.predict_proba(vec.transform(arr[te]))
+    return out
+
+
+def train_once(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, n_classes: int, C: float, max_iter: int, tol: float
+) -> Any:
+    """Fit one probe on the rows ``train``; returns the ``BatchFit`` (one problem)."""
+    mask = np.zeros((1, X.shape[0]), dtype=bool)
+    mask[0, train] = True
+    return fit_batch(X, y[None, :], mask, n_classes, C, max_iter, tol)

@@ -1,0 +1,165 @@
+"""Assemble ``report.html`` from a run directory: one file, opens offline.
+
+Figures are inlined as base64 images, the CSS is inlined, and the page links to nothing
+outside itself (anchors only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from emoscope import __version__
+from emoscope._io import atomic_write_text
+from emoscope.audit import Finding, verdict_counts
+from emoscope.report.render import badge, csv_table, data_table, esc, figure, findings_table, slug
+from emoscope.runs.manifest import Manifest, StageRecord, now
+from emoscope.runs.rundir import RunDir
+
+__all__ = ["write_report", "render_report"]
+
+
+def _css() -> str:
+    return resources.files("emoscope.report").joinpath("report.css").read_text("utf-8")
+
+
+def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
+    claims = verdict_counts(findings, claims_only=True)
+    done = sum(r.status == "done" for r in m.stages.values())
+    skipped = sum(r.status == "skipped" for r in m.stages.values())
+    cards = [
+        ("run status", badge(m.status, "s-" + ("done" if m.status == "done" else "failed" if m.status == "failed" else "pending"))),
+        ("stages", esc(f"{done} done, {skipped} skipped, {len(m.stages) - done - skipped} other")),
+        ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claims)")),
+        *((f"claims: {v}", badge(str(n), "v-" + slug(v))) for v, n in claims.items()),
+    ]
+    card_html = "".join(f'<div class="card"><span class="muted">{esc(k)}</span><b>{v}</b></div>' for k, v in cards)
+    git = m.environment.get("git", {}) or {}
+    rev = (git.get("revision") or "no git revision")[:12] + (" (dirty)" if git.get("dirty") else "")
+    meta = f"run {m.run_id} · spec hash {m.spec_hash[:12]} · started {m.created_at} · emoscope {__version__} · {rev}"
+    desc = f"<p>{esc(description)}</p>" if description else ""
+    return f'<header><h1>{esc(m.spec_name)}</h1><p class="meta">{esc(meta)}</p>{desc}<div class="summary-cards">{card_html}</div></header>'
+
+
+def _nav(m: Manifest) -> str:
+    items = [("findings", "Findings")] + [(f"stage-{slug(n)}", f"stage {n}") for n, _ in m.ordered_stages()]
+    items += [("other-outputs", "Other outputs"), ("manifest", "Manifest"), ("spec", "Spec")]
+    return "<nav><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t in items) + "</ul></nav>"
+
+
+def _stage(name: str, rec: StageRecord, rd: RunDir, findings: list[Finding]) -> str:
+    parts = [f'<section class="stage {esc(rec.status)}" id="stage-{esc(slug(name))}">',
+             f"<h3>{esc(name)} {badge(rec.status, 's-' + rec.status)}</h3>"]
+    facts = []
+    if rec.seconds is not None:
+        facts.append(f"{rec.seconds:.2f} s")
+    if rec.attempts > 1:
+        facts.append(f"{rec.attempts} attempts")
+    mine = [f for f in findings if f.provenance.stage == name]
+    if mine:
+        facts.append(f"{len(mine)} findings")
+    if facts:
+        parts.append(f'<p class="meta">{esc(" · ".join(facts))}</p>')
+    if rec.summary:
+        parts.append(f"<p>{esc(rec.summary)}</p>")
+    parts += [f'<p class="note">{esc(n)}</p>' for n in rec.notes]
+    if rec.error:
+        parts.append(f'<p class="error">failed: {esc(rec.error)}</p>')
+    if rec.metrics:
+        parts.append(data_table(["metric", "value"], sorted(rec.metrics.items())))
+    if rec.figures:
+        parts.append('<div class="grid">' + "".join(figure(f, rd.figures) for f in rec.figures) + "</div>")
+    for t in rec.tables:
+        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + csv_table(rd.tables / f"{t}.csv"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _other_outputs(m: Manifest, rd: RunDir) -> str:
+    owned_t = {t for r in m.stages.values() for t in r.tables}
+    owned_f = {f for r in m.stages.values() for f in r.figures}
+    tables = sorted(p.stem for p in rd.tables.glob("*.csv") if p.stem not in owned_t) if rd.tables.is_dir() else []
+    figs = sorted({p.stem for p in rd.figures.glob("*") if p.suffix in (".png", ".svg")} - owned_f) \
+        if rd.figures.is_dir() else []
+    if not tables and not figs:
+        return ""
+    parts = ['<p class="muted">Tables and figures in the run directory that no finished stage claims '
+             "(e.g. from a failed attempt).</p>"]
+    if figs:
+        parts.append('<div class="grid">' + "".join(figure(f, rd.figures) for f in figs) + "</div>")
+    for t in tables:
+        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + csv_table(rd.tables / f"{t}.csv"))
+    return "".join(parts)
+
+
+def _manifest(m: Manifest) -> str:
+    env, hw = m.environment, m.hardware
+    pk = env.get("packages", {})
+    git = env.get("git", {}) or {}
+    facts = [
+        ("emoscope", pk.get("emoscope")), ("torch", pk.get("torch")), ("transformers", pk.get("transformers")),
+        ("numpy", pk.get("numpy")), ("python", env.get("python")), ("platform", env.get("platform")),
+        ("git revision", git.get("revision") or "unknown"), ("git dirty", git.get("dirty")),
+        ("CPUs", hw.get("cpu_count")), ("torch threads", hw.get("torch_threads", "torch not loaded")),
+        ("GPUs", ", ".join(hw.get("gpus") or []) or "none"), ("seeds", json.dumps(m.seeds, sort_keys=True)),
+    ]
+    facts += [(f"model {n}", ", ".join(f"{k}={v}" for k, v in d.items())) for n, d in m.models.items()]
+    facts += [(f"dataset {n}", ", ".join(f"{k}={v}" for k, v in d.items())) for n, d in m.datasets.items()]
+    timing = data_table(["stage", "status", "attempts", "seconds", "findings", "started", "finished"],
+                        [(n, r.status, r.attempts, r.seconds, len(r.findings), r.started_at, r.finished_at)
+                         for n, r in m.ordered_stages()])
+    raw = json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True)
+    return (data_table(["", "value"], facts) + "<h4>Stages</h4>" + timing
+            + f"<details><summary>manifest.json</summary><pre>{esc(raw)}</pre></details>")
+
+
+def render_report(run_dir: str | os.PathLike[str]) -> str:
+    """The report of ``run_dir`` as one HTML string (see ``write_report``)."""
+    rd = RunDir.open(run_dir)
+    m = rd.read_manifest()
+    findings = rd.ledger.read()
+    spec_text = rd.spec_path.read_text(encoding="utf-8") if rd.spec_path.is_file() else "(spec.yaml missing)"
+    description = ""
+    try:
+        import yaml
+
+        description = str((yaml.safe_load(spec_text) or {}).get("description") or "")
+    except Exception:  # noqa: BLE001 - the report still renders the raw text below
+        pass
+    stages = "".join(_stage(n, r, rd, findings) for n, r in m.ordered_stages())
+    other = _other_outputs(m, rd)
+    body = [
+        _header(m, description, findings),
+        _nav(m),
+        '<section id="findings"><h2>Findings</h2>'
+        '<p class="muted">A finding is an observation (a number with its interval); a claim says what it means. '
+        "A claim ships only when every control its checklist requires ran and passed.</p>"
+        + findings_table(findings) + "</section>",
+        f'<section id="stages"><h2>Stages</h2>{stages}</section>',
+        f'<section id="other-outputs"><h2>Other outputs</h2>{other or "<p class=muted>none</p>"}</section>',
+        f'<section id="manifest"><h2>Manifest</h2>{_manifest(m)}</section>',
+        f'<section id="spec"><h2>Spec</h2><pre>{esc(spec_text)}</pre></section>',
+        f"<footer>Written by emoscope {esc(__version__)} at {esc(now())} from {esc(rd.root.name)}/. "
+        "This file is self-contained: it loads nothing from the network.</footer>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>emoscope report — {esc(m.spec_name)}</title><style>{_css()}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>\n")
+
+
+def write_report(run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``RUN/report.html`` (atomically) and return its path.
+
+    Sections: findings table (colour per verdict), one section per stage in spec order
+    (skipped stages with their note, figures inlined, tables capped to 50 rows), other
+    outputs, the manifest and the resolved spec.
+
+    >>> write_report("runs/demo")                              # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+    """
+    rd = RunDir(run_dir)
+    html_text = render_report(rd.root)
+    return atomic_write_text(rd.report_path, html_text)

@@ -1,0 +1,27 @@
+"""Concept vectors: estimators that find one direction per concept, preprocessing, and the
+``ConceptVector`` value that carries a direction per layer.
+
+>>> import numpy as np
+>>> from emoscope.vectors import DiffMeans, fit_vectors
+>>> X = np.r_[np.zeros((4, 3)), np.eye(3)[[0, 0, 0, 0]]]
+>>> DiffMeans("joy").fit(X, ["neutral"] * 4 + ["joy"] * 4).direction_.tolist()
+[1.0, 0.0, 0.0]
+"""
+
+from emoscope.vectors.concept import ConceptVector
+from emoscope.vectors.estimators import METHODS, DiffMeans, PCADiff, ProbeDirection, TokenDiff
+from emoscope.vectors.fit import fit_vectors
+from emoscope.vectors.preprocess import Centerer, LengthNormalizer, NeutralNullspace
+
+__all__ = [
+    "ConceptVector",
+    "DiffMeans",
+    "PCADiff",
+    "ProbeDirection",
+    "TokenDiff",
+    "METHODS",
+    "LengthNormalizer",
+    "Centerer",
+    "NeutralNullspace",
+    "fit_vectors",
+]

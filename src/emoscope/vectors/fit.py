@@ -1,0 +1,82 @@
+"""``fit_vectors``: one ``ConceptVector`` per non-neutral class, across layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from emoscope._io import sha256_json
+from emoscope._progress import progress
+from emoscope.errors import InputError
+from emoscope.vectors._data import as_labels, as_layer_dict
+from emoscope.vectors.concept import ConceptVector
+from emoscope.vectors.estimators import METHODS
+
+__all__ = ["fit_vectors"]
+
+
+def fit_vectors(
+    acts_by_layer: Any,
+    labels: Any,
+    method: str = "diff_means",
+    baseline: str = "neutral",
+    *,
+    neutral: str = "neutral",
+    meta: dict[str, Any] | None = None,
+    **kw: Any,
+) -> dict[str, ConceptVector]:
+    """Fit a concept vector for every class except ``neutral``, at every layer.
+
+    ``method`` is one of ``"diff_means"``, ``"pca_diff"``, ``"probe"``; ``baseline`` is a
+    class name or ``"all"`` (``pca_diff`` pairs rows, so ``"all"`` there means "any other
+    row; ``probe`` always separates the class from every other row); extra keywords go to the estimator (``C=``, ``pairing=``, ``random_state=``).
+    ``meta`` (e.g. ``{"model": ..., "dataset_sha": ...}``) is copied into every vector's
+    metadata, next to the method, baseline, class counts, per-layer vector norms
+    (``layer_norms``) and mean residual norm of all rows (``mean_resid_norm``), which
+    steering uses as its strength unit.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 8)); y = ["neutral"] * 10 + ["joy"] * 10 + ["fear"] * 10
+    >>> vecs = fit_vectors({4: X, 5: X + 1}, y)
+    >>> sorted(vecs), vecs["joy"].layers
+    (['fear', 'joy'], [4, 5])
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    acts = as_layer_dict(acts_by_layer)
+    n = next(iter(acts.values())).shape[0]
+    y = as_labels(labels, n)
+    classes = [c for c in np.unique(y).tolist() if c != neutral]
+    if not classes:
+        raise InputError(f"labels contain no class other than {neutral!r}")
+    if baseline != "all" and baseline not in set(y.tolist()):
+        raise InputError(f"baseline class {baseline!r} has no rows; use a label present in the data or 'all'")
+    cls = METHODS[method]
+    counts = {c: int(np.sum(y == c)) for c in np.unique(y).tolist()}
+    mean_resid_norm = {k: float(np.linalg.norm(X, axis=1).mean()) for k, X in acts.items()}
+    base_meta = {
+        "method": method,
+        "baseline": baseline,
+        "params": {k: v for k, v in kw.items()},
+        "class_counts": counts,
+        "labels_sha": sha256_json(y.tolist()),
+        "mean_resid_norm": mean_resid_norm,
+        **(meta or {}),
+    }
+    per_class: dict[str, dict[int, np.ndarray]] = {c: {} for c in classes}
+    for layer in progress(list(acts), desc=f"vectors ({method})", total=len(acts)):
+        X = acts[layer]
+        for c in classes:
+            if c == baseline:
+                continue
+            est = cls(c, baseline=baseline, **kw) if method != "probe" else cls(c, **kw)
+            per_class[c][layer] = est.fit(X, y).vector_.astype(X.dtype)
+    out = {}
+    for c, vectors in per_class.items():
+        if not vectors:
+            continue
+        norms = {k: float(np.linalg.norm(v)) for k, v in vectors.items()}
+        out[c] = ConceptVector(c, vectors, {**base_meta, "target": c, "layer_norms": norms})
+    return out
