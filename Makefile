@@ -47,7 +47,11 @@ test-real: setup
 	$(PY) -m pytest -q -m real $(PYTEST_ARGS)
 
 bench: setup
-	$(PIP) install -q --no-deps transformer-lens nnsight 2>/dev/null || true
+	@# Peers for comparison only, never package dependencies: TransformerLens declares wandb and
+	@# a stream generator it does not need here, so install it --no-deps with what it imports.
+	-$(PIP) install -q --no-deps transformer-lens nnsight
+	-$(PIP) install -q datasets greenlet websocket-client zstandard httpx beartype einops fancy-einsum \
+	   jaxtyping "typeguard<5" protobuf sentencepiece
 	@mkdir -p bench-results
 	$(PY) benchmarks/run_all.py --out bench-results
 

@@ -158,17 +158,21 @@ def test_register_stage_rejects_a_second_owner(fake_stages):
         register_stage("bad name")
 
 
-def test_stage_options_model_validates_its_section():
+def test_stage_options_model_validates_its_section(tmp_path):
     from pydantic import BaseModel, ConfigDict
 
     class Opts(BaseModel):
         model_config = ConfigDict(extra="forbid")
         strength: float = 4.0
+        seeds: list[int] = [0, 1]
 
     register_stage("fake-opts", options_model=Opts, replace=True)(lambda ctx: None)
     try:
         spec = parse_spec({"name": "t", "model": "m", "stages": ["fake-opts"], "fake-opts": {"strength": 8}})
         assert spec.options("fake-opts").strength == 8.0
+        rd = run_spec(spec, tmp_path / "run", report=False)
+        assert rd.read_manifest().seeds == {"spec": 0, "fake-opts.seeds": [0, 1]}
+        assert "strength: 8.0" in rd.spec_path.read_text()  # resolved options, defaults filled in
         with pytest.raises(SpecError, match="unknown key 'strenght' in fake-opts; did you mean 'strength'"):
             parse_spec({"name": "t", "model": "m", "stages": ["fake-opts"], "fake-opts": {"strenght": 8}})
     finally:
@@ -389,8 +393,8 @@ class FakeActs:
 def test_extract_stage_first_look(tmp_path, monkeypatch):
     calls = {}
 
-    def fake_extract(model, texts, layers="all", position="last", batch_size=32, cache_dir=None):
-        calls.update(layers=layers, position=position, batch_size=batch_size, cache_dir=cache_dir)
+    def fake_extract(model, texts, layers="all", position="last", *, batch_size=32, cache=True):
+        calls.update(layers=layers, position=position, batch_size=batch_size)
         return FakeActs(texts, list(range(model.n_layers)) if layers == "all" else list(layers))
 
     monkeypatch.setitem(sys.modules, "emoscope.activations", types.SimpleNamespace(extract=fake_extract))
@@ -398,7 +402,7 @@ def test_extract_stage_first_look(tmp_path, monkeypatch):
                           "extract: {layers: all, batch_size: 4}\n")
     rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: FakeModel(),
                   dataset_loader=lambda name: FakeDataset())
-    assert calls == {"layers": "all", "position": "last", "batch_size": 4, "cache_dir": rd.cache}
+    assert calls == {"layers": "all", "position": "last", "batch_size": 4}
     table = pd.read_csv(rd.tables / "activation_norms.csv")
     assert list(table.columns) == ["layer", "relative_depth", "mean_norm", "sd_norm", "n", "corr_norm_tokens"]
     assert table.layer.tolist() == [0, 1, 2, 3] and table.relative_depth.tolist() == [0, 0.25, 0.5, 0.75]
@@ -412,3 +416,25 @@ def test_extract_stage_first_look(tmp_path, monkeypatch):
     findings = rd.ledger.read()
     assert [f.kind for f in findings] == ["extraction", "extraction"] and not any(f.blocks for f in findings)
     assert findings[0].observation.value == pytest.approx(table.mean_norm.iloc[-1] / table.mean_norm.iloc[0])
+
+
+def test_extract_stage_on_a_tiny_random_model(tmp_path, monkeypatch):
+    """Integration with the real extraction and dataset code (skipped where they are missing)."""
+    pytest.importorskip("emoscope.activations.extract")
+    datasets = pytest.importorskip("emoscope.datasets")
+    from .conftest import tiny_model
+
+    monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("llama")
+    spec = spec_from_yaml("name: tiny\nmodel: tiny-llama\ndataset: emotions-basic\nstages: [extract]\n"
+                          "extract: {layers: all, position: last, batch_size: 16}\n")
+    full = datasets.load_dataset("emotions-basic")
+    small = types.SimpleNamespace(texts=list(full.texts[:24]), labels=list(full.labels[:24]),
+                                  classes=full.classes, sha256=full.sha256)  # 24 texts keep it quick
+    rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: model, dataset_loader=lambda name: small)
+    table = pd.read_csv(rd.tables / "activation_norms.csv")
+    assert table.layer.tolist() == list(range(model.n_layers)) and (table.n == 24).all()
+    assert (table.mean_norm > 0).all()
+    m = rd.read_manifest()
+    assert m.stages["extract"].status == "done" and m.models["tiny-llama"]["n_layers"] == model.n_layers
+    assert "torch_threads" in m.hardware  # torch was loaded, so threads are recorded

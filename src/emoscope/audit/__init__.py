@@ -12,8 +12,22 @@ about it, lists the controls that ran, and gets a verdict from the checklist of 
 ('fails', ['length-only baseline 0.97 explains the probe accuracy 0.98'])
 """
 
-from emoscope.audit.checklist import Checklist, ControlSpec, assess, canonical_control, checklist_kinds, checklists
-from emoscope.audit.finding import SCHEMA_VERSION, Control, Finding, Observation, Provenance, Verdict
+from emoscope.audit.checklist import (
+    Checklist,
+    ControlSpec,
+    assess,
+    canonical_control,
+    checklist_kinds,
+    checklists,
+)
+from emoscope.audit.finding import (
+    SCHEMA_VERSION,
+    Control,
+    Finding,
+    Observation,
+    Provenance,
+    Verdict,
+)
 from emoscope.audit.ledger import Ledger
 from emoscope.audit.summary import control_badge, format_findings, verdict_counts
 

@@ -78,7 +78,7 @@ def data_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, total_r
     if total_cols is not None and total_cols > len(columns):
         cap.append(f"{len(columns)} of {total_cols} columns")
     caption = f'<p class="caption">{esc("; ".join(cap))} — the full table is in the run directory</p>' if cap else ""
-    return (f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>{head}</tr></thead>'
+    return (f'<div class="scroll capped"><table class="{esc(cls)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>{caption}")
 
 

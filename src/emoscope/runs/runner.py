@@ -1,0 +1,231 @@
+"""Run a spec into a run directory, stage by stage, resumably.
+
+A stage moves ``pending -> running -> committing -> done`` (or ``skipped`` / ``failed``):
+
+1. ``running``: the stage function writes tables and figures (atomically) and buffers findings.
+2. ``committing``: its findings are saved to ``.emoscope/pending-STAGE.jsonl`` (atomically),
+   then the manifest says ``committing``, then the findings not yet in the ledger are appended.
+3. ``done``: the manifest records it, and the pending file is removed.
+
+On ``resume`` a ``done`` stage is kept, a ``committing`` stage only finishes step 2 (its
+outputs are complete), and any other stage runs again from the start. Since findings reach
+the ledger only in step 2, and step 2 appends only ids the ledger lacks, none is duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emoscope._io import atomic_write_text, ensure_writable_dir
+from emoscope._progress import progress
+from emoscope.audit import Finding
+from emoscope.errors import EmoscopeError, RunDirError
+from emoscope.runs.context import ModelCache, RunContext
+from emoscope.runs.manifest import Manifest, StageRecord, environment, hardware, now
+from emoscope.runs.registry import StageResult, get_stage, skip_note
+from emoscope.runs.rundir import RunDir
+from emoscope.runs.spec import Spec, load_spec
+
+__all__ = ["run_spec"]
+
+Log = Callable[[str], None]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _describe(obj: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    out = {"type": type(obj).__name__}
+    for k in keys:
+        v = getattr(obj, k, None)
+        if v is not None and not callable(v):
+            out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    if "classes" in keys and getattr(obj, "texts", None) is not None:
+        out["n_texts"] = len(obj.texts)
+    return out
+
+
+class _Runner:
+    def __init__(self, spec: Spec, rd: RunDir, manifest: Manifest, cache: ModelCache, log: Log) -> None:
+        self.spec, self.rd, self.m, self.cache, self.log = spec, rd, manifest, cache, log
+
+    def save(self) -> None:
+        self.m.updated_at = now()
+        self.rd.write_manifest(self.m)
+
+    def on_load(self, what: str, name: str, obj: Any) -> None:
+        if what == "model":
+            self.m.models[name] = _describe(obj, ("name", "n_layers", "d_model", "n_heads", "weights_sha256"))
+        else:
+            self.m.datasets[name] = _describe(obj, ("name", "sha256", "classes"))
+        self.m.hardware = hardware()  # torch is imported now: record threads and GPUs
+        self.save()
+
+    def pending_path(self, stage: str) -> Path:
+        return self.rd.internal / f"pending-{stage}.jsonl"
+
+    def commit(self, stage: str) -> None:
+        """Step 2 and 3: append the stage's pending findings the ledger lacks, then mark done."""
+        rec = self.m.stages[stage]
+        pending = self.pending_path(stage)
+        findings: list[Finding] = []
+        if pending.exists():
+            for line in pending.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    findings.append(Finding.model_validate(json.loads(line), context={"stored": True}))
+        elif rec.findings:
+            raise RunDirError(f"{pending} is missing; stage {stage!r} cannot be completed, rerun it in a fresh --out")
+        have = self.rd.ledger.ids() if findings else set()
+        self.rd.ledger.extend(f for f in findings if f.id not in have)
+        rec.status, rec.finished_at = "done", now()
+        self.save()
+        pending.unlink(missing_ok=True)
+
+    def run_stage(self, stage: str) -> None:
+        rec = self.m.stages.setdefault(stage, StageRecord())
+        if rec.status == "done":
+            self.log(f"stage {stage}: done already, kept")
+            return
+        if rec.status == "committing":
+            self.log(f"stage {stage}: finishing an interrupted commit")
+            self.commit(stage)
+            return
+        info = get_stage(stage)
+        if info is None:
+            note = skip_note(stage)
+            self.m.stages[stage] = StageRecord(status="skipped", notes=[note], finished_at=now(),
+                                               attempts=rec.attempts)
+            self.save()
+            self.log(note)
+            return
+        rec = self.m.stages[stage] = StageRecord(status="running", attempts=rec.attempts + 1, started_at=now())
+        self.save()
+        ctx = RunContext(spec=self.spec, stage=stage, run_dir=self.rd, run_id=self.m.run_id,
+                         cache=self.cache, on_load=self.on_load)
+        t0 = time.perf_counter()
+        try:
+            result = info.fn(ctx) or StageResult()
+        except BaseException as e:
+            rec.status, rec.error, rec.notes = "failed", _one_line(e), ctx.notes
+            rec.seconds = round(time.perf_counter() - t0, 3)
+            rec.tables, rec.figures = ctx.tables, ctx.figures
+            self.m.status = "failed"
+            self.save()
+            if isinstance(e, EmoscopeError):  # a user-fixable problem: say where, and how to go on
+                raise type(e)(f"stage '{stage}' failed: {e}; fix it and continue with --resume") from e
+            raise
+        rec.seconds = round(time.perf_counter() - t0, 3)
+        rec.summary, rec.metrics = result.summary, dict(result.metrics)
+        rec.notes, rec.tables, rec.figures = ctx.notes, ctx.tables, ctx.figures
+        rec.findings = [f.id for f in ctx.findings]
+        lines = "".join(f.model_dump_json() + "\n" for f in ctx.findings)
+        atomic_write_text(self.pending_path(stage), lines)
+        rec.status = "committing"
+        self.save()
+        self.commit(stage)
+        self.log(f"stage {stage}: done in {rec.seconds:.1f} s"
+                 + (f" ({len(rec.findings)} findings)" if rec.findings else ""))
+
+
+def _seeds(spec: Spec) -> dict[str, Any]:
+    """The spec's seed plus every stage option whose name mentions a seed."""
+    seeds: dict[str, Any] = {"spec": spec.seed}
+    for stage in spec.stages:
+        opts = spec.options(stage)
+        opts = opts.model_dump(mode="json") if hasattr(opts, "model_dump") else dict(opts or {})
+        seeds.update({f"{stage}.{k}": v for k, v in opts.items() if "seed" in k})
+    return seeds
+
+
+def _new_manifest(spec: Spec) -> Manifest:
+    run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return Manifest(
+        run_id=run_id, spec_name=spec.name, spec_hash=spec.hash,
+        stage_order=list(spec.stages), stages={s: StageRecord() for s in spec.stages},
+        seeds=_seeds(spec),
+        environment=environment(), hardware=hardware(),
+        history=[{"event": "started", "at": now(), "pid": os.getpid()}],
+    )
+
+
+def _open_for_resume(spec: Spec, rd: RunDir) -> Manifest:
+    if not rd.is_run_dir():
+        raise RunDirError(f"{rd.root} is not empty and not an emoscope run directory (no manifest.json); "
+                          f"choose another --out")
+    m = rd.read_manifest()
+    if m.spec_hash != spec.hash:
+        raise RunDirError(f"{rd.root} was run with a different spec (hash {m.spec_hash[:12]}, this one "
+                          f"{spec.hash[:12]}); resume with the same spec or choose another --out")
+    m.history.append({"event": "resumed", "at": now(), "pid": os.getpid()})
+    m.environment, m.hardware, m.status = environment(), hardware(), "running"
+    m.stage_order = list(spec.stages)
+    return m
+
+
+def run_spec(spec: Spec | str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+             resume: bool = False, report: bool = True, log: Log | None = None,
+             model_loader: Callable[[str], Any] | None = None,
+             dataset_loader: Callable[[str], Any] | None = None) -> RunDir:
+    """Run every stage of ``spec`` into ``out`` (default ``runs/SPEC_NAME``); returns the run dir.
+
+    A fresh run needs an empty or new ``out``; ``resume=True`` continues a run there, redoing
+    only unfinished stages (a new directory is simply started). The report is written at the
+    end, also after a failed stage (then the stage's exception is re-raised).
+
+    >>> rd = run_spec("demo", "runs/demo")                   # doctest: +SKIP
+    >>> rd.report_path                                        # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    rd = RunDir(out if out is not None else Path("runs") / spec.name)
+    log = log or (lambda msg: None)
+    if rd.root.exists() and not rd.root.is_dir():
+        raise RunDirError(f"{rd.root} exists and is not a directory; choose another --out")
+    if not rd.is_empty():
+        if not resume:
+            raise RunDirError(f"{rd.root} is not empty; pass --resume to continue the run there, "
+                              f"or choose another --out")
+        manifest = _open_for_resume(spec, rd)
+    else:
+        manifest = _new_manifest(spec)
+    ensure_writable_dir(rd.root)
+    rd.make_dirs()
+    atomic_write_text(rd.spec_path, spec.to_yaml())
+    runner = _Runner(spec, rd, manifest, ModelCache(model_loader, dataset_loader), log)
+    for stage in spec.stages:
+        manifest.stages.setdefault(stage, StageRecord())
+    runner.save()
+    ok = False
+    try:
+        for stage in progress(spec.stages, desc=f"run {spec.name}", unit="stage"):
+            runner.run_stage(stage)
+        manifest.status = "done"
+        manifest.history.append({"event": "finished", "at": now()})
+        runner.save()
+        ok = True
+    finally:
+        if report:
+            _write_report(rd, log, strict=ok)
+    return rd
+
+
+def _write_report(rd: RunDir, log: Log, strict: bool) -> None:
+    """Write the report; after a failed stage a report error must not hide the stage's error."""
+    from emoscope.report import write_report
+
+    try:
+        log(f"report: {write_report(rd.root)}")
+    except Exception as e:
+        if strict:
+            raise
+        print(f"emoscope: report not written ({_one_line(e)})", file=sys.stderr)
