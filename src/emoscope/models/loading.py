@@ -235,6 +235,7 @@ def load_model(spec: str | os.PathLike[str], *, dtype: str | torch.dtype | None 
     (30, 576)
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _quiet_transformers()
     tdtype = resolve_dtype(dtype, device)
     kw = dict(dtype=tdtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
     spec_s = str(spec)
@@ -266,6 +267,19 @@ def load_model(spec: str | os.PathLike[str], *, dtype: str | torch.dtype | None 
         hf, tok, sha = _from_hub(spec_s, **kw)
         source = {"kind": "hub", "id": spec_s}
     return wrap_model(hf, tok, name=spec_s, layout=layout, source=source, weights_sha256=sha, validate=validate)
+
+
+def _quiet_transformers() -> None:
+    """transformers' own bars (weight loading, GGUF dequantising) follow emoscope's switch."""
+    from transformers.utils import logging as hf_logging
+
+    from emoscope._progress import progress
+
+    if progress([]).disable:
+        hf_logging.disable_progress_bar()
+    else:
+        hf_logging.enable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _from_hub(repo_id: str, **kw: Any) -> tuple[Any, Any, str]:

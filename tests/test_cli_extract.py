@@ -1,0 +1,131 @@
+"""CLI and API behaviour on bad input for models and extraction: one line, exit 2, typed
+exceptions, and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emoscope.cli.main import main
+from emoscope.errors import OfflineError, UnknownModelError
+from emoscope.models import load_model
+from tests.conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny llama saved as a local safetensors directory (exercises the local-dir loader)."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    m = tiny_model("llama")
+    m.hf.save_pretrained(d, safe_serialization=True)
+    m.tokenizer.save_pretrained(d)
+    return d
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(err: str, needle: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_local_dir_load_matches_memory_model(tiny_dir):
+    m = load_model(str(tiny_dir))
+    assert m.source["kind"] == "local" and len(m.weights_sha256) == 64
+    ref = tiny_model("llama")
+    from emoscope.activations import extract
+
+    a = extract(m, ["Thank you so much."], layers="all", cache=False, progress=False)
+    b = extract(ref, ["Thank you so much."], layers="all", cache=False, progress=False)
+    for layer in a.layers:
+        np.testing.assert_allclose(a.get(layer), b.get(layer), rtol=1e-6)
+
+
+def test_extract_cli_writes_and_hits_cache(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"text": "Thank you so much."}\n{"text": "The bus is late."}\n')
+    out = tmp_path / "acts"
+    rc, stdout, _ = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--layers", "all",
+                            "--position", "last", "--out", str(out))
+    assert rc == 0 and "2 texts x 3 layers" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"] == [0, 1, 2] and manifest["position"] == "last"
+    rc, stdout, _ = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out))
+    assert rc == 0 and "cache hit" in stdout
+
+
+@pytest.mark.parametrize("content,args,needle", [
+    ("", [], "empty"),
+    ('{"text": "ok"}\n{"text": broken\n', [], ":2"),
+    ('{"text": "ok"}\n{"text": "   "}\n', [], "2"),
+    ('{"text": "ok"}\n', ["--layers", "9"], "out of range"),
+    ('{"text": "ok"}\n', ["--position", "middle"], "unknown position"),
+    ('{"text": "ok"}\n', ["--model", "no-such-model"], "smollm2-135m"),
+])
+def test_extract_cli_bad_input(tiny_dir, tmp_path, capsys, content, args, needle):
+    texts = tmp_path / "t.jsonl"
+    texts.write_text(content)
+    out = tmp_path / "acts"
+    argv = ["extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out), "--no-cache"]
+    if "--model" in args:
+        argv[2] = args[1]
+        args = []
+    rc, _, err = run_cli(capsys, *argv, *args)
+    assert rc == 2
+    one_line_error(err, needle)
+    assert not out.exists() or not any(out.iterdir()), "no partial files"
+
+
+def test_extract_cli_unwritable_out(tiny_dir, tmp_path, capsys):
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"text": "ok"}\n')
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, _, err = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(blocker / "sub"))
+    assert rc == 2
+    one_line_error(err, "output")
+
+
+def test_missing_texts_file(tiny_dir, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(tmp_path / "nope.jsonl"),
+                         "--out", str(tmp_path / "o"))
+    assert rc == 2
+    one_line_error(err, "nope.jsonl")
+
+
+def test_unknown_alias_and_offline_hub(monkeypatch):
+    with pytest.raises(UnknownModelError, match="smollm2-135m"):
+        load_model("smolm2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="offline|HF_HUB_OFFLINE"):
+        load_model("someorg/some-model")
+
+
+def test_models_cli_lists_embedded(capsys):
+    rc, out, _ = run_cli(capsys, "models", "--json")
+    rows = {r["alias"]: r for r in json.loads(out)}
+    assert rc == 0 and set(rows) >= {"smollm2-135m", "gemma3-270m"}
+    assert rows["smollm2-135m"]["n_layers"] == 30 and rows["gemma3-270m"]["d_model"] == 640
+
+
+def test_bad_argument_is_one_line(capsys):
+    rc, _, err = run_cli(capsys, "extract", "--model", "x", "--texts", "t", "--out", "o", "--batch-size", "abc")
+    assert rc == 2
+    one_line_error(err, "batch-size")
+
+
+def test_unknown_layout_names_the_fix():
+    from emoscope.errors import LayoutError
+    from emoscope.models import get_layout
+
+    with pytest.raises(LayoutError, match="layout=Layout"):
+        get_layout("mamba")
