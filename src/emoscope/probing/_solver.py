@@ -16,91 +16,114 @@ two against each other.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchFit", "fit_batch", "lbfgs_batch", "subspace_basis"]
+__all__ = ["BatchFit", "fit_batch", "lbfgs_batch", "subspace_basis", "blas_threads"]
+
+
+def blas_threads(n: int | None) -> contextlib.AbstractContextManager[object]:
+    """Limit BLAS threads to ``n`` inside the block (``None``: leave them alone).
+
+    Probe matrices are small (hundreds of rows), where BLAS threads cost more in
+    synchronisation than they save; on a shared machine they cost several times over.
+    """
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(n), user_api="blas")
 
 
 def lbfgs_batch(
-    fg: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    fg: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     x0: np.ndarray,
     max_iter: int = 300,
     tol: float = 1e-5,
-    memory: int = 10,
+    memory: int = 5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise ``P`` independent smooth functions at once.
 
-    ``fg(x (P, D)) -> (f (P,), g (P, D))``. Returns ``(x, n_iter (P,))``. Each problem
-    stops when its largest gradient entry is below ``tol`` or its line search stalls.
+    ``fg(x (m, D), idx (m,)) -> (f (m,), g (m, D))`` evaluates the problems ``idx``.
+    Returns ``(x, n_iter (P,))``. A problem stops when its largest gradient entry is below
+    ``tol``, its loss stops changing, or its line search stalls; finished problems are
+    dropped from later evaluations, so a batch costs what its problems cost, not
+    ``P`` times its slowest one.
     """
     x = np.array(x0, dtype=np.float64)  # (P, D)
     P, D = x.shape
-    f, g = fg(x)
-    S = np.zeros((memory, P, D))
-    Yh = np.zeros((memory, P, D))
-    rho = np.zeros((memory, P))
-    gamma = np.ones(P)
-    n_pairs = 0
-    head = 0  # next slot in the ring buffer
     n_iter = np.zeros(P, dtype=int)
-    active = np.abs(g).max(1) > tol
-    first = np.ones(P, dtype=bool)
+    idx = np.arange(P)
+    f, g = fg(x, idx)
+    keep = np.abs(g).max(1) > tol
+    idx, xa, f, g = idx[keep], x[keep], f[keep], g[keep]
+    S = np.zeros((memory, idx.size, D))
+    Yh = np.zeros((memory, idx.size, D))
+    rho = np.zeros((memory, idx.size))
+    gamma = np.ones(idx.size)
+    first = np.ones(idx.size, dtype=bool)
+    n_pairs = head = 0
     for _ in range(max_iter):
-        if not active.any():
+        if idx.size == 0:
             break
         # Two-loop recursion, newest pair first.
         q = g.copy()
         order = [(head - 1 - i) % memory for i in range(min(n_pairs, memory))]
-        alpha = np.zeros((memory, P))
+        alpha = np.zeros((memory, idx.size))
         for i in order:
             alpha[i] = rho[i] * np.einsum("pd,pd->p", S[i], q)
             q -= alpha[i][:, None] * Yh[i]
-        r = gamma[:, None] * q
+        q *= gamma[:, None]
         for i in reversed(order):
-            beta = rho[i] * np.einsum("pd,pd->p", Yh[i], r)
-            r += S[i] * (alpha[i] - beta)[:, None]
-        d = -r
+            beta = rho[i] * np.einsum("pd,pd->p", Yh[i], q)
+            q += S[i] * (alpha[i] - beta)[:, None]
+        d = np.negative(q, out=q)
         gd = np.einsum("pd,pd->p", g, d)
         bad = gd >= 0  # not a descent direction: fall back to steepest descent
         if bad.any():
             d[bad] = -g[bad]
             gd[bad] = -np.einsum("pd,pd->p", g[bad], g[bad])
             first |= bad
-        d[~active] = 0.0
-        t = np.ones(P)
+        t = np.ones(idx.size)
         t[first] = np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(g[first], axis=1), 1e-12))
-        accepted = ~active
         for _ls in range(30):
-            xn = x + t[:, None] * d
-            fn, gn = fg(xn)
+            xn = xa + t[:, None] * d
+            fn, gn = fg(xn, idx)
             ok = (fn <= f + 1e-4 * t * gd) & np.isfinite(fn)
-            accepted = ok | ~active
-            if accepted.all():
+            if ok.all():
                 break
-            t = np.where(accepted, t, t * 0.5)
-        stalled = active & ~accepted
-        upd = active & accepted
-        s = np.where(upd[:, None], xn - x, 0.0)
-        yv = np.where(upd[:, None], gn - g, 0.0)
-        f_old = f
-        x = np.where(upd[:, None], xn, x)
-        f = np.where(upd, fn, f)
-        g = np.where(upd[:, None], gn, g)
-        n_iter += upd
+            t = np.where(ok, t, t * 0.5)
+        s, yv = S[head], Yh[head]  # write the new pair straight into the ring buffer
+        np.subtract(xn, xa, out=s)
+        np.subtract(gn, g, out=yv)
+        small_step = np.abs(f - fn) <= 1e-12 * np.maximum(np.abs(fn), 1.0)
+        if ok.all():
+            xa, f, g = xn, fn, gn
+        else:
+            s[~ok] = 0.0
+            yv[~ok] = 0.0
+            xa = np.where(ok[:, None], xn, xa)
+            f = np.where(ok, fn, f)
+            g = np.where(ok[:, None], gn, g)
+        n_iter[idx] += ok
         sy = np.einsum("pd,pd->p", s, yv)
         yy = np.einsum("pd,pd->p", yv, yv)
-        valid = upd & (sy > 1e-12 * np.maximum(yy, 1e-300))
-        S[head], Yh[head] = s, yv
+        valid = ok & (sy > 1e-12 * np.maximum(yy, 1e-300))
         rho[head] = np.where(valid, 1.0 / np.where(valid, sy, 1.0), 0.0)
         gamma = np.where(valid, sy / np.where(valid, yy, 1.0), gamma)
         head = (head + 1) % memory
         n_pairs += 1
         first &= ~valid
-        small_step = np.abs(f_old - f) <= 1e-12 * np.maximum(np.abs(f), 1.0)
-        active &= ~stalled & (np.abs(g).max(1) > tol) & ~(upd & small_step)
+        go_on = ok & (np.abs(g).max(1) > tol) & ~small_step
+        if not go_on.all():
+            x[idx] = xa
+            idx, xa, f, g = idx[go_on], xa[go_on], f[go_on], g[go_on]
+            S, Yh, rho = S[:, go_on], Yh[:, go_on], rho[:, go_on]
+            gamma, first = gamma[go_on], first[go_on]
+    x[idx] = xa
     return x, n_iter
 
 
@@ -139,6 +162,7 @@ def fit_batch(
     tol: float = 1e-5,
     cols: np.ndarray | None = None,
     remove: list[np.ndarray | None] | None = None,
+    standardize: bool = True,
 ) -> BatchFit:
     """Fit ``P`` standardised multinomial logistic probes that share the rows of ``X``.
 
@@ -147,7 +171,8 @@ def fit_batch(
     standardises with the mean and sd of its own training rows. Optional constraints:
     ``cols (P, d)`` bool features a problem may use; ``remove[p] (d, r)`` orthonormal
     directions (in standardised coordinates) its weights must avoid, which is the same
-    as training on data with those directions projected out.
+    as training on data with those directions projected out. ``standardize=False`` uses
+    ``X`` as given (already standardised).
 
     >>> import numpy as np
     >>> X = np.array([[-2.0], [-1.0], [1.0], [2.0]])
@@ -162,47 +187,67 @@ def fit_batch(
     P, K = train.shape[0], int(n_classes)
     w_rows = train.astype(np.float64)  # (P, n)
     n_tr = np.maximum(w_rows.sum(1), 1.0)  # (P,)
-    mean = (w_rows @ X) / n_tr[:, None]  # (P, d)
-    var = (w_rows @ (X * X)) / n_tr[:, None] - mean**2
-    sd = np.sqrt(np.maximum(var, 0.0))
-    scale = np.where(sd > 1e-12 * np.maximum(np.abs(mean), 1.0), sd, 1.0)  # (P, d)
-    Y = np.zeros((n, P, K))
-    Y[np.arange(n)[:, None], np.arange(P)[None, :], labels.T] = 1.0
-    Y *= train.T[:, :, None]  # rows outside a problem's training set carry no loss
-    mask = train.T[:, :, None].astype(np.float64)  # (n, P, 1)
+    if standardize:
+        # Centre globally first so E[x^2] - m^2 does not cancel catastrophically.
+        shift = X.mean(0)  # (d,)
+        X = X - shift
+        mean = (w_rows @ X) / n_tr[:, None]  # (P, d)
+        var = (w_rows @ (X * X)) / n_tr[:, None] - mean**2
+        sd = np.sqrt(np.maximum(var, 0.0))
+        scale = np.where(sd > 1e-8 * np.maximum(np.abs(mean + shift), 1.0), sd, 1.0)  # (P, d)
+    else:
+        shift = np.zeros(d)
+        mean, scale = np.zeros((P, d)), np.ones((P, d))
+    # Layout (P, K, n): reductions over the K classes run across contiguous rows, and
+    # both products are plain GEMMs with no transposes.
+    Y = np.zeros((P, K, n))
+    Y[np.arange(P)[:, None], labels, np.arange(n)[None, :]] = 1.0
+    Y *= train[:, None, :]  # rows outside a problem's training set carry no loss
+    mask = train[:, None, :].astype(np.float64)  # (P, 1, n)
     inv_c = 1.0 / float(C)
-    ms = mean / scale  # (P, d)
-    col_mask = None if cols is None else np.asarray(cols, dtype=np.float64)[:, :, None]
+    col_mask = None if cols is None else np.asarray(cols, dtype=np.float64)[:, None, :]
     rem = remove if remove is not None and any(r is not None for r in remove) else None
     DK = d * K
+    # float32 for the two big products halves their cost; the optimiser stays in float64.
+    X32 = np.ascontiguousarray(X, dtype=np.float32)  # (n, d)
+    X32T = np.ascontiguousarray(X32.T)  # (d, n)
 
-    def project(gW: np.ndarray) -> np.ndarray:
+    def project(gW: np.ndarray, idx: np.ndarray) -> np.ndarray:  # gW (m, K, d)
         if col_mask is not None:
-            gW = gW * col_mask
+            gW = gW * col_mask[idx]
         if rem is not None:
-            for p, Q in enumerate(rem):
+            for j, p in enumerate(idx):
+                Q = rem[p]
                 if Q is not None and Q.size:
-                    gW[p] -= Q @ (Q.T @ gW[p])
+                    gW[j] -= (gW[j] @ Q) @ Q.T
         return gW
 
-    def fg(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        W = theta[:, :DK].reshape(P, d, K)
-        b = theta[:, DK:]  # (P, K)
-        V = (W / scale[:, :, None]).transpose(1, 0, 2).reshape(d, P * K)
-        Sc = (X @ V).reshape(n, P, K) - np.einsum("pd,pdk->pk", ms, W) + b
-        Sc -= Sc.max(2, keepdims=True)
-        logp = Sc - np.log(np.exp(Sc).sum(2, keepdims=True))  # (n, P, K)
-        G = (np.exp(logp) * mask) - Y  # (n, P, K)
-        loss = -(Y * logp).sum((0, 2)) + 0.5 * inv_c * (W * W).sum((1, 2))  # (P,)
-        XtG = (X.T @ G.reshape(n, P * K)).reshape(d, P, K).transpose(1, 0, 2)  # (P, d, K)
-        Gs = G.sum(0)  # (P, K)
-        gW = (XtG - mean[:, :, None] * Gs[:, None, :]) / scale[:, :, None] + inv_c * W
-        gW = project(gW)
-        grad = np.concatenate([gW.reshape(P, DK), Gs], axis=1)
-        return loss / n_tr, grad / n_tr[:, None]
+    def fg(theta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = idx.size
+        full = m == P
+        sc, mu, msk, Yp, ntr = (
+            (scale, mean, mask, Y, n_tr) if full else (scale[idx], mean[idx], mask[idx], Y[idx], n_tr[idx])
+        )
+        W = theta[:, :DK].reshape(m, K, d)
+        b = theta[:, DK:]  # (m, K)
+        V = (W / sc[:, None, :]).reshape(m * K, d).astype(np.float32)
+        off = np.einsum("pd,pkd->pk", mu / sc, W) - b  # (m, K)
+        Sc = (V @ X32T).reshape(m, K, n).astype(np.float64) - off[:, :, None]  # (m, K, n)
+        Sc -= Sc.max(1, keepdims=True)
+        E = np.exp(Sc)
+        Z = E.sum(1, keepdims=True)  # (m, 1, n)
+        loss = -(Yp * Sc).sum((1, 2)) + (msk * np.log(Z)).sum((1, 2)) + 0.5 * inv_c * (W * W).sum((1, 2))
+        G = E * (msk / Z) - Yp  # (m, K, n)
+        XtG = (G.reshape(m * K, n).astype(np.float32) @ X32).reshape(m, K, d)
+        Gs = G.sum(2)  # (m, K)
+        gW = (XtG - Gs[:, :, None] * mu[:, None, :]) / sc[:, None, :] + inv_c * W
+        gW = project(gW, idx)
+        grad = np.concatenate([gW.reshape(m, DK), Gs], axis=1)
+        return loss / ntr, grad / ntr[:, None]
 
     theta, n_iter = lbfgs_batch(fg, np.zeros((P, DK + K)), max_iter=max_iter, tol=tol)
-    return BatchFit(theta[:, :DK].reshape(P, d, K), theta[:, DK:], mean, scale, n_iter)
+    W = theta[:, :DK].reshape(P, K, d).transpose(0, 2, 1)  # (P, d, K)
+    return BatchFit(np.ascontiguousarray(W), theta[:, DK:], mean + shift, scale, n_iter)
 
 
 def subspace_basis(W: np.ndarray, tol: float = 1e-8) -> np.ndarray:

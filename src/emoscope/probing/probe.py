@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from emoscope.errors import InputError
-from emoscope.probing._solver import fit_batch
+from emoscope.probing._solver import blas_threads, fit_batch
 from emoscope.probing._splits import make_folds
 from emoscope.probing.metrics import bootstrap_ci, classification_metrics
 from emoscope.vectors._data import as_labels, as_matrix
@@ -118,6 +118,7 @@ class LayerProbe:
         tol: float = 1e-4,
         n_bootstrap: int = 1000,
         random_state: int | None = 0,
+        n_threads: int | None = 1,
     ) -> None:
         self.n_folds = n_folds
         self.seeds = seeds
@@ -126,6 +127,7 @@ class LayerProbe:
         self.tol = tol
         self.n_bootstrap = n_bootstrap
         self.random_state = random_state
+        self.n_threads = n_threads
 
     def _check(self) -> None:
         if not list(self.seeds):
@@ -134,6 +136,10 @@ class LayerProbe:
             raise InputError(f"C must be positive; got {self.C}")
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> LayerProbe:
+        with blas_threads(self.n_threads):
+            return self._fit(X, y, groups)
+
+    def _fit(self, X: Any, y: Any, groups: Any) -> LayerProbe:
         self._check()
         X = as_matrix(X).astype(np.float64)  # (n, d)
         labels = as_labels(y, X.shape[0])
@@ -157,7 +163,7 @@ class LayerProbe:
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        if not hasattr(self, "coef_"):
+        if not hasattr(self, "coef_") or not hasattr(self, "classes_"):
             raise InputError("LayerProbe is not fitted; call fit(X, y) first")
         X = as_matrix(X)
         if X.shape[1] != self.n_features_in_:
@@ -171,7 +177,8 @@ class LayerProbe:
         return E / E.sum(1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(1)]
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of the refitted probe on ``(X, y)``."""

@@ -23,7 +23,8 @@ __all__ = ["ConceptVector", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _HEADER_KEY = "emoscope"
-# meta entries keyed by layer; JSON turns their keys into strings, so load turns them back.
+# meta entries keyed by layer; JSON turns their keys into strings, so save records which
+# entries had integer keys and load turns them back (these two are assumed for old files).
 _LAYER_KEYED = ("layer_norms", "mean_resid_norm")
 
 
@@ -206,7 +207,16 @@ class ConceptVector:
             path = path.with_name(path.name + ".safetensors")
         if not path.parent.is_dir():
             raise OutputError(f"cannot save {path}: directory {path.parent} does not exist")
-        header = {"format_version": FORMAT_VERSION, "name": self.name, "meta": _json_safe(self.meta)}
+        int_keyed = sorted(
+            k for k, v in self.meta.items()
+            if isinstance(v, dict) and v and all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in v)
+        )
+        header = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "meta": _json_safe(self.meta),
+            "int_keyed_meta": int_keyed,
+        }
         try:
             text = json.dumps(header, sort_keys=True, allow_nan=True)
         except TypeError as e:
@@ -243,6 +253,7 @@ class ConceptVector:
         try:
             header = json.loads(header_text)
             name, meta = header["name"], dict(header.get("meta") or {})
+            int_keyed = list(header.get("int_keyed_meta", _LAYER_KEYED))
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: emoscope metadata is corrupt ({e})") from None
         vectors = {}
@@ -251,9 +262,12 @@ class ConceptVector:
             if prefix != "layer" or not idx.lstrip("-").isdigit():
                 raise DataError(f"{path}: unexpected tensor key {key!r} (expected 'layer.<i>')")
             vectors[int(idx)] = arr
-        for key in _LAYER_KEYED:
-            if isinstance(meta.get(key), dict):
-                meta[key] = {int(k): v for k, v in meta[key].items()}
+        try:
+            for key in int_keyed:
+                if isinstance(meta.get(key), dict):
+                    meta[key] = {int(k): v for k, v in meta[key].items()}
+        except ValueError as e:
+            raise DataError(f"{path}: emoscope metadata is corrupt ({e})") from None
         try:
             return cls(name, vectors, meta)
         except InputError as e:
