@@ -11,12 +11,13 @@ Compares (a) the bare transformers forward with output_hidden_states=True, (b) e
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
-import traceback
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_prompts, machine, median_time, pin_threads, write_json  # noqa: E402
+from _common import bench_prompts, machine, pin_threads, write_json  # noqa: E402
 
 
 def main() -> int:
@@ -44,8 +45,9 @@ def main() -> int:
     bs = args.batch_size
     pad_id = tok.pad_token_id
 
-    def bare():
+    def bare(prompts=prompts):
         """What a user writes with plain transformers: batches in data order, right padding."""
+        ids = [tok(p)["input_ids"] for p in prompts]
         outs = []
         with torch.inference_mode():
             for i in range(0, len(ids), bs):
@@ -57,33 +59,40 @@ def main() -> int:
         return np.concatenate(outs, axis=1)
 
     half = list(range(model.n_layers // 2))
-    results: dict[str, dict] = {}
-
-    def record(name, fn, **extra):
-        try:
-            med, times = median_time(fn, args.repeats)
-            results[name] = {"median_s": med, "times_s": times, "prompts_per_s": args.n / med, **extra}
-        except Exception as e:  # a peer that fails to run is recorded, not fatal
-            results[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
-
-    record("bare_transformers_hidden_states", bare)
-    record("emoscope_all_layers", lambda: extract(model, prompts, "all", "last", batch_size=bs, cache=False, progress=False))
-    record("emoscope_first_half_layers",
-           lambda: extract(model, prompts, half, "last", batch_size=bs, cache=False, progress=False))
+    # Methods are timed in interleaved rounds (one run of each per round, first round is warm-up),
+    # so a change in machine load hits every method alike and the ratios stay comparable.
+    methods = {
+        "bare_transformers_hidden_states": bare,
+        "emoscope_all_layers": lambda P: extract(model, P, "all", "last", batch_size=bs, cache=False, progress=False),
+        "emoscope_first_half_layers": lambda P: extract(model, P, half, "last", batch_size=bs, cache=False,
+                                                        progress=False),
+    }
+    errors: dict[str, str] = {}
+    methods.update(_transformer_lens(errors, bs, args.model))
+    methods.update(_nnsight(errors, model, bs))
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for rnd in range(args.repeats + 1):
+        for name, fn in list(methods.items()):
+            try:
+                t0 = time.perf_counter()
+                fn(prompts if rnd else prompts[:bs])  # round 0: one batch, to warm up
+                if rnd:
+                    times[name].append(time.perf_counter() - t0)
+            except Exception as e:  # a peer that fails to run is recorded, not fatal
+                errors[name] = f"{type(e).__name__}: {e}"
+                methods.pop(name)
+                times.pop(name)
+        print(f"round {rnd} done", flush=True)
+    results: dict[str, dict] = {name: {"error": err} for name, err in errors.items()}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        results[name] = {"median_s": med, "times_s": ts, "prompts_per_s": args.n / med}
 
     # Numbers must agree before speed means anything (hidden_states[l+1] == resid[l], l < n-1).
     ref = bare()
     got = extract(model, prompts, "all", "last", batch_size=bs, cache=False, progress=False)
     max_rel = max(float(np.abs(got.get(layer) - ref[layer]).max() / np.abs(ref[layer]).max())
                   for layer in range(model.n_layers - 1))
-
-    directory = Path(model.source.get("gguf", "")).parent
-    local_dir = next(iter(sorted((Path.home() / ".cache/emoscope/models").glob(f"{args.model}-*"))), None)
-    from emoscope.models import cache_dir
-
-    local_dir = next(iter(sorted((cache_dir() / "models").glob(f"{args.model}-*"))), local_dir)
-    _transformer_lens(record, local_dir, prompts, bs)
-    _nnsight(record, model, prompts, bs)
 
     base = results["bare_transformers_hidden_states"]["prompts_per_s"]
     ratios = {k: v["prompts_per_s"] / base for k, v in results.items() if "prompts_per_s" in v}
@@ -93,59 +102,57 @@ def main() -> int:
         "position": "last", "repeats": args.repeats, "results": results,
         "ratio_vs_bare_forward": ratios, "max_rel_diff_vs_bare_hidden_states": max_rel,
         "targets": {"emoscope_all_layers": 1.3, "emoscope_first_half_layers": 1.8},
-        "machine": machine(), "unused_gguf_dir": str(directory),
+        "machine": machine(),
+        "timing": "interleaved rounds; first round discarded as warm-up",
     }
     write_json(args.out, payload)
     return 0
 
 
-def _transformer_lens(record, local_dir, prompts, bs):
+def _transformer_lens(errors, bs, alias):
+    name = "transformer_lens_run_with_cache"
     try:
-        from transformer_lens.model_bridge import TransformerBridge  # TransformerLens 4.x
-    except Exception as e:
-        record("transformer_lens_run_with_cache", _raiser(f"not installed: {type(e).__name__}: {e}"))
-        return
-    try:
+        from transformer_lens.model_bridge import (
+            TransformerBridge,  # TransformerLens 4.x has no HookedTransformer
+        )
+
+        from emoscope.models import cache_dir
+
+        local_dir = next(iter(sorted((cache_dir() / "models").glob(f"{alias}-*"))))
         bridge = TransformerBridge.boot_transformers(str(local_dir), device="cpu")
     except Exception as e:
-        record("transformer_lens_run_with_cache", _raiser(f"boot failed: {type(e).__name__}: {e}"))
-        return
+        errors[name] = f"unavailable: {type(e).__name__}: {e}"
+        return {}
 
-    def run():
+    def run(prompts):
         import torch
 
         with torch.inference_mode():
             for i in range(0, len(prompts), bs):
                 bridge.run_with_cache(prompts[i : i + bs])
 
-    record("transformer_lens_run_with_cache", run)
+    return {name: run}
 
 
-def _nnsight(record, model, prompts, bs):
+def _nnsight(errors, model, bs):
+    name = "nnsight_trace"
     try:
         from nnsight import LanguageModel
-    except Exception as e:
-        record("nnsight_trace", _raiser(f"not installed: {type(e).__name__}: {e}"))
-        return
-    lm = LanguageModel(model.hf, tokenizer=model.tokenizer)
 
-    def run():
+        lm = LanguageModel(model.hf, tokenizer=model.tokenizer)
+    except Exception as e:
+        errors[name] = f"unavailable: {type(e).__name__}: {e}"
+        return {}
+
+    def run(prompts):
         import torch
 
         with torch.inference_mode():
             for i in range(0, len(prompts), bs):
-                saved = []
                 with lm.trace(prompts[i : i + bs]):
-                    for layer in lm.model.layers:
-                        saved.append(layer.output[0][:, -1].save())
+                    saved = [layer.output[0][:, -1].save() for layer in lm.model.layers]  # noqa: F841
 
-    record("nnsight_trace", run)
-
-
-def _raiser(msg):
-    def fn():
-        raise RuntimeError(msg)
-    return fn
+    return {name: run}
 
 
 if __name__ == "__main__":
