@@ -83,6 +83,11 @@ def main() -> int:
                 methods.pop(name)
                 times.pop(name)
         print(f"round {rnd} done", flush=True)
+        if rnd:  # partial results survive an interrupted run
+            from emoscope._io import atomic_write_json
+
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.out, {"partial": True, "rounds_done": rnd, "times_s": times, "errors": errors})
     results: dict[str, dict] = {name: {"error": err} for name, err in errors.items()}
     for name, ts in times.items():
         med = statistics.median(ts)
