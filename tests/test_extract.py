@@ -30,7 +30,7 @@ def reference(model, texts, layers):
         ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
         grabbed = {}
         hooks = [model.blocks[layer].register_forward_hook(
-            lambda _m, _i, o, layer=layer: grabbed.__setitem__(layer, (o[0] if isinstance(o, tuple) else o)[0].clone()))
+            lambda _m, _i, o, layer=layer, grabbed=grabbed: grabbed.__setitem__(layer, (o[0] if isinstance(o, tuple) else o)[0].clone()))
             for layer in layers]
         try:
             with torch.no_grad():

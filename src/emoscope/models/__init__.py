@@ -4,8 +4,20 @@ See ``standard.py`` for the residual-stream convention (``resid[l]`` = output of
 before the final norm).
 """
 
-from emoscope.models.loading import cache_dir, embedded_models, load_model, resolve_dtype, wrap_model
-from emoscope.models.standard import Layout, StandardModel, block_output, get_layout, known_architectures
+from emoscope.models.loading import (
+    cache_dir,
+    embedded_models,
+    load_model,
+    resolve_dtype,
+    wrap_model,
+)
+from emoscope.models.standard import (
+    Layout,
+    StandardModel,
+    block_output,
+    get_layout,
+    known_architectures,
+)
 
 __all__ = [
     "load_model",
