@@ -52,6 +52,8 @@ bench: setup
 	-$(PIP) install -q --no-deps transformer-lens nnsight
 	-$(PIP) install -q datasets greenlet websocket-client zstandard httpx beartype einops fancy-einsum \
 	   jaxtyping "typeguard<5" protobuf sentencepiece
+	@# steering peers for benchmarks/steer.py, kept out of the venv's site-packages
+	-$(PIP) install -q --no-deps --target $(VENV)/steer-peers steering-vectors repeng
 	@mkdir -p bench-results
 	$(PY) benchmarks/run_all.py --out bench-results
 

@@ -1,0 +1,70 @@
+"""Concept injection ("introspection"): does the model report a thought we add to its
+residual stream, beyond what the same injection does to unrelated yes/no questions?
+
+The measure is the yes-minus-no logit difference at the answer position (probabilities are
+shown beside it, never instead). Every concept × layer × strength cell is run on the detection
+question and on the control questions at the same layer and strength, against the
+no-injection baseline and random vectors of the same norm; the introspection score is the
+detection shift minus the control shift, with a bootstrap interval over concepts.
+
+>>> from emoscope.models import load_model
+>>> from emoscope.introspection import run_sweep
+>>> model = load_model("smollm2-135m")                                        # doctest: +SKIP
+>>> res = run_sweep(model, layers=[0.5, 0.67], strengths=[2, 4, 8])           # doctest: +SKIP
+>>> res.focus()[["detection_shift", "control_shift", "score"]]                 # doctest: +SKIP
+>>> res.save("runs/intro1")                                                    # doctest: +SKIP
+"""
+
+from emoscope.introspection.cells import CellScores, Injection, score_cells, shared_prefix_length
+from emoscope.introspection.concepts import CONCEPT_PROMPT, concept_vectors, random_vectors
+from emoscope.introspection.freetext import Grade, grade_answer, run_free_text, sample_answers
+from emoscope.introspection.inject import Injector, fork_cache, prefix_cache
+from emoscope.introspection.measure import AnswerTokens, answer_tokens, yes_no_diff
+from emoscope.introspection.sweep import (
+    DEFAULT_LAYERS,
+    DEFAULT_STRENGTHS,
+    SweepResult,
+    mean_resid_norms,
+    run_sweep,
+)
+from emoscope.introspection.tables import bootstrap_ci
+from emoscope.introspection.trials import (
+    DETECTION_QUESTION,
+    WINDOW_MODES,
+    Trial,
+    build_trial,
+    build_trials,
+    find_window,
+)
+
+__all__ = [
+    "run_sweep",
+    "SweepResult",
+    "DEFAULT_LAYERS",
+    "DEFAULT_STRENGTHS",
+    "concept_vectors",
+    "random_vectors",
+    "CONCEPT_PROMPT",
+    "Trial",
+    "build_trial",
+    "build_trials",
+    "find_window",
+    "WINDOW_MODES",
+    "DETECTION_QUESTION",
+    "AnswerTokens",
+    "answer_tokens",
+    "yes_no_diff",
+    "Injection",
+    "CellScores",
+    "score_cells",
+    "shared_prefix_length",
+    "mean_resid_norms",
+    "Injector",
+    "prefix_cache",
+    "fork_cache",
+    "bootstrap_ci",
+    "sample_answers",
+    "grade_answer",
+    "Grade",
+    "run_free_text",
+]

@@ -1,0 +1,254 @@
+"""The concept-injection sweep: concepts × layers × strengths on the detection question and
+every control question, plus the no-injection baseline and random vectors of the same norm.
+
+Strength is in units of the mean residual norm at the injected layer, measured on the
+detection trial prompt without injection (all tokens except the first, whose attention-sink
+norm is far above the rest). Every injected vector is scaled to ``strength × mean norm``, so
+concept and random vectors have exactly the same norm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoscope.errors import InputError
+from emoscope.introspection.cells import Injection, score_cells
+from emoscope.introspection.concepts import concept_vectors, random_vectors
+from emoscope.introspection.inject import Injector
+from emoscope.introspection.measure import answer_tokens
+from emoscope.introspection.tables import heads_table, lens_table, per_vector_table, summary_table
+from emoscope.introspection.trials import Trial, build_trials
+from emoscope.models.standard import StandardModel
+
+__all__ = ["SweepResult", "run_sweep", "mean_resid_norms", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
+
+DEFAULT_LAYERS = (0.3, 0.5, 0.67, 0.8)
+DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
+NORM_SOURCE = "detection trial prompt, no injection, all tokens but the first"
+
+
+@dataclass
+class SweepResult:
+    """Tables of a sweep (pandas) and what produced them.
+
+    - ``cells``: one row per forward cell (condition, vector, kind, question, layer, strength,
+      scale, logit_diff, shift, p_yes, p_no)
+    - ``per_vector``: detection shift, control shift and score per vector × layer × strength
+    - ``summary``: means over vectors with bootstrap intervals, per condition × layer × strength
+    - ``lens``: logit lens of the yes-no difference at the focus layer and strength
+    - ``heads``: attention from the answer position to the window per (layer, head)
+    - ``norms``: the mean residual norm per layer (the strength unit)
+    """
+
+    cells: pd.DataFrame
+    per_vector: pd.DataFrame
+    summary: pd.DataFrame
+    lens: pd.DataFrame
+    norms: pd.DataFrame
+    heads: pd.DataFrame | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    free_text: pd.DataFrame | None = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        out = {"introspect_cells": self.cells, "introspect_per_vector": self.per_vector,
+               "introspect_summary": self.summary, "introspect_lens": self.lens, "introspect_norms": self.norms}
+        if self.heads is not None:
+            out["introspect_heads"] = self.heads
+        if self.free_text is not None:
+            out["introspect_free_text"] = self.free_text
+        return out
+
+    def figures(self) -> dict[str, Any]:
+        from emoscope.introspection.plots import sweep_figures
+
+        return sweep_figures(self)
+
+    def save(self, out: str | os.PathLike[str]) -> Path:
+        """Write ``tables/*.csv|json``, ``figures/*.png|svg`` and ``introspect.json`` under ``out``."""
+        from emoscope._io import atomic_write_json, atomic_write_text, ensure_writable_dir
+        from emoscope.introspection.plots import save_figure
+
+        root = ensure_writable_dir(out)
+        tables, figs = ensure_writable_dir(root / "tables"), ensure_writable_dir(root / "figures")
+        for name, df in self.tables().items():
+            atomic_write_text(tables / f"{name}.csv", df.to_csv(index=False))
+            atomic_write_text(tables / f"{name}.json", df.to_json(orient="split", index=False, indent=1))
+        for name, fig in self.figures().items():
+            save_figure(fig, figs / name)
+        atomic_write_json(root / "introspect.json", self.meta)
+        return root
+
+    def focus(self, condition: str = "concept", layer: int | None = None) -> pd.Series:
+        """The summary row at the focus strength (and ``layer``, default the focus layer)."""
+        s = self.summary
+        layer = self.meta["focus_layer"] if layer is None else layer
+        row = s[(s.condition == condition) & (s.layer == layer) & (s.strength == self.meta["focus_strength"])]
+        if row.empty:
+            raise InputError(f"no {condition} row at layer {layer}, strength {self.meta['focus_strength']}")
+        return row.iloc[0]
+
+
+@torch.inference_mode()
+def mean_resid_norms(model: StandardModel, trial: Trial, layers: Sequence[int]) -> dict[int, float]:
+    """Mean ``‖resid[l]‖`` over the tokens of ``trial`` after the first, without injection."""
+    with Injector(model) as inj:
+        S = len(trial.ids)
+        inj.gather = torch.arange(1, S, device=model.device)[None].expand(1, -1)
+        model.base(input_ids=torch.tensor([list(trial.ids)], device=model.device))
+        return {int(layer): float(inj.captured[layer][0].float().norm(dim=-1).mean()) for layer in layers}
+
+
+def _focus(layers: Sequence[int], strengths: Sequence[float], n_layers: int,
+           layer: Any, strength: float | None) -> tuple[int, float]:
+    """Focus cell for the lens and heads, fixed before the data are seen: the sweep layer
+    nearest 2/3 depth and the middle strength, unless given."""
+    if layer is None:
+        layer = min(layers, key=lambda x: (abs(x / n_layers - 2 / 3), x))
+    elif int(layer) not in layers:
+        raise InputError(f"focus layer {layer} is not among the swept layers {list(layers)}")
+    if strength is None:
+        strength = sorted(strengths)[len(strengths) // 2]
+    elif float(strength) not in strengths:
+        raise InputError(f"focus strength {strength} is not among the swept strengths {list(strengths)}")
+    return int(layer), float(strength)
+
+
+def _check_vectors(vectors: Sequence[Any], layers: Sequence[int], d: int) -> None:
+    if not vectors:
+        raise InputError("no concept vectors to inject")
+    for v in vectors:
+        missing = [layer for layer in layers if layer not in v.vectors]
+        if missing:
+            raise InputError(f"concept vector {v.name!r} has no layer(s) {missing}; build it with those layers")
+        if v.d != d:
+            raise InputError(f"concept vector {v.name!r} has width {v.d}, the model has d_model={d}")
+
+
+def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, concepts: Any = "default",
+              baseline: Any = "default", controls: Any = "control-questions",
+              layers: Any = DEFAULT_LAYERS, strengths: Sequence[float] = DEFAULT_STRENGTHS,
+              n_random: int = 4, window: str = "before_trial", prefill: str | None = None, seed: int = 0,
+              batch_size: int = 64, focus_layer: int | None = None, focus_strength: float | None = None,
+              heads: bool = True, n_boot: int = 2000, free_text: int = 0, max_new_tokens: int = 40,
+              temperature: float = 1.0, judge: Any = None, progress: bool = False) -> SweepResult:
+    """Run the logit sweep. ``vectors``: ``ConceptVector``s to inject (default: built from
+    ``concepts`` minus the mean over ``baseline`` words). ``controls``: a control-question set
+    name, path or list of questions. ``free_text=N``: also N sampled answers per cell of the
+    detection trial (and of the baseline and random vectors), graded by rules (``judge``: an
+    optional extra grader, see ``run_free_text``).
+
+    >>> res = run_sweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[4])  # doctest: +SKIP
+    >>> res.summary[["condition", "layer", "strength", "score"]]                          # doctest: +SKIP
+    """
+    from emoscope.datasets import load_control_questions
+
+    layer_list = model.resolve_layers(list(layers) if isinstance(layers, tuple) else layers)
+    strengths = sorted({float(s) for s in strengths})
+    if not strengths or any(not np.isfinite(s) or s < 0 for s in strengths):
+        raise InputError(f"strengths must be finite and non-negative, got {strengths}")
+    if not isinstance(n_random, int) or n_random < 0:
+        raise InputError(f"n_random must be a non-negative integer, got {n_random!r}")
+    fl, fs = _focus(layer_list, strengths, model.n_layers, focus_layer, focus_strength)
+    questions = load_control_questions(controls) if isinstance(controls, (str, os.PathLike)) else list(controls)
+    if not questions:
+        raise InputError("no control questions; the introspection score needs them")
+    trials = build_trials(model, questions, prefill=prefill, window=window)
+    tokens = answer_tokens(model.tokenizer)
+    if vectors is None:
+        vectors = concept_vectors(model, concepts, baseline, layers=layer_list, progress=progress)
+    vectors = list(vectors)
+    _check_vectors(vectors, layer_list, model.d_model)
+    randoms = random_vectors(model.d_model, layer_list, n_random, seed=seed)
+    norms = mean_resid_norms(model, trials[0], layer_list)
+
+    # bank rows: one unit direction per (vector, layer); cells index them
+    bank, labels, cells = [], [], []
+    for t in range(len(trials)):
+        cells.append(Injection(t))
+        labels.append(("baseline", "none", None, 0.0, 0.0))
+    for cond, group in (("concept", vectors), ("random", randoms)):
+        for v in group:
+            for layer in layer_list:
+                u = np.asarray(v[layer], dtype=np.float64)
+                norm = np.linalg.norm(u)
+                if norm == 0:
+                    raise InputError(f"vector {v.name!r} is zero at layer {layer}")
+                bank.append((u / norm).astype(np.float32))
+                for s in strengths:
+                    scale = s * norms[layer]
+                    for t in range(len(trials)):
+                        cells.append(Injection(t, layer, len(bank) - 1, scale))
+                        labels.append((cond, v.name, layer, s, scale))
+    scores = score_cells(model, trials, cells, np.stack(bank), tokens, batch_size=batch_size, progress=progress)
+
+    table = pd.DataFrame(labels, columns=["condition", "vector", "layer", "strength", "scale"])
+    table.insert(1, "kind", [trials[c.trial].kind for c in cells])
+    table.insert(2, "question", [trials[c.trial].question for c in cells])
+    table["relative_depth"] = [None if x is None else round(x / model.n_layers, 4) for x in table.layer]
+    table["layer"] = table.layer.astype("Int64")
+    table["logit_diff"] = scores.logit_diff
+    base = scores.logit_diff[: len(trials)]
+    table["shift"] = scores.logit_diff - base[[c.trial for c in cells]]
+    table["p_yes"], table["p_no"] = scores.p_yes, scores.p_no
+    per_vector = per_vector_table(table)
+    summary = summary_table(per_vector, n_boot=n_boot, seed=seed)
+    lens = lens_table(table, scores.lens, model.n_layers, layer=fl, strength=fs)
+
+    heads_df = None
+    if heads:
+        rows = [0] + [i for i, c in enumerate(cells) if labels[i][0] == "concept" and c.trial == 0
+                      and c.layer == fl and labels[i][3] == fs]
+        att = score_cells(model, trials, [cells[i] for i in rows], np.stack(bank), tokens,
+                          batch_size=batch_size, attention=True).attention
+        heads_df = heads_table(att, np.arange(len(rows)) == 0)
+
+    free_df = None
+    if free_text:
+        free_df = _free_text(model, trials[0], vectors, randoms, bank, cells, labels, free_text, seed=seed,
+                             max_new_tokens=max_new_tokens, temperature=temperature, judge=judge,
+                             batch_size=batch_size, progress=progress)
+    norms_df = pd.DataFrame({"layer": list(norms), "relative_depth": [x / model.n_layers for x in norms],
+                             "mean_resid_norm": list(norms.values())})
+    meta = {
+        "model": model.name, "n_layers": model.n_layers, "layers": layer_list, "strengths": strengths,
+        "n_concepts": len(vectors), "concepts": [v.name for v in vectors], "n_random": n_random,
+        "n_controls": len(questions), "window": window, "prefill": prefill, "seed": seed,
+        "window_text": trials[0].window_text(model.tokenizer), "window_start_token": trials[0].window_start,
+        "prompt_tokens": len(trials[0].ids), "shared_prefix_tokens": scores.prefix_length,
+        "yes_tokens": list(tokens.yes_text), "no_tokens": list(tokens.no_text),
+        "strength_unit": f"mean residual norm at the layer ({NORM_SOURCE})",
+        "focus_layer": fl, "focus_strength": fs, "chat_template": model.has_chat_template,
+        "detection_prompt": trials[0].text, "n_cells": len(cells),
+        "baseline_detection_diff": float(base[0]), "baseline_control_diff_mean": float(base[1:].mean()),
+    }
+    return SweepResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df)
+
+
+def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], randoms: Sequence[Any],
+               bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
+               seed: int, max_new_tokens: int, temperature: float, judge: Any, batch_size: int,
+               progress: bool) -> pd.DataFrame:
+    """Free-text samples for every detection-trial cell of the sweep (baseline included)."""
+    from emoscope.datasets import WordEntry
+    from emoscope.introspection.freetext import run_free_text
+
+    words = {v.name: WordEntry(v.name, v.meta.get("kind"), tuple(v.meta.get("synonyms", ()))) for v in vectors}
+    conditions = []
+    for c, (cond, name, layer, strength, scale) in zip(cells, labels, strict=True):
+        if c.trial != 0:
+            continue
+        conditions.append({"condition": cond, "vector": None if c.layer is None else bank[c.vector],
+                           "name": name, "layer": layer, "strength": strength, "scale": scale,
+                           "concept": words.get(name) if cond == "concept" else None})
+    df = run_free_text(model, trial, conditions, n_samples=n, max_new_tokens=max_new_tokens,
+                       temperature=temperature, seed=seed, batch_size=batch_size, judge=judge, progress=progress)
+    df.insert(3, "relative_depth", [None if pd.isna(x) else round(x / model.n_layers, 4) for x in df.layer])
+    return df.rename(columns={"name": "vector"})

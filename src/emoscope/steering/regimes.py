@@ -1,0 +1,146 @@
+"""Regimes of steered outputs and the success statistics of a vector against its controls.
+
+All thresholds live in ``RegimeThresholds`` (the one documented place; the report prints them).
+Each output gets exactly one regime, tested in this order:
+
+1. ``repetitive collapse``: ``rep4 >= max_rep4`` or ``distinct_1 <= min_distinct1``
+   (checked only with at least ``min_words`` words, so a short answer is not "collapse");
+2. ``explosive`` (degenerate text): ``ppl_ratio >= max_ppl_ratio`` (perplexity under the
+   unsteered model over the same prompt's unsteered output) or
+   ``script_leakage >= max_script_leakage``;
+3. ``surgical``: fluent (neither of the above) and the target score moved from the same
+   prompt's baseline by at least ``min_target_change`` in the intended direction (the sign of
+   the strength; either direction for random vectors);
+4. ``no effect``: everything else (fluent, target unchanged).
+
+Success of a vector at a (layer, strength): an output succeeds when it is ``surgical`` and its
+target change beats the mean change of the random vectors on the same prompt and seed
+(in the intended direction). The rate gets a bootstrap interval over prompts; the
+vector-vs-random difference gets a Mann-Whitney test (one-sided in the intended direction)
+and a bootstrap interval of the mean difference. p-values are also reported Bonferroni-corrected
+over every (vector, layer, strength) cell tested, since the best cell is chosen after the fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "success_table", "bootstrap_ci"]
+
+REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
+
+
+@dataclass(frozen=True)
+class RegimeThresholds:
+    """Thresholds for :func:`classify_regimes` (see the module docstring for the rules).
+
+    >>> RegimeThresholds().max_ppl_ratio
+    3.0
+    """
+
+    max_rep4: float = 0.5  # share of repeated 4-grams at which text counts as looping
+    min_distinct1: float = 0.3  # distinct-1 at or below which text counts as looping
+    min_words: int = 8  # shorter outputs are never called collapsed
+    max_ppl_ratio: float = 3.0  # perplexity / baseline perplexity at which text counts as degenerate
+    max_script_leakage: float = 0.1  # share of letters outside the prompt's script
+    min_target_change: float = 0.03  # target-score change from baseline that counts as an effect
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds | None = None) -> pd.Series:
+    """One regime per row of a sweep table.
+
+    Needs columns ``target`` (the target score), ``target_change`` (vs the prompt's baseline),
+    ``strength``, ``kind``; uses ``rep4``, ``distinct_1``, ``n_words``, ``ppl_ratio`` and
+    ``script_leakage`` where present (a missing column never triggers its rule).
+
+    >>> df = pd.DataFrame({"kind": ["vector"] * 2, "strength": [4.0, 4.0], "nrc_joy": [.2, .2],
+    ...                    "target_change": [.2, .2], "rep4": [0.0, 0.9], "n_words": [20, 20]})
+    >>> classify_regimes(df, "nrc_joy").tolist()
+    ['surgical', 'repetitive collapse']
+    """
+    t = thresholds or RegimeThresholds()
+    n = len(df)
+
+    def col(name: str, fill: float) -> np.ndarray:
+        return df[name].to_numpy(dtype=float, na_value=fill) if name in df else np.full(n, fill)
+
+    long_enough = col("n_words", t.min_words) >= t.min_words
+    collapse = long_enough & ((col("rep4", 0.0) >= t.max_rep4) | (col("distinct_1", 1.0) <= t.min_distinct1))
+    explosive = (col("ppl_ratio", 1.0) >= t.max_ppl_ratio) | (col("script_leakage", 0.0) >= t.max_script_leakage)
+    change = col("target_change", 0.0)
+    sign = np.sign(col("strength", 0.0))
+    signed = np.where(df["kind"].to_numpy() == "random", np.abs(change), change * sign) if "kind" in df else np.abs(change)
+    effect = signed >= t.min_target_change
+    out = np.where(collapse, "repetitive collapse",
+                   np.where(explosive, "explosive", np.where(effect, "surgical", "no effect")))
+    return pd.Series(out, index=df.index, name="regime")
+
+
+def bootstrap_ci(values: np.ndarray, stat=np.mean, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over the first axis of ``values``.
+
+    >>> lo, hi = bootstrap_ci(np.ones(10)); (lo, hi)
+    (1.0, 1.0)
+    """
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    boots = np.array([stat(values[i]) for i in idx])
+    a = (1 - level) / 2
+    return (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
+
+
+def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (vector, layer, strength != 0): the vector's target change against random vectors.
+
+    Columns: ``n``, ``mean_change`` (vector), ``mean_change_random``, ``effect`` (signed
+    difference, intended direction positive) with ``effect_lo``/``effect_hi``, ``p_value``
+    (Mann-Whitney, one-sided), ``p_bonferroni``, ``success_rate`` with ``success_lo``/``success_hi``,
+    and the share of each regime among the vector's outputs.
+    """
+    from scipy.stats import mannwhitneyu
+
+    vec = df[(df["kind"] == "vector") & (df["strength"] != 0)]
+    rnd = df[df["kind"] == "random"]
+    # mean random change per (layer, strength, prompt, seed): the paired control of each output
+    rmean = rnd.groupby(["layer", "strength", "prompt_id", "seed"])["target_change"].mean()
+    rows = []
+    for (name, layer, s), g in vec.groupby(["vector", "layer", "strength"], sort=True):
+        sign = 1.0 if s > 0 else -1.0
+        r = rnd[(rnd["layer"] == layer) & (rnd["strength"] == s)]["target_change"].to_numpy(float)
+        v = g["target_change"].to_numpy(float)
+        keys = list(zip(g["layer"], g["strength"], g["prompt_id"], g["seed"], strict=True))
+        paired = np.array([rmean.get(k, np.nan) for k in keys], dtype=float)
+        beats = sign * (v - np.nan_to_num(paired, nan=0.0)) > 0
+        ok = (g["regime"].to_numpy() == "surgical") & beats
+        row = {"vector": name, "layer": int(layer), "strength": float(s), "n": len(v),
+               "mean_change": float(v.mean()), "mean_change_random": float(r.mean()) if len(r) else np.nan}
+        row["effect"] = sign * (row["mean_change"] - row["mean_change_random"]) if len(r) else np.nan
+        if len(r):
+            diff = sign * (v - np.nan_to_num(paired, nan=float(r.mean())))
+            row["effect_lo"], row["effect_hi"] = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+            if np.ptp(np.r_[v, r]) > 0:
+                alt = "greater" if sign > 0 else "less"
+                row["p_value"] = float(mannwhitneyu(v, r, alternative=alt).pvalue)
+            else:
+                row["p_value"] = 1.0
+        else:
+            row["effect_lo"] = row["effect_hi"] = row["p_value"] = np.nan
+        row["success_rate"] = float(ok.mean())
+        row["success_lo"], row["success_hi"] = bootstrap_ci(ok.astype(float), n_boot=n_boot, seed=seed)
+        for reg in REGIMES:
+            row[f"share_{reg.replace(' ', '_')}"] = float((g["regime"] == reg).mean())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_bonferroni"] = np.minimum(1.0, out["p_value"] * out["p_value"].notna().sum())
+    return out

@@ -1,0 +1,157 @@
+"""Scorers on known strings, regime thresholds at their boundaries, success statistics on planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emoscope.errors import InputError
+from emoscope.steering import (
+    RegimeThresholds,
+    classify_regimes,
+    known_scorers,
+    register_scorer,
+    score_texts,
+)
+from emoscope.steering.regimes import bootstrap_ci, success_table
+from emoscope.steering.scorers import main_script, output_perplexity
+
+from .conftest import tiny_model
+
+
+def test_nrc_counts_emotion_words_without_corpora():
+    s = score_texts(["What a wonderful, happy day!", "The angry man sat.", "", "Smiles everywhere"], ["nrc"])
+    assert s["nrc_joy"][0] == pytest.approx(2 / 5)  # wonderful, happy out of 5 words
+    assert s["nrc_anger"][1] == pytest.approx(1 / 4) and s["nrc_joy"][1] == 0
+    assert s["nrc_joy"][2] == 0  # empty text
+    assert s["nrc_joy"][3] == pytest.approx(1 / 2)  # "smiles" -> "smile" by the light lemmatiser
+
+
+def test_vader_valence_sign():
+    s = score_texts(["I love this, it is wonderful.", "This is terrible and I hate it.", "The bus is at nine."],
+                    ["vader"])["valence"]
+    assert s[0] > 0.5 and s[1] < -0.5 and s[2] == 0.0
+
+
+def test_repetition_and_distinct_n():
+    s = score_texts(["the cat sat on the mat", "go go go go go go go go", "one two three"], ["repetition"])
+    assert s["distinct_1"][0] == pytest.approx(5 / 6) and s["distinct_2"][0] == 1.0 and s["rep4"][0] == 0.0
+    assert s["distinct_1"][1] == pytest.approx(1 / 8) and s["rep4"][1] == pytest.approx(4 / 5)
+    assert s["rep4"][2] == 0.0  # fewer than four words: nothing can repeat
+
+
+def test_script_leakage_against_the_prompt_script():
+    s = score_texts(["Hello there", "Hello 你好", "Привет мир"], ["script"], prompts=["Hi", "Hi", "Hi"])
+    assert s["script_leakage"].tolist() == [0.0, pytest.approx(2 / 7), 1.0]
+    same = score_texts(["你好 hello"], ["script"], prompts=["你好吗"])["script_leakage"]
+    assert same[0] == pytest.approx(5 / 7)
+    assert main_script("Ελληνικά") == "GREEK"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text"])
+def test_perplexity_matches_a_direct_computation(family):
+    import torch
+
+    model = tiny_model(family)
+    tok = model.tokenizer
+    # a shared prompt with outputs of different lengths, another prompt of another length, batches of 2
+    prompts = [tok("Thank you so much")["input_ids"], tok("Rain")["input_ids"], tok("Thank you so much")["input_ids"]]
+    outs = [tok(" for the lovely gift")["input_ids"], tok(" is expected")["input_ids"], tok(" again")["input_ids"]]
+    got = output_perplexity(model, prompts, outs, batch_size=2)
+    for i in range(3):
+        ids = torch.tensor([prompts[i] + outs[i]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model.hf(input_ids=ids).logits[0].float(), -1)
+        n, p = len(outs[i]), len(prompts[i])
+        nll = -torch.stack([logp[p - 1 + j, outs[i][j]] for j in range(n)]).mean()
+        assert got[i] == pytest.approx(float(torch.exp(nll)), rel=1e-4)
+    assert np.isnan(output_perplexity(model, prompts[:1], [[]])[0])
+
+
+def test_classifier_scorer_from_a_local_directory(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from .conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id,
+                      id2label={0: "NEG", 1: "POS"}, label2id={"NEG": 0, "POS": 1})
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "clf")
+    tok.save_pretrained(tmp_path / "clf")
+    s = score_texts(["Thank you so much", "Rain"], [f"classifier:{tmp_path / 'clf'}"])
+    assert set(s) == {"clf_neg", "clf_pos"}
+    assert np.allclose(s["clf_neg"] + s["clf_pos"], 1.0, atol=1e-5)
+
+
+def test_registry_names_and_errors():
+    assert {"nrc", "vader", "classifier", "perplexity", "repetition", "script"} <= set(known_scorers())
+
+    @register_scorer("exclaims")
+    def _exclaims():
+        return lambda b: {"exclaims": np.array([t.count("!") for t in b.texts], float)}
+
+    assert score_texts(["a!!", "b"], ["exclaims"])["exclaims"].tolist() == [2.0, 0.0]
+    with pytest.raises(InputError, match="unknown scorer 'nope'"):
+        score_texts(["x"], ["nope"])
+    with pytest.raises(InputError, match="needs a model"):
+        score_texts(["x"], ["classifier"])
+
+
+def _row(**kw):
+    base = dict(kind="vector", strength=2.0, target_change=0.0, rep4=0.0, distinct_1=0.9, n_words=20,
+                ppl_ratio=1.0, script_leakage=0.0)
+    return {**base, **kw}
+
+
+def test_regime_thresholds_at_their_boundaries():
+    t = RegimeThresholds()
+    rows = [
+        _row(),  # nothing moved
+        _row(target_change=t.min_target_change),  # exactly the effect threshold: surgical
+        _row(target_change=t.min_target_change * 0.99),
+        _row(target_change=-0.2),  # moved against the strength's sign: not on target
+        _row(strength=-2.0, target_change=-0.2),  # negative strength, target down: on target
+        _row(kind="random", target_change=-0.2),  # random vectors: either direction counts
+        _row(rep4=t.max_rep4, target_change=0.5),
+        _row(distinct_1=t.min_distinct1, target_change=0.5),
+        _row(rep4=0.9, n_words=t.min_words - 1),  # too short to call collapsed
+        _row(ppl_ratio=t.max_ppl_ratio, target_change=0.5),
+        _row(ppl_ratio=t.max_ppl_ratio * 0.99, target_change=0.5),
+        _row(script_leakage=t.max_script_leakage),
+        _row(rep4=0.9, ppl_ratio=10.0),  # collapse is checked first
+    ]
+    got = classify_regimes(pd.DataFrame(rows), "target").tolist()
+    assert got == ["no effect", "surgical", "no effect", "no effect", "surgical", "surgical",
+                   "repetitive collapse", "repetitive collapse", "no effect", "explosive", "surgical",
+                   "explosive", "repetitive collapse"]
+    strict = RegimeThresholds(min_target_change=0.6)
+    assert classify_regimes(pd.DataFrame([_row(target_change=0.5)]), "target", strict).tolist() == ["no effect"]
+
+
+def _planted(effect: float, n: int = 24, k: int = 3, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n):
+        for s in (-2.0, 2.0):
+            rows.append(dict(kind="vector", vector="joy", layer=5, strength=s, prompt_id=p, seed=0,
+                             target_change=np.sign(s) * effect + rng.normal(0, 0.05), regime="surgical"))
+            for j in range(k):
+                rows.append(dict(kind="random", vector=f"random-{j}", layer=5, strength=s, prompt_id=p, seed=0,
+                                 target_change=rng.normal(0, 0.05), regime="no effect"))
+    return pd.DataFrame(rows)
+
+
+def test_success_against_random_detects_a_planted_effect_and_not_a_null():
+    hit = success_table(_planted(0.2), "target")
+    assert len(hit) == 2 and (hit.effect > 0.15).all() and (hit.p_bonferroni < 1e-3).all()
+    assert (hit.success_rate > 0.9).all() and (hit.effect_lo > 0).all() and (hit.share_surgical == 1).all()
+    null = success_table(_planted(0.0), "target")
+    assert (null.p_value > 0.01).all() and (null.effect_lo < 0).all() and (null.effect_hi > 0).all()
+
+
+def test_bootstrap_interval_covers_the_mean():
+    x = np.random.default_rng(1).normal(3.0, 1.0, 200)
+    lo, hi = bootstrap_ci(x)
+    assert lo < 3.0 < hi and hi - lo < 0.5

@@ -1,0 +1,53 @@
+"""The ``steer`` run stage end to end on a tiny random model: tables, figures, findings."""
+
+from __future__ import annotations
+
+import types
+
+import pandas as pd
+import pytest
+
+from emoscope.runs import run_spec, spec_from_yaml
+
+from .conftest import tiny_model
+
+
+def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
+    import emoscope.runs.stages_steer  # noqa: F401  (registers the stage)
+    import emoscope.steering.units as units
+    from emoscope.datasets import load_dataset
+
+    monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
+    real = units.token_norms
+    monkeypatch.setattr(units, "token_norms", lambda m, layers, texts=None: real(m, layers, texts or ["The bus is late."]))
+    model = tiny_model("llama")
+    full = load_dataset("emotions-basic")
+    keep = [i for i, y in enumerate(full.labels) if y in ("gratitude", "neutral")][:24]
+    small = types.SimpleNamespace(texts=[full.texts[i] for i in keep], labels=[full.labels[i] for i in keep],
+                                  classes=["gratitude", "neutral"], sha256=full.sha256)
+    spec = spec_from_yaml("name: tiny-steer\nmodel: tiny-llama\ndataset: emotions-basic\nstages: [steer]\n"
+                          "steer: {layers: [1], strengths: [-2, 0, 2], n_prompts: 3, max_new_tokens: 6, n_random: 2,"
+                          " scorers: [nrc, vader, perplexity, repetition, script]}\n")
+    rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: model, dataset_loader=lambda name: small)
+    out = pd.read_csv(rd.tables / "steer_outputs.csv")
+    assert set(out.kind) == {"baseline", "vector", "random"} and len(out) == 3 * (1 + 2 + 2 * 2)
+    assert (out.vector[out.kind == "vector"] == "gratitude").all()
+    success = pd.read_csv(rd.tables / "steer_success.csv")
+    assert sorted(success.strength) == [-2, 2]
+    for name in ("steer_dose_response", "steer_regime_map"):
+        assert (rd.figures / f"{name}.png").stat().st_size > 1000
+    findings = rd.ledger.read()
+    assert [f.kind for f in findings] == ["steering", "steering"]
+    names = {c.name for c in findings[0].controls}
+    assert names == {"random_vectors", "multi_token_outputs", "fluency"}
+    m = rd.read_manifest()
+    assert m.stages["steer"].status == "done"
+    assert any("regime thresholds" in n for n in m.stages["steer"].notes)
+
+
+def test_steer_stage_rejects_unknown_options():
+    import emoscope.runs.stages_steer  # noqa: F401
+    from emoscope.errors import SpecError
+
+    with pytest.raises(SpecError, match="strenghts"):
+        spec_from_yaml("name: x\nmodel: m\nstages: [steer]\nsteer: {strenghts: [1]}\n")
