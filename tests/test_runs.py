@@ -181,17 +181,17 @@ def test_stage_options_model_validates_its_section(tmp_path):
 
 # ----------------------------------------------------------------------------- runs
 def test_run_writes_a_complete_run_dir_and_skips_unbuilt_stages(tmp_path, fake_stages):
-    assert get_stage("steer") is None  # built by another engineer later; skipped until then
-    spec = fake_spec(stages=("fake-first", "steer", "fake-second"))
+    assert get_stage("heads") is None  # not built yet; skipped until then
+    spec = fake_spec(stages=("fake-first", "heads", "fake-second"))
     rd = run_spec(spec, tmp_path / "run")
     for p in (rd.spec_path, rd.manifest_path, rd.findings_path, rd.report_path):
         assert p.is_file()
     assert (rd.tables / "fake-first-table.csv").is_file() and (rd.tables / "fake-first-table.json").is_file()
     assert (rd.figures / "fake-second-fig.png").is_file() and (rd.figures / "fake-second-fig.svg").is_file()
     m = rd.read_manifest()
-    assert m.status == "done" and m.stage_order == ["fake-first", "steer", "fake-second"]
+    assert m.status == "done" and m.stage_order == ["fake-first", "heads", "fake-second"]
     assert [r.status for _, r in m.ordered_stages()] == ["done", "skipped", "done"]
-    assert m.stages["steer"].notes[0].startswith("stage 'steer' is not built yet; skipped")
+    assert m.stages["heads"].notes[0].startswith("stage 'heads' is not built yet; skipped")
     assert m.stages["fake-first"].findings == ["fake-first-000", "fake-first-001"]
     assert m.stages["fake-first"].seconds is not None and m.stages["fake-first"].metrics == {"rows": 5}
     assert m.seeds == {"spec": 3}
@@ -202,7 +202,7 @@ def test_run_writes_a_complete_run_dir_and_skips_unbuilt_stages(tmp_path, fake_s
     ledger = rd.ledger.read()
     assert [f.id for f in ledger] == ["fake-first-000", "fake-first-001", "fake-second-000", "fake-second-001"]
     assert ledger[0].provenance.stage == "fake-first" and ledger[0].provenance.run_id == m.run_id
-    assert "stage &#x27;steer&#x27; is not built yet; skipped" in rd.report_path.read_text()
+    assert "stage &#x27;heads&#x27; is not built yet; skipped" in rd.report_path.read_text()
 
 
 def test_fresh_run_into_non_empty_dir_names_resume(tmp_path, fake_stages, capsys):
