@@ -86,12 +86,10 @@ def random_vectors(d: int, layers: Sequence[int], k: int, *, seed: int = 0) -> l
     >>> [v.name for v in r], round(r[0].norms()[3], 6)
     (['random:0', 'random:1'], 1.0)
     """
-    rng = np.random.default_rng(seed)
+    from emoscope.steering.units import random_directions
+
     out = []
-    for j in range(k):
-        vecs = {}
-        for layer in layers:
-            v = rng.standard_normal(d)
-            vecs[int(layer)] = (v / np.linalg.norm(v)).astype(np.float32)
+    for j, draw in enumerate(random_directions(d, layers, k, seed)):
+        vecs = {layer: v.astype(np.float32) for layer, v in draw.items()}
         out.append(ConceptVector(f"random:{j}", vecs, {"method": "isotropic gaussian", "seed": seed}))
     return out

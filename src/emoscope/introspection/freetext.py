@@ -113,14 +113,6 @@ def grade_answer(text: str, concept: Any = None, *, perplexity: float = float("n
                  compression=round(compression, 4), success=bool(first and coherent))
 
 
-def _stop_ids(model: StandardModel) -> set[int]:
-    ids = {model.tokenizer.eos_token_id}
-    gen = getattr(model.hf, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return {int(i) for i in ids if i is not None}
-
-
 def _cut(text: str, chat: bool) -> str:
     """Plain-text dialogues run on into the next turn; keep the assistant's answer only."""
     if not chat:
@@ -141,7 +133,7 @@ def sample_answers(model: StandardModel, trial: Trial, injections: Sequence[tupl
     Runs on the steering decode loop (``emoscope.steering.decode_rows``) with the window
     ``from:<window start>``: the same hook and the same loop as steered generation.
     """
-    from emoscope.steering.decode import RowEdits, Sampling, decode_rows
+    from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids
     from emoscope.steering.hooks import Window
 
     if n_samples < 1 or max_new_tokens < 1:
@@ -167,7 +159,7 @@ def sample_answers(model: StandardModel, trial: Trial, injections: Sequence[tupl
     finally:
         if bar is not None:
             bar.close()
-    stops = _stop_ids(model)
+    stops = eos_ids(model)  # what the decode loop stops on
     out: list[list[tuple[str, list[int]]]] = [[] for _ in injections]
     for (i, _), toks in zip(jobs, dec.tokens, strict=True):
         ids = [t for t in toks if t not in stops]

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from emoscope.errors import InputError
-from emoscope.steering.decode import RowEdits, Sampling, decode_rows, stack_rows
+from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids, stack_rows
 from emoscope.steering.hooks import MODES, _as_strength, parse_window
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes, success_table
 from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, words
@@ -271,7 +271,7 @@ class SteeringSweep:
         finally:
             if pbar is not None:
                 pbar.close()
-        stop = _stop_ids(model)
+        stop = eos_ids(model)
         table["text"] = [model.tokenizer.decode([t for t in toks if t not in stop], skip_special_tokens=True)
                          for toks in dec.tokens]
         table["n_tokens"] = [len(t) for t in dec.tokens]
@@ -320,9 +320,3 @@ class SteeringSweep:
             table["ppl_ratio"] = table["perplexity"].to_numpy(float) / table["perplexity"].to_numpy(float)[bi]
         table["changed"] = [tokens[i] != tokens[b] for i, b in enumerate(bi)]
         table["regime"] = classify_regimes(table, "target_score", self.thresholds)
-
-
-def _stop_ids(model: Any) -> set[int]:
-    from emoscope.steering.decode import eos_ids
-
-    return eos_ids(model)
