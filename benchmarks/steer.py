@@ -66,6 +66,7 @@ def main() -> int:
     from emoscope.activations import extract
     from emoscope.datasets import load_dataset
     from emoscope.models import load_model
+    from emoscope.models.kvcache import cache_kwargs, output_cache
     from emoscope.steering import SteeringSweep, steer
     from emoscope.steering.decode import eos_ids
     from emoscope.steering.units import token_norms
@@ -109,8 +110,8 @@ def main() -> int:
             out = model.hf(input_ids=prompt, use_cache=True)
             logits = out.logits[0, -1]
             if prefix:  # a cached continuation, so "generated" covers exactly the prefix
-                logits = model.hf(input_ids=torch.tensor([prefix]), past_key_values=out.past_key_values,
-                                  use_cache=True).logits[0, -1]
+                logits = model.hf(input_ids=torch.tensor([prefix]), use_cache=True,
+                                  **cache_kwargs(model.hf, output_cache(out))).logits[0, -1]
         return float(logits[a] - logits[b])
 
     def agreement(got, ref, keys, positions):

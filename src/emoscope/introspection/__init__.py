@@ -18,7 +18,7 @@ detection shift minus the control shift, with a bootstrap interval over concepts
 from emoscope.introspection.cells import CellScores, Injection, score_cells, shared_prefix_length
 from emoscope.introspection.concepts import CONCEPT_PROMPT, concept_vectors, random_vectors
 from emoscope.introspection.freetext import Grade, grade_answer, run_free_text, sample_answers
-from emoscope.introspection.inject import Injector, fork_cache, prefix_cache
+from emoscope.introspection.inject import Injector, prefix_cache
 from emoscope.introspection.measure import AnswerTokens, answer_tokens, yes_no_diff
 from emoscope.introspection.sweep import (
     DEFAULT_LAYERS,
@@ -36,6 +36,7 @@ from emoscope.introspection.trials import (
     build_trials,
     find_window,
 )
+from emoscope.models.kvcache import fork_cache
 
 __all__ = [
     "run_sweep",

@@ -24,12 +24,12 @@ from emoscope.introspection.inject import (
     Injector,
     common_prefix_length,
     eager_attention,
-    fork_cache,
     prefix_cache,
     replay_blocks,
 )
 from emoscope.introspection.measure import AnswerTokens, yes_no_diff
 from emoscope.introspection.trials import Trial
+from emoscope.models.kvcache import cache_kwargs, fork_cache
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Injection", "CellScores", "score_cells", "shared_prefix_length", "logits_from_final"]
@@ -167,8 +167,9 @@ class _Run:
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> object:
         B = ids.shape[0]
         full = torch.cat([torch.ones(B, self.plen, dtype=mask.dtype, device=mask.device), mask], 1)
-        return self.model.base(input_ids=ids, attention_mask=full, past_key_values=fork_cache(self.cache, B),
-                               use_cache=self.cache is not None, output_attentions=self.attention)
+        return self.model.base(input_ids=ids, attention_mask=full, use_cache=self.cache is not None,
+                               output_attentions=self.attention,
+                               **cache_kwargs(self.model.base, fork_cache(self.cache, B)))
 
     def cache_residuals(self, inj: Injector) -> None:
         """One uninjected pass over every trial; keep ``resid[l]`` at every suffix position."""

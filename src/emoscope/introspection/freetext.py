@@ -28,8 +28,9 @@ from emoscope._progress import progress as _progress
 from emoscope.activations import pad_batch
 from emoscope.errors import InputError
 from emoscope.introspection.cells import logits_from_final
-from emoscope.introspection.inject import fork_cache, prefix_cache
+from emoscope.introspection.inject import prefix_cache
 from emoscope.introspection.trials import Trial
+from emoscope.models.kvcache import cache_kwargs, fork_cache
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Grade", "grade_answer", "sample_answers", "answer_perplexity", "run_free_text", "Judge"]
@@ -183,7 +184,8 @@ def answer_perplexity(model: StandardModel, trial: Trial, answers: Sequence[Sequ
         seqs = [[trial.ids[-1], *answers[i]] for i in rows]
         ids, mask, _, _ = pad_batch(seqs, pad_id, "right", model.device)
         full = torch.cat([torch.ones(len(rows), plen, dtype=mask.dtype, device=mask.device), mask], 1)
-        o = model.base(input_ids=ids, attention_mask=full, past_key_values=fork_cache(cache, len(rows)), use_cache=True)
+        o = model.base(input_ids=ids, attention_mask=full, use_cache=True,
+                       **cache_kwargs(model.base, fork_cache(cache, len(rows))))
         logp = logits_from_final(model, o.last_hidden_state[:, :-1]).float().log_softmax(-1)
         tok = logp.gather(-1, ids[:, 1:, None])[..., 0]                  # (B, S-1)
         m = mask[:, 1:].float()

@@ -6,7 +6,7 @@ layer. Rows injected elsewhere get zeros there, and ``x + 0.0 == x`` exactly, so
 strength 0 reproduces the no-injection forward bit for bit. The hooks live only inside the
 ``with`` block.
 
-``prefix_cache`` / ``fork_cache``: the tokens before the window are the same for every cell of
+``prefix_cache`` (and ``emoscope.models.kvcache.fork_cache``): the tokens before the window are the same for every cell of
 a sweep, so their keys and values are computed once and expanded (a view, no copy) over each
 batch; only the suffix runs per cell.
 """
@@ -14,17 +14,17 @@ batch; only the suffix runs per cell.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from emoscope.models.kvcache import output_cache
 from emoscope.models.standard import StandardModel, block_output
 from emoscope.steering.hooks import edit_residual, replace_block_output
 
-__all__ = ["Injector", "prefix_cache", "fork_cache", "common_prefix_length", "eager_attention", "replay_blocks"]
+__all__ = ["Injector", "prefix_cache", "common_prefix_length", "eager_attention", "replay_blocks"]
 
 
 class Injector:
@@ -94,25 +94,7 @@ def prefix_cache(model: StandardModel, ids: Sequence[int]) -> Any:
     if not ids:
         return None
     x = torch.tensor([list(ids)], device=model.device)
-    return model.base(input_ids=x, use_cache=True).past_key_values
-
-
-def fork_cache(cache: Any, batch: int) -> Any:
-    """A copy of a one-row ``cache`` expanded to ``batch`` rows without copying tensors; the
-    forward that consumes it concatenates new keys into fresh tensors, so ``cache`` itself is
-    never modified and can be forked again."""
-    if cache is None:
-        return None
-    out = copy.copy(cache)
-    out.layers = []
-    for layer in cache.layers:
-        new = copy.copy(layer)
-        for name in ("keys", "values"):
-            t = getattr(new, name, None)
-            if isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel():
-                setattr(new, name, t.expand(batch, -1, -1, -1))
-        out.layers.append(new)
-    return out
+    return output_cache(model.base(input_ids=x, use_cache=True))
 
 
 @contextlib.contextmanager

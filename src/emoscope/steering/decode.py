@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from emoscope.errors import InputError
+from emoscope.models.kvcache import cache_kwargs, new_cache, output_cache
 from emoscope.steering.hooks import EditHook, PositionTracker, Window, _installed
 
 __all__ = ["Sampling", "RowEdits", "Decoded", "decode_rows", "eos_ids"]
@@ -184,10 +185,9 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     shared = None
     if share_prefill:  # one unsteered prefill of the unique prompts, shared by all rows
         ids, mask = _left_pad(prompts, pad, device)
-        cache = _new_cache(model)
-        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
-                       use_cache=True, **keep)
-        shared = (out.past_key_values, out.logits[:, -1].float(), mask)
+        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                       **cache_kwargs(model.hf, new_cache(model)), **keep)
+        shared = (output_cache(out), out.logits[:, -1].float(), mask)
     batches = 0
     for lo in range(0, n_rows, batch_rows):
         idx = torch.arange(lo, min(lo + batch_rows, n_rows))
@@ -206,9 +206,9 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                 logits, mask = shared[1][sub.to(device)], shared[2][sub.to(device)]
             else:
                 ids, mask = _left_pad([prompts[i] for i in sub.tolist()], pad, device)
-                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                               past_key_values=_new_cache(model), use_cache=True, **keep)
-                cache, logits = out.past_key_values, out.logits[:, -1].float()
+                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                               **cache_kwargs(model.hf, new_cache(model)), **keep)
+                cache, logits = output_cache(out), out.logits[:, -1].float()
             pos = _positions(mask)[:, -1:]  # (rows, 1)
             done = torch.zeros(len(idx), dtype=torch.bool, device=device)
             for step in range(max_new_tokens):
@@ -223,24 +223,15 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 pos = pos + 1
-                out = model.hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                               use_cache=True, **keep)
-                cache, logits = out.past_key_values, out.logits[:, -1].float()
+                out = model.hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                               **cache_kwargs(model.hf, cache), **keep)
+                cache, logits = output_cache(out), out.logits[:, -1].float()
                 if progress is not None:
                     progress.update(len(idx))
         batches += 1
     return Decoded(tokens=tokens, gaps=[np.asarray(g, dtype=np.float32) for g in gaps],
                    seconds=time.perf_counter() - t0,
                    prefill_rows=len(prompts) if share_prefill else n_rows, batches=batches)
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.hf.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
 
 
 def stack_rows(per_row: Sequence[Mapping[int, np.ndarray]], layers: Sequence[int], d: int, model) -> dict[int, torch.Tensor]:

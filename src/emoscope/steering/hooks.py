@@ -5,7 +5,7 @@ Positions under the KV cache
 During cached generation every forward sees only the new tokens, so a hook cannot tell a
 prompt token from a generated one by its index in the current call. A pre-hook on the
 decoder stack (``model.base``) therefore records, for every forward, the absolute column of its
-first token (``past_key_values.get_seq_length()``), the attention mask (for left padding), and
+first token (the length of the KV cache it was given), the attention mask (for left padding), and
 the prompt length (the width of the first forward of a sequence). A forward without a cache
 that re-reads a longer copy of the same sequence (``generate(use_cache=False)``) is recognised
 as the same sequence, so "generated" means the same columns with and without the cache.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from emoscope.errors import InputError, PositionError
+from emoscope.models.kvcache import input_cache, past_length
 from emoscope.models.standard import block_output
 from emoscope.steering.units import unit_deltas
 
@@ -85,17 +86,6 @@ def parse_window(spec: str | Window) -> Window:
     raise PositionError(f"positions {spec!r} not understood; use all, prompt, generated or from:K (K >= 0)")
 
 
-def _past_length(past: Any) -> int:
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    try:  # legacy tuple cache: ((k, v), ...) with k (batch, heads, seq, head_dim)
-        return int(past[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
-
-
 class PositionTracker:
     """Forward pre-hook on the decoder stack: where the current forward sits in its sequence."""
 
@@ -119,7 +109,7 @@ class PositionTracker:
         if x is None:
             return
         width = int(x.shape[1])
-        past_len = _past_length(kwargs.get("past_key_values"))
+        past_len = past_length(input_cache(kwargs))
         if past_len > 0:  # a cached continuation
             if self.calls == 0 or self._ids is None:
                 self.prompt_len = past_len  # entered mid-sequence: what is cached is the prompt

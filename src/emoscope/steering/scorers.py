@@ -242,7 +242,8 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
 
     import torch
 
-    from emoscope.steering.decode import _keeps_logits, _left_pad, _new_cache, _pad_id, _positions
+    from emoscope.models.kvcache import cache_kwargs, new_cache, output_cache
+    from emoscope.steering.decode import _keeps_logits, _left_pad, _pad_id, _positions
 
     out = np.full(len(output_ids), np.nan)
     uniq: dict[tuple[int, ...], int] = {}
@@ -255,7 +256,7 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
     with torch.inference_mode():
         pids, pmask = _left_pad(list(uniq), pad, model.device)
         pre = model.hf(input_ids=pids, attention_mask=pmask, position_ids=_positions(pmask),
-                       past_key_values=_new_cache(model), use_cache=True, **keep)
+                       use_cache=True, **cache_kwargs(model.hf, new_cache(model)), **keep)
         first = torch.log_softmax(pre.logits[:, -1].float(), dim=-1)  # (prompts, vocab): the first output token
         for lo in range(0, len(order), batch_size):
             rows = order[lo: lo + batch_size]
@@ -266,12 +267,12 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
             for j, i in enumerate(rows):  # right padded: the prompt cache stays flush with the outputs
                 ids[j, : len(output_ids[i])] = torch.as_tensor(list(output_ids[i]), device=model.device)
                 omask[j, : len(output_ids[i])] = 1
-            cache = copy.deepcopy(pre.past_key_values)
+            cache = copy.deepcopy(output_cache(pre))
             cache.batch_select_indices(sub)
             mask = torch.cat([pmask[sub], omask], dim=1)
             pos = pmask[sub].sum(1, keepdim=True) + torch.arange(width, device=model.device)[None]  # (rows, width)
             lp = torch.log_softmax(model.hf(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                            past_key_values=cache, use_cache=True).logits.float(), dim=-1)
+                                            use_cache=True, **cache_kwargs(model.hf, cache)).logits.float(), dim=-1)
             nll = torch.empty(len(rows), width, device=model.device)
             nll[:, 0] = -first[sub].gather(-1, ids[:, :1])[:, 0]
             if width > 1:
