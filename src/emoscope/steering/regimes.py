@@ -15,10 +15,15 @@ Each output gets exactly one regime, tested in this order:
 
 Success of a vector at a (layer, strength): an output succeeds when it is ``surgical`` and its
 target change beats the mean change of the random vectors on the same prompt and seed
-(in the intended direction). The rate gets a bootstrap interval over prompts; the
-vector-vs-random difference gets a Mann-Whitney test (one-sided in the intended direction)
-and a bootstrap interval of the mean difference. p-values are also reported Bonferroni-corrected
-over every (vector, layer, strength) cell tested, since the best cell is chosen after the fact.
+(in the intended direction). The rate gets a bootstrap interval over prompts. The effect is
+the paired difference, per output, between the vector's target change and the mean change of
+the random vectors on the same prompt and seed (sign-flipped for negative strengths, so a
+positive effect always means "moved the intended way more than random did"); it gets a
+bootstrap interval and a one-sided Wilcoxon signed-rank test (``p_value``: the design is paired,
+each prompt is its own control, so prompt-to-prompt spread does not drown the effect). The
+unpaired Mann-Whitney test of vector against all random outputs is kept as ``p_unpaired``.
+p-values are also reported Bonferroni-corrected over every (vector, layer, strength) cell
+tested, since the best cell is chosen after the fact.
 """
 
 from __future__ import annotations
@@ -102,12 +107,13 @@ def bootstrap_ci(values: np.ndarray, stat=np.mean, n_boot: int = 2000, level: fl
 def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (vector, layer, strength != 0): the vector's target change against random vectors.
 
-    Columns: ``n``, ``mean_change`` (vector), ``mean_change_random``, ``effect`` (signed
+    Columns: ``n``, ``mean_change`` (vector), ``mean_change_random``, ``effect`` (mean paired
     difference, intended direction positive) with ``effect_lo``/``effect_hi``, ``p_value``
-    (Mann-Whitney, one-sided), ``p_bonferroni``, ``success_rate`` with ``success_lo``/``success_hi``,
-    and the share of each regime among the vector's outputs.
+    (Wilcoxon signed-rank on the paired differences, one-sided), ``p_unpaired`` (Mann-Whitney),
+    ``p_bonferroni``, ``success_rate`` with ``success_lo``/``success_hi``, and the share of each
+    regime among the vector's outputs.
     """
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu, wilcoxon
 
     vec = df[(df["kind"] == "vector") & (df["strength"] != 0)]
     rnd = df[df["kind"] == "random"]
@@ -124,17 +130,15 @@ def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int =
         ok = (g["regime"].to_numpy() == "surgical") & beats
         row = {"vector": name, "layer": int(layer), "strength": float(s), "n": len(v),
                "mean_change": float(v.mean()), "mean_change_random": float(r.mean()) if len(r) else np.nan}
-        row["effect"] = sign * (row["mean_change"] - row["mean_change_random"]) if len(r) else np.nan
         if len(r):
-            diff = sign * (v - np.nan_to_num(paired, nan=float(r.mean())))
+            diff = sign * (v - np.nan_to_num(paired, nan=float(r.mean())))  # (n,) paired, intended way > 0
+            row["effect"] = float(diff.mean())
             row["effect_lo"], row["effect_hi"] = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            if np.ptp(np.r_[v, r]) > 0:
-                alt = "greater" if sign > 0 else "less"
-                row["p_value"] = float(mannwhitneyu(v, r, alternative=alt).pvalue)
-            else:
-                row["p_value"] = 1.0
+            row["p_value"] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
+            alt = "greater" if sign > 0 else "less"
+            row["p_unpaired"] = float(mannwhitneyu(v, r, alternative=alt).pvalue) if np.ptp(np.r_[v, r]) > 0 else 1.0
         else:
-            row["effect_lo"] = row["effect_hi"] = row["p_value"] = np.nan
+            row["effect"] = row["effect_lo"] = row["effect_hi"] = row["p_value"] = row["p_unpaired"] = np.nan
         row["success_rate"] = float(ok.mean())
         row["success_lo"], row["success_hi"] = bootstrap_ci(ok.astype(float), n_boot=n_boot, seed=seed)
         for reg in REGIMES:
