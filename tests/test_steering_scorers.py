@@ -15,7 +15,7 @@ from emoscope.steering import (
     score_texts,
 )
 from emoscope.steering.regimes import bootstrap_ci, success_table
-from emoscope.steering.scorers import main_script, output_perplexity
+from emoscope.steering.scorers import main_script, output_perplexity, words
 
 from .conftest import tiny_model
 
@@ -39,6 +39,23 @@ def test_repetition_and_distinct_n():
     assert s["distinct_1"][0] == pytest.approx(5 / 6) and s["distinct_2"][0] == 1.0 and s["rep4"][0] == 0.0
     assert s["distinct_1"][1] == pytest.approx(1 / 8) and s["rep4"][1] == pytest.approx(4 / 5)
     assert s["rep4"][2] == 0.0  # fewer than four words: nothing can repeat
+
+
+def test_token_loops_without_words_are_collapse():
+    # seen on SmolLM2 at strength 8: one giant "word" (Morestestest...) or "\n\n*" loops, which
+    # word counts cannot see; the output tokens can
+    texts = ["Mor" + "est" * 40, "The a" + "\n\n*" * 20, "I walked to the station and bought a ticket for the early train."]
+    ids = [[44] + [7] * 40, [3, 5] + [9, 11] * 20, list(range(100, 116))]
+    s = score_texts(texts, ["repetition"], output_ids=ids)
+    assert s["distinct_1_tok"][0] == pytest.approx(2 / 41) and s["rep4_tok"][0] == pytest.approx(36 / 38)
+    assert s["rep4_tok"][2] == 0.0 and s["distinct_1_tok"][2] == 1.0
+    assert "rep4_tok" not in score_texts(texts, ["repetition"])  # no token ids, no token columns
+    df = pd.DataFrame({"kind": "vector", "strength": 8.0, "target_change": 0.0,
+                       "n_words": [len(words(t)) for t in texts], "n_tokens": [len(i) for i in ids], **s})
+    assert df.n_words.tolist()[:2] == [1, 2]  # too few words for the word rule
+    assert classify_regimes(df, "target").tolist() == ["repetitive collapse", "repetitive collapse", "no effect"]
+    short = df.assign(n_tokens=RegimeThresholds().min_words - 1)
+    assert classify_regimes(short, "target").tolist() == ["no effect"] * 3
 
 
 def test_script_leakage_against_the_prompt_script():

@@ -5,7 +5,7 @@ means for ``emotion:`` on the spec's dataset (default: ``joy``, else ``gratitude
 non-neutral class). The sweep runs the vector, its negation (the symmetric strength grid) and
 ``n_random`` random matched-norm vectors in one batched decode, scores every output, classifies
 its regime, and records one ``steering`` finding per vector: the best (layer, strength) cell by
-effect over random vectors, with the random-vector, multi-token and fluency controls, its p-value
+effect over random vectors among the cells whose outputs mostly stay fluent, with the random-vector, multi-token and fluency controls, its p-value
 Bonferroni-corrected over every cell tried.
 
 Writes tables ``steer_outputs``, ``steer_success``, ``steer_regimes``, ``steer_dose_response`` and
@@ -138,7 +138,10 @@ def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
     th = res.thresholds
     summary = ""
     for name, g in s.groupby("vector"):
-        best = g.sort_values(["effect", "share_surgical"], ascending=False).iloc[0]
+        # the claim needs fluent text, so the best cell is chosen among those where most outputs
+        # neither collapse nor explode (all cells when there is none)
+        intact = g[(g.share_repetitive_collapse + g.share_explosive) < 0.5]
+        best = (intact if len(intact) else g).sort_values(["effect", "share_surgical"], ascending=False).iloc[0]
         layer, strength = int(best.layer), float(best.strength)
         cell = t[(t.kind == "vector") & (t.vector == name) & (t.layer == layer) & (t.strength == strength)]
         ppl = float(np.nanmedian(cell["ppl_ratio"])) if "ppl_ratio" in cell else float("nan")
@@ -148,7 +151,7 @@ def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
         controls = [
             Control(name="random_vectors", value=float(best.p_bonferroni), passed=significant, threshold=opts.alpha,
                     note=f"{opts.n_random} random matched-norm vectors: mean change {best.mean_change_random:.3g} vs "
-                         f"{best.mean_change:.3g}; Mann-Whitney p Bonferroni-corrected over {len(s)} cells"),
+                         f"{best.mean_change:.3g}; paired Wilcoxon p Bonferroni-corrected over {len(s)} cells"),
             Control(name="multi_token_outputs", value=float(cell.n_tokens.mean()), passed=True,
                     note=f"scored on generations of up to {opts.max_new_tokens} tokens"),
             Control(name="fluency", value=ppl, passed=fluent, threshold=th.max_ppl_ratio,

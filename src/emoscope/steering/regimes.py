@@ -3,8 +3,10 @@
 All thresholds live in ``RegimeThresholds`` (the one documented place; the report prints them).
 Each output gets exactly one regime, tested in this order:
 
-1. ``repetitive collapse``: ``rep4 >= max_rep4`` or ``distinct_1 <= min_distinct1``
-   (checked only with at least ``min_words`` words, so a short answer is not "collapse");
+1. ``repetitive collapse``: ``rep4 >= max_rep4`` or ``distinct_1 <= min_distinct1``, over words
+   (checked only with at least ``min_words`` words, so a short answer is not "collapse"), or the
+   same over output tokens (``rep4_tok``, ``distinct_1_tok``; at least ``min_words`` tokens), so a
+   loop that makes no words ("Morestestest...", "\\n\\n*\\n\\n*...") is collapse too;
 2. ``explosive`` (degenerate text): ``ppl_ratio >= max_ppl_ratio`` (perplexity under the
    unsteered model over the same prompt's unsteered output) or
    ``script_leakage >= max_script_leakage``;
@@ -48,7 +50,7 @@ class RegimeThresholds:
 
     max_rep4: float = 0.5  # share of repeated 4-grams at which text counts as looping
     min_distinct1: float = 0.3  # distinct-1 at or below which text counts as looping
-    min_words: int = 8  # shorter outputs are never called collapsed
+    min_words: int = 8  # outputs with fewer words (tokens, for the token rule) are never called collapsed
     max_ppl_ratio: float = 3.0  # perplexity / baseline perplexity at which text counts as degenerate
     max_script_leakage: float = 0.1  # share of letters outside the prompt's script
     min_target_change: float = 0.03  # target-score change from baseline that counts as an effect
@@ -61,8 +63,9 @@ def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds
     """One regime per row of a sweep table.
 
     Needs columns ``target`` (the target score), ``target_change`` (vs the prompt's baseline),
-    ``strength``, ``kind``; uses ``rep4``, ``distinct_1``, ``n_words``, ``ppl_ratio`` and
-    ``script_leakage`` where present (a missing column never triggers its rule).
+    ``strength``, ``kind``; uses ``rep4``, ``distinct_1``, ``n_words``, ``rep4_tok``,
+    ``distinct_1_tok``, ``n_tokens``, ``ppl_ratio`` and ``script_leakage`` where present (a missing
+    column never triggers its rule).
 
     >>> df = pd.DataFrame({"kind": ["vector"] * 2, "strength": [4.0, 4.0], "nrc_joy": [.2, .2],
     ...                    "target_change": [.2, .2], "rep4": [0.0, 0.9], "n_words": [20, 20]})
@@ -77,6 +80,8 @@ def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds
 
     long_enough = col("n_words", t.min_words) >= t.min_words
     collapse = long_enough & ((col("rep4", 0.0) >= t.max_rep4) | (col("distinct_1", 1.0) <= t.min_distinct1))
+    long_tokens = col("n_tokens", t.min_words) >= t.min_words
+    collapse |= long_tokens & ((col("rep4_tok", 0.0) >= t.max_rep4) | (col("distinct_1_tok", 1.0) <= t.min_distinct1))
     explosive = (col("ppl_ratio", 1.0) >= t.max_ppl_ratio) | (col("script_leakage", 0.0) >= t.max_script_leakage)
     change = col("target_change", 0.0)
     sign = np.sign(col("strength", 0.0))

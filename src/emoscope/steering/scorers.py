@@ -13,7 +13,8 @@ Built-ins (columns in brackets):
 - ``perplexity``: perplexity of the output under the *unsteered* model, given the prompt
   [``perplexity``; the sweep adds ``ppl_ratio`` = perplexity / the same prompt's baseline]
 - ``repetition``: [``distinct_1``, ``distinct_2``, ``rep4`` = share of 4-grams that already
-  occurred earlier in the same output]
+  occurred earlier in the same output, over words; inside a sweep also ``distinct_1_tok`` and
+  ``rep4_tok`` over the output tokens]
 - ``script``: [``script_leakage`` = share of letters outside the prompt's main script, e.g. CJK
   under English]
 
@@ -192,17 +193,31 @@ def vader_scorer() -> ScoreFn:
 
 @register_scorer("repetition")
 def repetition_scorer() -> ScoreFn:
-    """distinct-1/2 (unique n-grams / n-grams) and rep4 (share of repeated 4-grams) over words."""
+    """distinct-1/2 (unique n-grams / n-grams) and rep4 (share of repeated 4-grams) over words;
+    with the output token ids (inside a sweep) also ``distinct_1_tok`` and ``rep4_tok`` over
+    tokens, which catch loops that make no words ("estestest...", "\\n\\n*\\n\\n*...")."""
+    def grams(seq: Sequence[Any], n: int) -> list[tuple[Any, ...]]:
+        return [tuple(seq[i: i + n]) for i in range(len(seq) - n + 1)]
+
+    def distinct(seq: Sequence[Any], n: int) -> float:
+        g = grams(seq, n)
+        return len(set(g)) / len(g) if g else math.nan
+
+    def rep4(seq: Sequence[Any]) -> float:
+        g = grams(seq, 4)
+        return 1.0 - len(set(g)) / len(g) if g else 0.0
+
     def fn(b: ScoreBatch) -> dict[str, np.ndarray]:
-        cols = {"distinct_1": [], "distinct_2": [], "rep4": []}
+        cols: dict[str, list[float]] = {"distinct_1": [], "distinct_2": [], "rep4": []}
         for text in b.texts:
             # words, or every non-space character run for texts without letters ("!!!! ????")
             ws = words(text) or text.split()
-            for n, key in ((1, "distinct_1"), (2, "distinct_2")):
-                grams = [tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)]
-                cols[key].append(len(set(grams)) / len(grams) if grams else math.nan)
-            grams4 = [tuple(ws[i: i + 4]) for i in range(len(ws) - 3)]
-            cols["rep4"].append(1.0 - len(set(grams4)) / len(grams4) if grams4 else 0.0)
+            cols["distinct_1"].append(distinct(ws, 1))
+            cols["distinct_2"].append(distinct(ws, 2))
+            cols["rep4"].append(rep4(ws))
+        if b.output_ids is not None:
+            cols["distinct_1_tok"] = [distinct(list(ids), 1) for ids in b.output_ids]
+            cols["rep4_tok"] = [rep4(list(ids)) for ids in b.output_ids]
         return {k: np.asarray(v, dtype=float) for k, v in cols.items()}
     return fn
 

@@ -275,6 +275,7 @@ class SteeringSweep:
         table["text"] = [model.tokenizer.decode([t for t in toks if t not in stop], skip_special_tokens=True)
                          for toks in dec.tokens]
         table["n_tokens"] = [len(t) for t in dec.tokens]
+        table["token_ids"] = [" ".join(map(str, t)) for t in dec.tokens]  # so outputs.csv can be re-scored
         table["n_words"] = [len(words(t)) for t in table["text"]]
         table["min_logit_gap"] = [float(g.min()) if len(g) else np.nan for g in dec.gaps]
         table["prompt"] = [self.prompts[p] for p in row_prompt]
