@@ -14,7 +14,7 @@ from emoscope.steering import (
     register_scorer,
     score_texts,
 )
-from emoscope.steering.regimes import bootstrap_ci, success_table
+from emoscope.steering.regimes import bootstrap_ci, regime_switches, success_table
 from emoscope.steering.scorers import main_script, output_perplexity, words
 
 from .conftest import tiny_model
@@ -172,3 +172,16 @@ def test_bootstrap_interval_covers_the_mean():
     x = np.random.default_rng(1).normal(3.0, 1.0, 200)
     lo, hi = bootstrap_ci(x)
     assert lo < 3.0 < hi and hi - lo < 0.5
+
+
+def test_regime_switches_name_where_each_regime_takes_over():
+    rows = []
+    for s, regs in {0.25: ["surgical", "no effect", "surgical"], 1.0: ["explosive", "explosive", "surgical"],
+                    4.0: ["repetitive collapse", "repetitive collapse", "explosive"]}.items():
+        for sign in (1, -1):
+            rows += [dict(kind="vector", layer=3, strength=sign * s, regime=r) for r in regs]
+    rows += [dict(kind="vector", layer=7, strength=0.25, regime="explosive"),
+             dict(kind="random", layer=7, strength=0.25, regime="surgical")]
+    lines = regime_switches(pd.DataFrame(rows))
+    assert lines == ["layer 3: intact up to |strength| 0.25; explosive from |strength| 1; repetitive collapse from |strength| 4",
+                     "layer 7: broken at every strength tried; explosive from |strength| 0.25; never mostly repetitive collapse"]

@@ -43,6 +43,7 @@ def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
     m = rd.read_manifest()
     assert m.stages["steer"].status == "done"
     assert any("regime thresholds" in n for n in m.stages["steer"].notes)
+    assert sum(n.startswith("regimes, layer ") for n in m.stages["steer"].notes) == len(set(success.layer))
 
 
 def test_steer_stage_rejects_unknown_options():

@@ -145,4 +145,8 @@ def _print_summary(result, out) -> None:
         cols = ["vector", "layer", "strength", "mean_change", "mean_change_random", "effect", "p_bonferroni",
                 "success_rate", "share_surgical", "share_repetitive_collapse", "share_explosive"]
         print(s[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    from emoscope.steering.regimes import regime_switches
+
+    for line in regime_switches(t):
+        print("regimes, " + line)
     print(f"-> {out}")

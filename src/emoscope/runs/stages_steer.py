@@ -86,6 +86,7 @@ def steer_stage(ctx: RunContext) -> StageResult:
     from emoscope.datasets import load_texts
     from emoscope.steering import SteeringSweep
     from emoscope.steering.plots import dose_response_figure, regime_map_figure
+    from emoscope.steering.regimes import regime_switches
 
     opts: SteerOptions = ctx.options if isinstance(ctx.options, SteerOptions) else SteerOptions(**(ctx.options or {}))
     model = ctx.model
@@ -107,23 +108,10 @@ def steer_stage(ctx: RunContext) -> StageResult:
              f"per-token residual norm ({res.meta['unit_norms']}); positions={opts.positions}; "
              f"{len(res.table)} generations of up to {opts.max_new_tokens} tokens in {res.meta['decode_seconds']:.1f} s")
     ctx.note("regime thresholds: " + ", ".join(f"{k}={v}" for k, v in res.thresholds.as_dict().items()))
-    for line in _regime_switches(res):
-        ctx.note(line)
+    for line in regime_switches(res.table):
+        ctx.note("regimes, " + line)
     best = _record_findings(ctx, res, opts)
     return StageResult(summary=best, metrics={"rows": len(res.table), "decode_seconds": res.meta["decode_seconds"]})
-
-
-def _regime_switches(res) -> list[str]:
-    """Per layer: the smallest |strength| at which collapse or explosion is the majority regime."""
-    t = res.table[res.table.kind == "vector"]
-    out = []
-    for layer, g in t.groupby("layer"):
-        shares = g.groupby(g.strength.abs())["regime"].agg(
-            lambda r: ((r == "repetitive collapse") | (r == "explosive")).mean())
-        broken = shares[shares > 0.5]
-        where = f"from |strength| {broken.index.min():g}" if len(broken) else "at no strength tried"
-        out.append(f"layer {int(layer)}: most outputs collapse or explode {where}")
-    return out
 
 
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:

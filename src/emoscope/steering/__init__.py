@@ -17,7 +17,13 @@
 from emoscope.steering.decode import Sampling, decode_rows
 from emoscope.steering.hooks import MODES, Window, parse_window, patch, steer
 from emoscope.steering.plots import dose_response_figure, regime_map_figure
-from emoscope.steering.regimes import REGIMES, RegimeThresholds, classify_regimes, success_table
+from emoscope.steering.regimes import (
+    REGIMES,
+    RegimeThresholds,
+    classify_regimes,
+    regime_switches,
+    success_table,
+)
 from emoscope.steering.scorers import (
     DEFAULT_SCORERS,
     ScoreBatch,
@@ -49,6 +55,7 @@ __all__ = [
     "RegimeThresholds",
     "REGIMES",
     "classify_regimes",
+    "regime_switches",
     "success_table",
     "dose_response_figure",
     "regime_map_figure",

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "success_table", "bootstrap_ci"]
+__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "regime_switches", "success_table", "bootstrap_ci"]
 
 REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
 
@@ -90,6 +90,32 @@ def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds
     out = np.where(collapse, "repetitive collapse",
                    np.where(explosive, "explosive", np.where(effect, "surgical", "no effect")))
     return pd.Series(out, index=df.index, name="regime")
+
+
+def regime_switches(df: pd.DataFrame, kind: str = "vector") -> list[str]:
+    """One line per layer: from which ``|strength|`` on each broken regime (repetitive collapse,
+    explosive) is the most common regime of the ``kind`` rows, and the largest ``|strength|``
+    at which most outputs are still intact (no effect or surgical).
+
+    >>> df = pd.DataFrame({"kind": "vector", "layer": 5, "strength": [0.5, 1, 2, -2],
+    ...                    "regime": ["surgical", "explosive", "repetitive collapse", "repetitive collapse"]})
+    >>> regime_switches(df)
+    ['layer 5: intact up to |strength| 0.5; explosive from |strength| 1; repetitive collapse from |strength| 2']
+    """
+    t = df[df["kind"] == kind]
+    out = []
+    for layer, g in t.groupby("layer"):
+        by = g.groupby(g["strength"].abs())["regime"]
+        top = by.agg(lambda r: r.value_counts().idxmax())
+        intact = by.agg(lambda r: r.isin(["no effect", "surgical"]).mean())
+        parts = []
+        ok = intact[intact > 0.5]
+        parts.append(f"intact up to |strength| {ok.index.max():g}" if len(ok) else "broken at every strength tried")
+        for reg in ("explosive", "repetitive collapse"):
+            hit = top[top == reg]
+            parts.append(f"{reg} from |strength| {hit.index.min():g}" if len(hit) else f"never mostly {reg}")
+        out.append(f"layer {int(layer)}: " + "; ".join(parts))
+    return out
 
 
 def bootstrap_ci(values: np.ndarray, stat=np.mean, n_boot: int = 2000, level: float = 0.95,
