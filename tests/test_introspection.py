@@ -609,3 +609,37 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_norm_profile_matches_raw_hooks_and_finds_a_planted_massive_dimension():
+    import torch
+
+    from emoscope.introspection.sweep import resid_norm_profile
+    from emoscope.steering import steer
+
+    model, trials, _, _ = _setup()
+    ids = torch.tensor([list(trials[0].ids)])
+    grabbed = {}
+    hooks = [model.blocks[i].register_forward_hook(lambda _m, _i, o, i=i: grabbed.__setitem__(i, block_output(o)[0, 1:]))
+             for i in (0, 1)]
+    try:
+        with torch.no_grad():
+            model.base(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    prof = resid_norm_profile(model, trials[0], [0, 1])
+    for r in prof.itertuples():
+        h = grabbed[r.layer].double()  # (S - 1, d): every token but the first, as a plain hook sees it
+        assert r.mean_resid_norm == pytest.approx(float(h.norm(dim=-1).mean()), rel=1e-5)
+        share = (h ** 2 / (h ** 2).sum(-1, keepdim=True)).mean(0)
+        assert r.top_dim == int(share.argmax()) and r.top_dim_share == pytest.approx(float(share.max()), rel=1e-4)
+        rest = torch.cat([h[:, : r.top_dim], h[:, r.top_dim + 1:]], 1).norm(dim=-1).mean()
+        assert r.mean_norm_without_top_dim == pytest.approx(float(rest), rel=1e-4)
+    e = np.zeros(model.d_model)
+    e[5] = 1e3 * float(prof.mean_resid_norm.max())  # a massive activation in dimension 5 at block 1
+    with steer(model, e, [1], 1.0, unit="raw", positions="all"):
+        planted = resid_norm_profile(model, trials[0], [0, 1])
+    assert planted.top_dim[0] == prof.top_dim[0] and planted.top_dim_share[0] == pytest.approx(prof.top_dim_share[0])
+    assert planted.top_dim[1] == 5 and planted.top_dim_share[1] > 0.999
+    assert planted.mean_resid_norm[1] / planted.mean_norm_without_top_dim[1] > 100

@@ -28,7 +28,7 @@ from emoscope.introspection.tables import heads_table, lens_table, per_vector_ta
 from emoscope.introspection.trials import Trial, build_trials
 from emoscope.models.standard import StandardModel
 
-__all__ = ["SweepResult", "run_sweep", "mean_resid_norms", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
+__all__ = ["SweepResult", "run_sweep", "mean_resid_norms", "resid_norm_profile", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
 
 DEFAULT_LAYERS = (0.3, 0.5, 0.67, 0.8)
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -45,7 +45,8 @@ class SweepResult:
     - ``summary``: means over vectors with bootstrap intervals, per condition × layer × strength
     - ``lens``: logit lens of the yes-no difference at the focus layer and strength
     - ``heads``: attention from the answer position to the window per (layer, head)
-    - ``norms``: the mean residual norm per layer (the strength unit)
+    - ``norms``: the mean residual norm per layer (the strength unit) and the share of it that its
+      largest dimension carries (see ``resid_norm_profile``)
     """
 
     cells: pd.DataFrame
@@ -97,13 +98,38 @@ class SweepResult:
 
 
 @torch.inference_mode()
-def mean_resid_norms(model: StandardModel, trial: Trial, layers: Sequence[int]) -> dict[int, float]:
-    """Mean ``‖resid[l]‖`` over the tokens of ``trial`` after the first, without injection."""
+def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]) -> pd.DataFrame:
+    """Per layer, over the tokens of ``trial`` after the first, without injection: the strength
+    unit ``mean_resid_norm`` (mean ``‖resid[l]‖``), the dimension that carries most of it
+    (``top_dim``, with ``top_dim_share`` = mean share of ``‖resid[l]‖²`` in it) and
+    ``mean_norm_without_top_dim``.
+
+    Why: models with massive activations put most of the norm into one dimension (Gemma-3-270M:
+    dimension 163 holds ~90% of ``‖resid‖²`` from layer 5 on), so one "mean residual norm" is many
+    times the rest of the residual, and a random direction of that norm lands almost entirely
+    in the other dimensions. The table lets a reader see when that is so.
+    """
     with Injector(model) as inj:
         S = len(trial.ids)
         inj.gather = torch.arange(1, S, device=model.device)[None].expand(1, -1)
         model.base(input_ids=torch.tensor([list(trial.ids)], device=model.device))
-        return {int(layer): float(inj.captured[layer][0].float().norm(dim=-1).mean()) for layer in layers}
+        rows = []
+        for layer in layers:
+            h = inj.captured[layer][0].float()  # (S - 1, d_model)
+            sq = h * h
+            share = (sq / sq.sum(-1, keepdim=True)).mean(0)  # (d_model,)
+            top = int(share.argmax())
+            rest = (sq.sum(-1) - sq[:, top]).clamp_min(0).sqrt().mean()
+            rows.append({"layer": int(layer), "relative_depth": int(layer) / model.n_layers,
+                         "mean_resid_norm": float(h.norm(dim=-1).mean()), "top_dim": top,
+                         "top_dim_share": float(share[top]), "mean_norm_without_top_dim": float(rest)})
+    return pd.DataFrame(rows)
+
+
+def mean_resid_norms(model: StandardModel, trial: Trial, layers: Sequence[int]) -> dict[int, float]:
+    """Mean ``‖resid[l]‖`` over the tokens of ``trial`` after the first, without injection."""
+    prof = resid_norm_profile(model, trial, layers)
+    return {int(r.layer): float(r.mean_resid_norm) for r in prof.itertuples()}
 
 
 def _focus(layers: Sequence[int], strengths: Sequence[float], n_layers: int,
@@ -167,7 +193,8 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     vectors = list(vectors)
     _check_vectors(vectors, layer_list, model.d_model)
     randoms = random_vectors(model.d_model, layer_list, n_random, seed=seed)
-    norms = mean_resid_norms(model, trials[0], layer_list)
+    norms_df = resid_norm_profile(model, trials[0], layer_list)
+    norms = {int(r.layer): float(r.mean_resid_norm) for r in norms_df.itertuples()}
 
     # bank rows: one unit direction per (vector, layer); cells index them
     bank, labels, cells = [], [], []
@@ -215,8 +242,6 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         free_df = _free_text(model, trials[0], vectors, randoms, bank, cells, labels, free_text, seed=seed,
                              max_new_tokens=max_new_tokens, temperature=temperature, judge=judge,
                              batch_size=batch_size, progress=progress)
-    norms_df = pd.DataFrame({"layer": list(norms), "relative_depth": [x / model.n_layers for x in norms],
-                             "mean_resid_norm": list(norms.values())})
     meta = {
         "model": model.name, "n_layers": model.n_layers, "layers": layer_list, "strengths": strengths,
         "n_concepts": len(vectors), "concepts": [v.name for v in vectors], "n_random": n_random,

@@ -112,6 +112,12 @@ def introspect_stage(ctx: RunContext) -> StageResult:
     for f in findings_from_summary(res.summary, strength=m["focus_strength"], claim=o.claim):
         ctx.add_finding(f)
     ctx.note(f"strength unit: {m['strength_unit']}")
+    for r in res.norms.itertuples():
+        if r.top_dim_share > 0.5:
+            ctx.note(f"layer {r.layer}: dimension {r.top_dim} carries {r.top_dim_share:.0%} of ||resid||^2 (massive "
+                     f"activation); one mean norm ({r.mean_resid_norm:.4g}) is {r.mean_resid_norm / r.mean_norm_without_top_dim:.1f}x "
+                     "the rest of the residual, so even strength 1 is a very large push and a random direction of "
+                     "that norm lands almost entirely outside that dimension")
     ctx.note(f"window '{m['window']}' starts at token {m['window_start_token']} of {m['prompt_tokens']}: "
              f"{m['window_text'][:60]!r}…; {m['shared_prefix_tokens']} prefix tokens computed once")
     ctx.note(f"yes spellings {m['yes_tokens']}, no spellings {m['no_tokens']}")
