@@ -568,7 +568,9 @@ def test_free_text_sweep_with_a_judge():
     res = run_sweep(model, concepts=["ocean", "bread"], baseline=["table"], controls=QUESTIONS[:1], layers=[1],
                     strengths=[2], n_random=1, heads=False, n_boot=100, free_text=2, max_new_tokens=4, judge=judge)
     ft = res.free_text
-    assert len(ft) == 2 * (1 + 2 + 1)  # baseline, 2 concepts, 1 random; 2 samples each
+    # 2 samples per concept and random cell; the baseline gets 2 per concept (its false-alarm rate)
+    assert ft.condition.value_counts().to_dict() == {"baseline": 2 * 2, "concept": 2 * 2, "random": 2}
+    assert ft[ft.condition == "baseline"]["sample"].tolist() == [0, 1, 2, 3]
     assert set(ft.condition) == {"baseline", "concept", "random"}
     assert ft[ft.condition != "concept"].success.isna().all()
     assert {"affirms", "names_concept", "affirms_first", "coherent", "perplexity", "judge"} <= set(ft.columns)

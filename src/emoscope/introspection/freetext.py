@@ -123,9 +123,11 @@ def _cut(text: str, chat: bool) -> str:
 
 
 def sample_answers(model: StandardModel, trial: Trial, injections: Sequence[tuple[Any, int | None, float]], *,
-                   n_samples: int = 1, max_new_tokens: int = 40, temperature: float = 1.0, seed: int = 0,
-                   batch_size: int = 32, progress: bool = False) -> list[list[tuple[str, list[int]]]]:
-    """Sample ``n_samples`` answers per injection ``(vector (d,) or None, layer, scale)``; the
+                   n_samples: int | Sequence[int] = 1, max_new_tokens: int = 40, temperature: float = 1.0,
+                   seed: int = 0, batch_size: int = 32,
+                   progress: bool = False) -> list[list[tuple[str, list[int]]]]:
+    """Sample ``n_samples`` answers (one count, or one per injection) per injection
+    ``(vector (d,) or None, layer, scale)``; the
     vector is added over the trial's window and at every generated token. Returns, per
     injection, ``[(text, token_ids), ...]``. Every sample has its own seeded random stream
     (``seed`` and its index), so samples do not depend on the batch size (``temperature=0``:
@@ -137,11 +139,12 @@ def sample_answers(model: StandardModel, trial: Trial, injections: Sequence[tupl
     from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids
     from emoscope.steering.hooks import Window
 
-    if n_samples < 1 or max_new_tokens < 1:
-        raise InputError("n_samples and max_new_tokens must be positive")
+    counts = [n_samples] * len(injections) if isinstance(n_samples, int) else [int(k) for k in n_samples]
+    if len(counts) != len(injections) or any(k < 1 for k in counts) or max_new_tokens < 1:
+        raise InputError("n_samples (one per injection, or one for all) and max_new_tokens must be positive")
     if temperature < 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
-    jobs = [(i, j) for i in range(len(injections)) for j in range(n_samples)]
+    jobs = [(i, j) for i in range(len(injections)) for j in range(counts[i])]
     delta: dict[int, torch.Tensor] = {}
     for layer in sorted({lay for v, lay, _ in injections if v is not None and lay is not None}):
         rows = torch.zeros(len(jobs), model.d_model, dtype=model.dtype, device=model.device)
@@ -198,10 +201,10 @@ def run_free_text(model: StandardModel, trial: Trial, conditions: Sequence[dict[
                   max_new_tokens: int = 40, temperature: float = 1.0, seed: int = 0, batch_size: int = 32,
                   max_perplexity: float = 100.0, judge: Judge | None = None, progress: bool = False) -> pd.DataFrame:
     """Sample and grade answers for each condition (a dict with ``vector`` (d,) or ``None``,
-    ``layer``, ``scale``, ``concept`` (``WordEntry`` or ``None``) and any label columns).
-    One row per sample; ``judge`` adds a ``judge`` column."""
+    ``layer``, ``scale``, ``concept`` (``WordEntry`` or ``None``), optionally its own
+    ``n_samples``, and any label columns). One row per sample; ``judge`` adds a ``judge`` column."""
     samples = sample_answers(model, trial, [(c.get("vector"), c.get("layer"), c.get("scale", 0.0)) for c in conditions],
-                             n_samples=n_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                             n_samples=[int(c.get("n_samples", n_samples)) for c in conditions], max_new_tokens=max_new_tokens, temperature=temperature,
                              seed=seed, batch_size=batch_size, progress=progress)
     flat = [(ci, si, text, ids) for ci, s in enumerate(samples) for si, (text, ids) in enumerate(s)]
     ppl = answer_perplexity(model, trial, [ids for *_, ids in flat], batch_size=batch_size)
@@ -210,7 +213,7 @@ def run_free_text(model: StandardModel, trial: Trial, conditions: Sequence[dict[
         cond = conditions[ci]
         concept = cond.get("concept")
         g = grade_answer(text, concept, perplexity=float(p), max_perplexity=max_perplexity)
-        row = {k: v for k, v in cond.items() if k not in ("vector", "concept")}
+        row = {k: v for k, v in cond.items() if k not in ("vector", "concept", "n_samples")}
         row.update(sample=si, answer=text, **asdict(g))
         if concept is None:
             row["success"] = None  # nothing to name: only the affirmation rate is meaningful

@@ -261,7 +261,9 @@ def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], rando
                bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
                seed: int, max_new_tokens: int, temperature: float, judge: Any, batch_size: int,
                progress: bool) -> pd.DataFrame:
-    """Free-text samples for every detection-trial cell of the sweep (baseline included)."""
+    """Free-text samples for every detection-trial cell of the sweep. The no-injection baseline
+    gets ``n`` samples per concept, so its false-alarm rate rests on as many answers as one
+    (layer, strength) slice of the concept cells."""
     from emoscope.datasets import WordEntry
     from emoscope.introspection.freetext import run_free_text
 
@@ -272,7 +274,8 @@ def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], rando
             continue
         conditions.append({"condition": cond, "vector": None if c.layer is None else bank[c.vector],
                            "name": name, "layer": layer, "strength": strength, "scale": scale,
-                           "concept": words.get(name) if cond == "concept" else None})
+                           "concept": words.get(name) if cond == "concept" else None,
+                           "n_samples": n * max(1, len(vectors)) if c.layer is None else n})
     df = run_free_text(model, trial, conditions, n_samples=n, max_new_tokens=max_new_tokens,
                        temperature=temperature, seed=seed, batch_size=batch_size, judge=judge, progress=progress)
     df.insert(3, "relative_depth", [None if pd.isna(x) else round(x / model.n_layers, 4) for x in df.layer])
