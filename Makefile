@@ -34,8 +34,10 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) 2>/dev/null \
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
+# --resume: a second `make demo` keeps the finished stages and re-renders runs/demo/report.html
+# (delete runs/demo for a fresh run).
 demo: setup
-	$(VENV)/bin/emoscope demo
+	$(VENV)/bin/emoscope demo --resume
 
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
