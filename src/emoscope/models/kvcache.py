@@ -24,22 +24,20 @@ __all__ = ["new_cache", "cache_kwargs", "output_cache", "input_cache", "past_len
 _NAMES = ("cache", "past_key_values")
 
 
+_BY_CLASS: dict[type, str] = {}
+
+
 def _cache_name(module: Any) -> str:
     """The cache keyword ``module.forward`` takes: ``cache`` (transformers >= 5.24) or
-    ``past_key_values``; memoised on the module's class."""
+    ``past_key_values``; looked up once per module class."""
     cls = type(module)
-    name = cls.__dict__.get("_emoscope_cache_kw")
-    if name is None:
+    if cls not in _BY_CLASS:
         try:
             params = inspect.signature(module.forward).parameters
         except (TypeError, ValueError):
             params = {}
-        name = "cache" if "cache" in params else "past_key_values"
-        try:
-            cls._emoscope_cache_kw = name
-        except (AttributeError, TypeError):
-            pass
-    return name
+        _BY_CLASS[cls] = "cache" if "cache" in params else "past_key_values"
+    return _BY_CLASS[cls]
 
 
 def cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
