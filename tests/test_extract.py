@@ -23,11 +23,13 @@ POSITIONS = ["last", "mean", "mean_from:2", "token:1", "token:-2", "all"]
 
 
 def reference(model, texts, layers):
-    """Independent reference: each text alone through the *full* causal LM, states read by
-    plain forward hooks on the blocks (no padding, no early stop, no emoscope code)."""
+    """Independent reference: each text (a string, or a list of token ids) alone through the
+    *full* causal LM, states read by plain forward hooks on the blocks (no padding, no early
+    stop, no emoscope code). Returns ``{layer: [(seq, d) array per text]}``."""
     out = {layer: [] for layer in layers}
     for text in texts:
-        ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+        ids = (model.tokenizer(text, return_tensors="pt")["input_ids"] if isinstance(text, str)
+               else torch.tensor([list(text)]))
         grabbed = {}
         hooks = [model.blocks[layer].register_forward_hook(
             lambda _m, _i, o, layer=layer, grabbed=grabbed: grabbed.__setitem__(layer, (o[0] if isinstance(o, tuple) else o)[0].clone()))

@@ -619,20 +619,13 @@ def test_norm_profile_matches_raw_hooks_and_finds_a_planted_massive_dimension():
     from emoscope.introspection.sweep import resid_norm_profile
     from emoscope.steering import steer
 
+    from .test_extract import reference
+
     model, trials, _, _ = _setup()
-    ids = torch.tensor([list(trials[0].ids)])
-    grabbed = {}
-    hooks = [model.blocks[i].register_forward_hook(lambda _m, _i, o, i=i: grabbed.__setitem__(i, block_output(o)[0, 1:]))
-             for i in (0, 1)]
-    try:
-        with torch.no_grad():
-            model.base(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    grabbed = reference(model, [trials[0].ids], [0, 1])  # plain hooks on the full model
     prof = resid_norm_profile(model, trials[0], [0, 1])
     for r in prof.itertuples():
-        h = grabbed[r.layer].double()  # (S - 1, d): every token but the first, as a plain hook sees it
+        h = torch.as_tensor(grabbed[r.layer][0][1:]).double()  # (S - 1, d): every token but the first
         assert r.mean_resid_norm == pytest.approx(float(h.norm(dim=-1).mean()), rel=1e-5)
         share = (h ** 2 / (h ** 2).sum(-1, keepdim=True)).mean(0)
         assert r.top_dim == int(share.argmax()) and r.top_dim_share == pytest.approx(float(share.max()), rel=1e-4)
