@@ -39,7 +39,8 @@ browser:
 demo: setup
 	$(VENV)/bin/emoscope demo --resume
 
-test: setup browser
+# CI runs `make test`: the lint (ruff and the import-layer contract in pyproject.toml) comes first.
+test: lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
@@ -61,6 +62,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

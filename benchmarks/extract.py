@@ -34,8 +34,9 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from emoscope.activations import extract, pad_batch
+    from emoscope.activations import extract
     from emoscope.models import load_model
+    from emoscope.models.batching import pad_batch
 
     model = load_model(args.model)
     tok = model.tokenizer

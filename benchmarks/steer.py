@@ -66,9 +66,9 @@ def main() -> int:
     from emoscope.activations import extract
     from emoscope.datasets import load_dataset
     from emoscope.models import load_model
+    from emoscope.models.batching import eos_ids
     from emoscope.models.kvcache import cache_kwargs, output_cache
     from emoscope.steering import SteeringSweep, steer
-    from emoscope.steering.decode import eos_ids
     from emoscope.steering.units import token_norms
     from emoscope.vectors import ConceptVector, DiffMeans
 

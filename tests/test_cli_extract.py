@@ -50,39 +50,83 @@ def test_local_dir_load_matches_memory_model(tiny_dir):
 
 
 def test_extract_cli_writes_and_hits_cache(tiny_dir, tmp_path, capsys, monkeypatch):
+    from emoscope.activations import Activations
+    from emoscope.runs import RunDir
+
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     texts = tmp_path / "t.jsonl"
     texts.write_text('{"text": "Thank you so much."}\n{"text": "The bus is late."}\n')
     out = tmp_path / "acts"
-    rc, stdout, _ = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--layers", "all",
-                            "--position", "last", "--out", str(out))
-    assert rc == 0 and "2 texts x 3 layers" in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
+    rc, stdout, _ = run_cli(capsys, "--quiet", "extract", "--model", str(tiny_dir), "--texts", str(texts),
+                            "--layers", "all", "--position", "last", "--out", str(out))
+    assert rc == 0 and "2 texts x 3 layers" in stdout and "cache hit" not in stdout
+    # the activations the user asked for, next to the run record of a one-stage run
+    manifest = json.loads((out / "activations" / "manifest.json").read_text())
     assert manifest["layers"] == [0, 1, 2] and manifest["position"] == "last"
-    rc, stdout, _ = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out))
+    acts = Activations.load(out / "activations")
+    assert acts.get(2).shape == (2, 32)
+    rd = RunDir.open(out)
+    m = rd.read_manifest()
+    assert m.stage_order == ["extract"] and m.status == "done" and rd.report_path.is_file()
+    assert (rd.tables / "activation_norms.csv").is_file()
+    assert main(["audit", str(out)]) == 0  # observations only: nothing blocks
+    capsys.readouterr()
+    # a second run elsewhere reads the cache; the same --out needs --resume (and keeps the done stage)
+    rc, stdout, _ = run_cli(capsys, "--quiet", "extract", "--model", str(tiny_dir), "--texts", str(texts),
+                            "--out", str(tmp_path / "again"))
     assert rc == 0 and "cache hit" in stdout
+    rc, _, err = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out))
+    assert rc == 2 and "--resume" in err
+    rc, _, _ = run_cli(capsys, "--quiet", "extract", "--model", str(tiny_dir), "--texts", str(texts),
+                       "--out", str(out), "--resume")
+    assert rc == 0 and RunDir(out).read_manifest().stages["extract"].attempts == 1
 
 
 @pytest.mark.parametrize("content,args,needle", [
     ("", [], "empty"),
     ('{"text": "ok"}\n{"text": broken\n', [], ":2"),
     ('{"text": "ok"}\n{"text": "   "}\n', [], "2"),
-    ('{"text": "ok"}\n', ["--layers", "9"], "out of range"),
     ('{"text": "ok"}\n', ["--position", "middle"], "unknown position"),
-    ('{"text": "ok"}\n', ["--model", "no-such-model"], "smollm2-135m"),
 ])
-def test_extract_cli_bad_input(tiny_dir, tmp_path, capsys, content, args, needle):
+def test_extract_cli_bad_input_is_refused_before_anything(tiny_dir, tmp_path, capsys, content, args, needle):
+    """Input errors found without the model: one line, exit 2, and no run directory at all."""
     texts = tmp_path / "t.jsonl"
     texts.write_text(content)
     out = tmp_path / "acts"
-    argv = ["extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out), "--no-cache"]
-    if "--model" in args:
-        argv[2] = args[1]
-        args = []
-    rc, _, err = run_cli(capsys, *argv, *args)
+    rc, _, err = run_cli(capsys, "extract", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out),
+                         "--no-cache", *args)
     assert rc == 2
     one_line_error(err, needle)
-    assert not out.exists() or not any(out.iterdir()), "no partial files"
+    assert not out.exists(), "no partial files"
+
+
+@pytest.mark.parametrize("model,args,needle", [
+    (None, ["--layers", "9"], "out of range"),
+    ("no-such-model", [], "smollm2-135m"),
+])
+def test_extract_cli_model_errors_leave_a_failed_run_record(tiny_dir, tmp_path, capsys, model, args, needle):
+    """Errors that need the model: one line, exit 2; the run directory records the failed stage and
+    holds no activations (nothing half-written)."""
+    from emoscope.runs import RunDir
+
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"text": "ok"}\n')
+    out = tmp_path / "acts"
+    rc, _, err = run_cli(capsys, "--quiet", "extract", "--model", model or str(tiny_dir), "--texts", str(texts),
+                         "--out", str(out), "--no-cache", *args)
+    assert rc == 2
+    one_line_error(err, needle)
+    assert "--resume" in err
+    m = RunDir.open(out).read_manifest()
+    assert m.status == "failed" and m.stages["extract"].status == "failed" and needle in m.stages["extract"].error
+    assert not (out / "activations").exists() and not any((out / "tables").iterdir())
+    # as the error says: fix the argument and continue in the same directory
+    rc, _, err = run_cli(capsys, "--quiet", "extract", "--model", str(tiny_dir), "--texts", str(texts),
+                         "--out", str(out), "--no-cache", "--resume")
+    assert rc == 0, err
+    m = RunDir.open(out).read_manifest()
+    assert m.status == "done" and (out / "activations" / "activations.safetensors").is_file()
+    assert [h["event"] for h in m.history] == ["started", "restarted with a new spec", "finished"]
 
 
 def test_extract_cli_unwritable_out(tiny_dir, tmp_path, capsys):

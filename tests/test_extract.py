@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoscope.activations import Activations, extract, pad_batch, parse_position
+from emoscope.activations import Activations, extract, parse_position
 from emoscope.errors import InputError, LayerError, OutputError, PositionError
 
 TEXTS = [
@@ -141,13 +141,6 @@ def test_cache_hit_and_disk_roundtrip(tmp_path):
     # Another position is another key: a miss.
     third = extract(model, TEXTS, layers=[0, 2], position="last", cache=cache, progress=False)
     assert not third.cache_hit
-
-
-def test_pad_batch_positions():
-    ids, mask, pos, start = pad_batch([[1, 2, 3], [4]], pad_id=0, side="left")
-    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert pos.tolist()[1][2] == 0 and start.tolist() == [0, 2]
 
 
 @pytest.mark.parametrize("texts,exc,needle", [

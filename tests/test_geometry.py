@@ -56,7 +56,7 @@ def test_cosine_null_is_anisotropy_aware():
     # Neutral activations with most variance in 4 directions.
     N = rng.normal(size=(500, d)) * 0.2 + rng.normal(size=(500, 4)) * 3.0 @ Q[:, :4].T
     res = cosine_null(
-        {"a": Q[:, 0] + 0.05 * Q[:, 1], "b": Q[:, 0], "c": Q[:, 10], "d": Q[:, 11]}, N, n=2000, random_state=0
+        {"a": Q[:, 0] + 0.05 * Q[:, 1], "b": Q[:, 0], "c": Q[:, 10], "d": Q[:, 11]}, N, n=2000, seed=0
     )
     # Random neutral differences live in 4 dims, so their cosines spread far wider than
     # isotropic ones in 64 dims (sd ~ 1/sqrt(64) = 0.125).
@@ -159,7 +159,7 @@ def test_lstsq_and_alignment_evaluation_with_controls():
     np.testing.assert_allclose(lin.W, M, atol=0.02)
     emotions = {f"e{i}": rng.normal(size=dA) for i in range(8)}
     vB = {k: v @ M for k, v in emotions.items()}
-    control = lstsq_align(XA, XB, shuffle_pairs=True, random_state=0)
+    control = lstsq_align(XA, XB, shuffle_pairs=True, seed=0)
     res = evaluate_alignment(lin, emotions, vB, control_map=control, n_shuffles=500)
     assert res.mean_cosine > 0.99 and res.retrieval_acc == 1.0
     assert res.shuffled_mean < 0.5 and res.p_value < 0.01

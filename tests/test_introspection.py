@@ -20,7 +20,6 @@ from emoscope.datasets import WordEntry, load_control_questions
 from emoscope.errors import InputError
 from emoscope.introspection import (
     Injection,
-    Injector,
     answer_tokens,
     build_trial,
     build_trials,
@@ -30,6 +29,7 @@ from emoscope.introspection import (
     yes_no_diff,
 )
 from emoscope.models import StandardModel, block_output
+from emoscope.models.interventions import Injector
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"

@@ -7,11 +7,13 @@ import torch
 
 from emoscope.models.kvcache import (
     cache_kwargs,
+    common_prefix_length,
     fork_cache,
     input_cache,
     new_cache,
     output_cache,
     past_length,
+    prefix_cache,
 )
 
 from .conftest import tiny_model
@@ -45,3 +47,18 @@ def test_fork_cache_expands_rows_without_touching_the_original():
     assert out.logits.shape[0] == 3 and past_length(output_cache(out)) == 4
     assert all(torch.equal(a, layer.keys) for a, layer in zip(keys, cache.layers, strict=True))
     assert past_length(cache) == 3
+
+
+def test_prefix_cache_shared_over_a_batch_matches_full_forwards():
+    model = tiny_model("llama")
+    seqs = [[3, 4, 5, 6, 9], [3, 4, 5, 7, 2], [3, 4, 5, 8, 1]]
+    n = common_prefix_length(seqs)
+    assert n == 3 and common_prefix_length([[1, 2], [1, 2, 3]]) == 2 and common_prefix_length([[1], [2]]) == 0
+    with torch.inference_mode():
+        cache = prefix_cache(model, seqs[0][:n])
+        suffix = torch.tensor([s[n:] for s in seqs])
+        got = model.base(input_ids=suffix, use_cache=True,
+                         **cache_kwargs(model.base, fork_cache(cache, len(seqs)))).last_hidden_state[:, -1]
+        want = model.base(input_ids=torch.tensor(seqs)).last_hidden_state[:, -1]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert past_length(cache) == n and prefix_cache(model, []) is None

@@ -11,22 +11,20 @@ import json
 import numpy as np
 import pytest
 
+from emoscope.core.stats import bootstrap, holm, permutation_pvalue
 from emoscope.errors import InputError, LayerError
 from emoscope.probing import (
     LayerProbe,
     ProbeControls,
     ProbeReport,
-    bootstrap_ci,
     classification_metrics,
-    holm,
-    permutation_pvalue,
     probe_layers,
 )
 from emoscope.probing._solver import fit_batch
 
 N, D = 400, 64
 FAST = ProbeControls(n_permutations=50, n_layer_permutations=200, n_random_draws=2, nullspace_k=4)
-FAST_PROBE = LayerProbe(n_folds=5, seeds=(0, 1), n_bootstrap=500)
+FAST_PROBE = LayerProbe(n_folds=5, seeds=(0, 1), n_boot=500)
 
 
 def _texts(rng: np.random.Generator, n: int, lengths: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
@@ -115,9 +113,19 @@ def test_planted_baselines_at_chance(planted_report):
     assert b["length_features"] == ["token_count", "char_count"]
 
 
-def test_seed_spread_reported(planted_report):
-    t = planted_report.table
-    assert t["seed_sd"].notna().all() and (t["seed_sd"] >= 0).all()
+def test_seed_spread_is_the_sd_of_independent_per_seed_accuracies(planted, planted_report):
+    """seed_sd at each layer equals the sd of the accuracies that one-seed probes reach on the same
+    development rows, and the seeds really split differently (the noise layer's accuracy moves)."""
+    from emoscope.probing._splits import heldout_split
+
+    acts, y, *_ = planted
+    t = planted_report.table.set_index("layer")
+    dev, _ = heldout_split(np.unique(y, return_inverse=True)[1], None, FAST.heldout, 0)
+    for layer in (0, 1):
+        accs = [LayerProbe(n_folds=5, seeds=(s,), n_boot=100).fit(acts[layer][dev], y[dev]).scores_["acc"]
+                for s in FAST_PROBE.seeds]
+        assert t.loc[layer, "seed_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-9)
+    assert t.loc[0, "seed_sd"] > 0  # chance-level layer: different folds, different accuracy
 
 
 # ---- the confound --------------------------------------------------------------------------
@@ -167,13 +175,21 @@ def test_layer_probe_fit_predict_and_groups():
     groups = np.repeat(np.arange(60), 4)  # four paraphrases per prompt
     y = np.array(["a", "b", "c"])[groups % 3]
     X = rng.normal(size=(240, 10)) + np.eye(10)[groups % 3] * 2.5 + rng.normal(size=(60, 10))[groups] * 0.5
-    probe = LayerProbe(n_folds=4, seeds=(0, 1, 2), n_bootstrap=300).fit(X, y, groups=groups)
+    probe = LayerProbe(n_folds=4, seeds=(0, 1, 2), n_boot=300).fit(X, y, groups=groups)
     for folds in probe.folds_.values():
         for tr, te in folds:
             assert not set(groups[tr]) & set(groups[te])  # no prompt on both sides
     s = probe.scores_
     assert s["acc"] > 0.8 and s["acc_lo"] <= s["acc"] <= s["acc_hi"]
-    assert set(probe.seed_acc_) == {0, 1, 2} and s["seed_sd"] >= 0
+    assert set(probe.seed_acc_) == {0, 1, 2}
+    # each seed splits differently, and seed_sd is the sd of the per-seed accuracies, each of which
+    # a probe running that seed alone reproduces
+    tests = {seed: sorted(tuple(sorted(te)) for _, te in folds) for seed, folds in probe.folds_.items()}
+    assert tests[0] != tests[1] != tests[2] != tests[0]
+    alone = {seed: LayerProbe(n_folds=4, seeds=(seed,), n_boot=100).fit(X, y, groups=groups).scores_["acc"]
+             for seed in (0, 1, 2)}
+    assert alone == pytest.approx(probe.seed_acc_)
+    assert s["seed_sd"] == pytest.approx(np.std(list(alone.values()), ddof=1), abs=1e-12)
     assert probe.oof_proba_.shape == (240, 3)
     assert probe.predict(X[:5]).tolist() == probe.classes_[probe.predict_proba(X[:5]).argmax(1)].tolist()
     assert probe.score(X, y) > 0.8
@@ -207,15 +223,15 @@ def test_holm_against_hand_computation():
 def test_bootstrap_interval_contains_estimate_and_has_binomial_width():
     rng = np.random.default_rng(4)
     correct = (rng.random(400) < 0.7).astype(float)
-    m, lo, hi = bootstrap_ci(correct, n_bootstrap=2000, random_state=0)
+    m, lo, hi = bootstrap(correct, n_boot=2000, seed=0)
     assert m == correct.mean() and lo < m < hi
     se = np.sqrt(m * (1 - m) / correct.size)
     assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
     # Clustered rows: resampling whole groups gives a wider interval.
     groups = np.repeat(np.arange(40), 10)
     clustered = np.repeat((rng.random(40) < 0.7).astype(float), 10)
-    _, lo_i, hi_i = bootstrap_ci(clustered, n_bootstrap=2000)
-    _, lo_g, hi_g = bootstrap_ci(clustered, groups, n_bootstrap=2000)
+    _, lo_i, hi_i = bootstrap(clustered, n_boot=2000)
+    _, lo_g, hi_g = bootstrap(clustered, groups, n_boot=2000)
     assert hi_g - lo_g > 2 * (hi_i - lo_i)
 
 

@@ -180,18 +180,31 @@ def test_stage_options_model_validates_its_section(tmp_path):
 
 
 # ----------------------------------------------------------------------------- runs
-def test_run_writes_a_complete_run_dir_and_skips_unbuilt_stages(tmp_path, fake_stages):
-    assert get_stage("heads") is None  # not built yet; skipped until then
-    spec = fake_spec(stages=("fake-first", "heads", "fake-second"))
+def test_every_catalogued_stage_exists_and_the_yaml_lists_nothing_else():
+    from emoscope.core.stages import stage_catalog
+
+    catalog = stage_catalog()
+    assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect"]
+    for name, entry in catalog.items():
+        info = get_stage(name)
+        assert info is not None and info.fn.__module__ == entry["module"], name
+        assert info.options_model is not None and info.check is not None, name
+    assert get_stage("heads") is None  # not built yet, so not listed: a spec naming it is refused
+    with pytest.raises(SpecError, match="unknown stage 'heads'"):
+        parse_spec({"name": "t", "model": "m", "stages": ["heads"]})
+
+
+def test_run_writes_a_complete_run_dir(tmp_path, fake_stages):
+    spec = fake_spec(stages=("fake-first", "fake-second"))
     rd = run_spec(spec, tmp_path / "run")
     for p in (rd.spec_path, rd.manifest_path, rd.findings_path, rd.report_path):
         assert p.is_file()
     assert (rd.tables / "fake-first-table.csv").is_file() and (rd.tables / "fake-first-table.json").is_file()
     assert (rd.figures / "fake-second-fig.png").is_file() and (rd.figures / "fake-second-fig.svg").is_file()
     m = rd.read_manifest()
-    assert m.status == "done" and m.stage_order == ["fake-first", "heads", "fake-second"]
-    assert [r.status for _, r in m.ordered_stages()] == ["done", "skipped", "done"]
-    assert m.stages["heads"].notes[0].startswith("stage 'heads' is not built yet; skipped")
+    assert m.status == "done" and m.stage_order == ["fake-first", "fake-second"]
+    assert [r.status for _, r in m.ordered_stages()] == ["done", "done"]
+    assert m.stages["fake-first"].notes == ["fake-first ran"]
     assert m.stages["fake-first"].findings == ["fake-first-000", "fake-first-001"]
     assert m.stages["fake-first"].seconds is not None and m.stages["fake-first"].metrics == {"rows": 5}
     assert m.seeds == {"spec": 3}
@@ -202,7 +215,34 @@ def test_run_writes_a_complete_run_dir_and_skips_unbuilt_stages(tmp_path, fake_s
     ledger = rd.ledger.read()
     assert [f.id for f in ledger] == ["fake-first-000", "fake-first-001", "fake-second-000", "fake-second-001"]
     assert ledger[0].provenance.stage == "fake-first" and ledger[0].provenance.run_id == m.run_id
-    assert "stage &#x27;heads&#x27; is not built yet; skipped" in rd.report_path.read_text()
+    assert "fake-first ran" in rd.report_path.read_text()
+
+
+def test_input_checks_run_before_anything_is_written(tmp_path, fake_stages):
+    """A stage's check(spec, dataset) refuses input before the run directory or a model exists."""
+    from emoscope.errors import InputError
+
+    seen = []
+
+    def check(spec, dataset):
+        seen.append((spec.name, dataset))
+        if dataset == "bad":
+            raise InputError("dataset 'bad' has one class")
+
+    def no_model(name):
+        raise AssertionError("a model was loaded")
+
+    register_stage("fake-checked", check=check, replace=True)(lambda ctx: None)
+    try:
+        spec = parse_spec({"name": "c", "model": "m", "dataset": "bad", "stages": ["fake-first", "fake-checked"]})
+        with pytest.raises(InputError, match="one class"):
+            run_spec(spec, tmp_path / "run", model_loader=no_model, dataset_loader=lambda name: name)
+        assert not (tmp_path / "run").exists() and seen == [("c", "bad")] and CALLS == {}
+        spec = parse_spec({"name": "c", "model": "m", "dataset": "good", "stages": ["fake-first", "fake-checked"]})
+        rd = run_spec(spec, tmp_path / "run", model_loader=no_model, dataset_loader=lambda name: name)
+        assert rd.read_manifest().status == "done" and CALLS == {"fake-first": 1}
+    finally:
+        unregister_stage("fake-checked")
 
 
 def test_fresh_run_into_non_empty_dir_names_resume(tmp_path, fake_stages, capsys):
@@ -393,16 +433,19 @@ class FakeActs:
 def test_extract_stage_first_look(tmp_path, monkeypatch):
     calls = {}
 
-    def fake_extract(model, texts, layers="all", position="last", *, batch_size=32, cache=True):
-        calls.update(layers=layers, position=position, batch_size=batch_size)
+    def fake_extract(model, texts, layers="all", position="last", *, batch_size=32, dtype="float32",
+                     padding_side="right", cache=True, out=None):
+        calls.update(layers=layers, position=position, batch_size=batch_size, cache=cache, out=out)
         return FakeActs(texts, list(range(model.n_layers)) if layers == "all" else list(layers))
 
-    monkeypatch.setitem(sys.modules, "emoscope.activations", types.SimpleNamespace(extract=fake_extract))
+    get_stage("extract")  # import the stage module before its package is replaced by the fake
+    monkeypatch.setitem(sys.modules, "emoscope.activations",
+                        types.SimpleNamespace(extract=fake_extract, parse_position=str))
     spec = spec_from_yaml("name: first\nmodel: fake\ndataset: fake\nstages: [extract]\n"
                           "extract: {layers: all, batch_size: 4}\n")
     rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: FakeModel(),
                   dataset_loader=lambda name: FakeDataset())
-    assert calls == {"layers": "all", "position": "last", "batch_size": 4}
+    assert calls == {"layers": "all", "position": "last", "batch_size": 4, "cache": True, "out": None}
     table = pd.read_csv(rd.tables / "activation_norms.csv")
     assert list(table.columns) == ["layer", "relative_depth", "mean_norm", "sd_norm", "n", "corr_norm_tokens"]
     assert table.layer.tolist() == [0, 1, 2, 3] and table.relative_depth.tolist() == [0, 0.25, 0.5, 0.75]
@@ -419,9 +462,9 @@ def test_extract_stage_first_look(tmp_path, monkeypatch):
 
 
 def test_extract_stage_on_a_tiny_random_model(tmp_path, monkeypatch):
-    """Integration with the real extraction and dataset code (skipped where they are missing)."""
-    pytest.importorskip("emoscope.activations.extract")
-    datasets = pytest.importorskip("emoscope.datasets")
+    """Integration with the real extraction and dataset code."""
+    from emoscope import datasets
+
     from .conftest import tiny_model
 
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))

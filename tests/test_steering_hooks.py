@@ -10,7 +10,7 @@ import torch
 from emoscope.errors import InputError, LayerError, PositionError
 from emoscope.models.standard import block_output
 from emoscope.steering import parse_window, patch, steer
-from emoscope.steering.units import token_norms
+from emoscope.vectors.units import measure_unit
 
 from .conftest import tiny_model
 
@@ -80,10 +80,10 @@ def test_add_equals_a_raw_hook_and_norm_unit_scales_by_token_norm():
     (base,) = _grab(model, 1, lambda: model.hf(**ids))
     with steer(model, v, [1], 2.0, unit="raw"):
         (raw,) = _grab(model, 1, lambda: model.hf(**ids))
-    with steer(model, v, [1], 2.0, unit="norm", norms={1: 5.0}):
+    with steer(model, v, [1], 2.0, unit="token_norm", norms={1: 5.0}):
         (normed,) = _grab(model, 1, lambda: model.hf(**ids))
     assert torch.allclose(raw - base, torch.tensor(2.0 * v, dtype=torch.float32).expand_as(base), atol=1e-5)
-    # unit "norm": delta = strength * token_norm * v / ||v|| -> norm 2 * 5 = 10 at every token
+    # unit "token_norm": delta = strength * token_norm * v / ||v|| -> norm 2 * 5 = 10 at every token
     assert torch.allclose((normed - base).norm(dim=-1), torch.full(base.shape[:2], 10.0), atol=1e-4)
 
 
@@ -186,7 +186,7 @@ def test_patch_last_layer_transplants_the_source_prediction():
 def test_token_norms_leave_out_the_first_token():
     model = tiny_model("llama")
     texts = ["Thank you so much for the lovely gift.", "The meeting is at three."]
-    got = token_norms(model, [1], texts)
+    got = measure_unit(model, [1], texts=texts).values
     norms = []
     seen = _grab(model, 1, lambda: [model.hf(**model.tokenizer(t, return_tensors="pt")) for t in texts])
     for s in seen:

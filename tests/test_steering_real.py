@@ -14,8 +14,8 @@ import torch
 
 from emoscope.activations import extract
 from emoscope.datasets import load_dataset
+from emoscope.models.batching import eos_ids
 from emoscope.steering import SteeringSweep
-from emoscope.steering.decode import eos_ids
 from emoscope.vectors import ConceptVector, DiffMeans
 
 pytestmark = pytest.mark.real

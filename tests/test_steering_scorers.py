@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emoscope.core.stats import bootstrap
 from emoscope.errors import InputError
 from emoscope.steering import (
     RegimeThresholds,
@@ -14,7 +15,7 @@ from emoscope.steering import (
     register_scorer,
     score_texts,
 )
-from emoscope.steering.regimes import bootstrap_ci, regime_switches, success_table
+from emoscope.steering.regimes import regime_switches, success_table
 from emoscope.steering.scorers import main_script, output_perplexity, words
 
 from .conftest import tiny_model
@@ -170,7 +171,7 @@ def test_success_against_random_detects_a_planted_effect_and_not_a_null():
 
 def test_bootstrap_interval_covers_the_mean():
     x = np.random.default_rng(1).normal(3.0, 1.0, 200)
-    lo, hi = bootstrap_ci(x)
+    _, lo, hi = bootstrap(x)
     assert lo < 3.0 < hi and hi - lo < 0.5
 
 

@@ -13,13 +13,10 @@ from .conftest import tiny_model
 
 
 def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
-    import emoscope.runs.stages_steer  # noqa: F401  (registers the stage)
-    import emoscope.steering.units as units
+    import emoscope.steering.stage  # noqa: F401  (registers the stage)
     from emoscope.datasets import load_dataset
 
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
-    real = units.token_norms
-    monkeypatch.setattr(units, "token_norms", lambda m, layers, texts=None: real(m, layers, texts or ["The bus is late."]))
     model = tiny_model("llama")
     full = load_dataset("emotions-basic")
     keep = [i for i, y in enumerate(full.labels) if y in ("gratitude", "neutral")][:24]
@@ -47,7 +44,7 @@ def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
 
 
 def test_steer_stage_rejects_unknown_options():
-    import emoscope.runs.stages_steer  # noqa: F401
+    import emoscope.steering.stage  # noqa: F401
     from emoscope.errors import SpecError
 
     with pytest.raises(SpecError, match="strenghts"):

@@ -4,19 +4,18 @@ controls are planned and run, bad input fails before anything slow, and the CLI 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from emoscope.cli.main import main
+from emoscope.core.directions import random_layer_directions
 from emoscope.errors import InputError, LayerError
+from emoscope.models.batching import eos_ids
+from emoscope.models.decode import RowEdits, Sampling, decode_rows
+from emoscope.models.interventions import parse_window
 from emoscope.steering import SteeringSweep, steer
-from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids
-from emoscope.steering.hooks import parse_window
-from emoscope.steering.units import random_directions
 from emoscope.vectors import ConceptVector
 
 from .conftest import tiny_model
@@ -84,7 +83,7 @@ def test_batched_sweep_equals_each_configuration_alone(family):
     assert sorted(t.loc[t.kind == "vector", "strength"].unique()) == [-3, -1, 1, 3]
     stop = eos_ids(model)
     # the random control, rebuilt independently: seeded unit directions scaled to the vector's norm
-    draw = random_directions(model.d_model, [1, 2], 1, 0)[0]
+    draw = random_layer_directions(model.d_model, [1, 2], 1, 0)[0]
     random_vec = {k: draw[k] * np.linalg.norm(vec[k]) for k in (1, 2)}
     outcomes = []
     for (kind, layer, s), g in t.groupby(["kind", "layer", "strength"]):
@@ -147,7 +146,7 @@ def test_controls_random_vectors_match_the_norm_and_are_seeded():
     model = tiny_model("llama")
     vec = _joy(model)
     sweep = SteeringSweep(model, vec, [1], [2], PROMPTS[:1], max_new_tokens=2, n_random=3, norms={1: 2.0},
-                          unit="norm", scorers=CHEAP, target="valence", progress=False)
+                          unit="token_norm", scorers=CHEAP, target="valence", progress=False)
     plan, deltas, _ = sweep.plan()
     norms = {(r.kind, r.vector, r.strength): round(float(np.linalg.norm(deltas[i][1])), 5)
              for i, r in plan.iterrows() if r.kind != "baseline"}
@@ -188,13 +187,10 @@ def test_bad_sweep_input_fails_fast_with_one_line(kwargs, error, match):
 def tiny_cli(monkeypatch, tmp_path):
     """The CLI with ``--model tiny`` resolved to the tiny llama and a small neutral corpus."""
     import emoscope.models as models
-    import emoscope.steering.units as units
 
     model = tiny_model("llama")
     monkeypatch.setattr(models, "load_model", lambda name, **kw: model)
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
-    real = units.token_norms
-    monkeypatch.setattr(units, "token_norms", lambda m, layers, texts=None: real(m, layers, texts or PROMPTS))
     return model
 
 
@@ -205,14 +201,18 @@ def test_cli_steer_writes_the_sweep(tiny_cli, tmp_path, capsys):
                "-2,0,2", "--prompts", "neutral-starts", "--n-prompts", "3", "--max-new-tokens", "6",
                "--n-random", "1", "--scorers", "vader,repetition,script,nrc", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    table = pd.read_csv(out / "outputs.csv")
+    table = pd.read_csv(out / "tables" / "steer_outputs.csv")
     assert set(table.kind) == {"baseline", "vector", "random"} and len(table) == 3 * (1 + 2 * 2 * 2)
     assert {"text", "regime", "target_score", "valence", "rep4", "script_leakage"} <= set(table.columns)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["target"] == "nrc_joy" and summary["layers"] == [1, 2]
-    for name in ("dose_response", "regime_map"):
-        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.svg").exists()
-    assert (out / "success.csv").exists()
+    spec = (out / "spec.yaml").read_text()
+    assert "layers:\n  - 1\n  - 2" in spec and "n_random: 1" in spec
+    for name in ("steer_dose_response", "steer_regime_map"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000 and (out / "figures" / f"{name}.svg").exists()
+    assert (out / "tables" / "steer_success.csv").exists() and (out / "report.html").exists()
+    saved = ConceptVector.load(out / "steer" / "vector.safetensors")
+    from emoscope.vectors.units import vector_unit
+
+    assert sorted(vector_unit(saved, "token_norm").values) == [1, 2]  # the vector carries the unit it ran in
 
 
 @pytest.mark.parametrize("argv, match", [

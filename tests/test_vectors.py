@@ -61,7 +61,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     [
         DiffMeans("joy"),
         DiffMeans("joy", baseline="all"),
-        PCADiff("joy", pairing="random", random_state=0),
+        PCADiff("joy", pairing="random", seed=0),
         PCADiff("joy", pairing="index"),
         # On separable data a weakly regularised logistic weight drifts toward the
         # max-margin direction, which tilts toward noise; C=0.1 is the sensible setting
@@ -146,8 +146,8 @@ def test_estimator_input_errors(planted):
 
 
 def test_estimators_follow_sklearn_conventions():
-    est = PCADiff("joy", random_state=3)
-    assert est.get_params() == {"target": "joy", "baseline": "neutral", "pairing": "random", "random_state": 3}
+    est = PCADiff("joy", seed=3)
+    assert est.get_params() == {"target": "joy", "baseline": "neutral", "pairing": "random", "seed": 3}
     assert not any(k.endswith("_") for k in vars(est))
 
 
@@ -353,7 +353,6 @@ def test_fit_vectors_all_classes_and_meta(planted):
     np.testing.assert_allclose(joy[5], 2.0 * joy[2], rtol=1e-5)
     assert joy.meta["model"] == "toy" and joy.meta["method"] == "diff_means"
     assert joy.meta["layer_norms"][5] == pytest.approx(2 * joy.meta["layer_norms"][2], rel=1e-5)
-    assert joy.meta["mean_resid_norm"][2] == pytest.approx(float(np.linalg.norm(X, axis=1).mean()))
     probe_vecs = fit_vectors({2: X}, y, method="probe", C=0.1)
     assert _cos(probe_vecs["joy"][2], u) > 0.95
 

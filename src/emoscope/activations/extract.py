@@ -5,8 +5,9 @@ little padding; the decoder is called without its LM head, so no logits are comp
 hook on the last requested block stops the forward there, so later blocks never run. Pooling
 happens inside the hooks, so full ``(batch, seq, d_model)`` states are never kept.
 
-Position ids are derived from the attention mask, so left and right padding give the same
-numbers (this matters for absolute-position models such as GPT-2).
+Padding and position ids come from ``emoscope.models.batching.pad_batch``: position ids are
+derived from the attention mask, so left and right padding give the same numbers (this matters
+for absolute-position models such as GPT-2).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from emoscope._progress import progress as _progress_bar
 from emoscope.activations.positions import Position, parse_position
 from emoscope.activations.result import Activations
 from emoscope.errors import InputError
+from emoscope.models.batching import pad_batch
 from emoscope.models.standard import StandardModel, block_output
 
-__all__ = ["extract", "tokenize_texts", "pad_batch", "dataset_sha256"]
+__all__ = ["extract", "tokenize_texts", "dataset_sha256"]
 
 _STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -56,32 +58,6 @@ def tokenize_texts(model: StandardModel, texts: Sequence[str], *, add_special_to
     enc = model.tokenizer(texts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
                           max_length=max_length)
     return [list(ids) for ids in enc["input_ids"]]
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right",
-              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad token id lists into ``(ids, mask, position_ids, start)``.
-
-    ``start[i]`` is the index of row ``i``'s first real token; position ids count real tokens
-    only, so left padding does not shift positions.
-
-    >>> ids, mask, pos, start = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
-    >>> ids.tolist(), pos.tolist(), start.tolist()
-    ([[5, 6, 7], [0, 0, 8]], [[0, 1, 2], [0, 0, 0]], [0, 2])
-    """
-    if side not in ("left", "right"):
-        raise InputError(f"padding_side must be 'left' or 'right', got {side!r}")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    start = torch.zeros(len(seqs), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        lo = width - len(s) if side == "left" else 0
-        ids[i, lo : lo + len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, lo : lo + len(s)] = 1
-        start[i] = lo
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device), start.to(device)
 
 
 def _cache_key(model: StandardModel, texts_sha: str, layers: list[int], pos: Position, store: str,

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emoscope.audit import format_findings, verdict_counts
-    from emoscope.runs import RunDir
+    from emoscope.core.rundir import RunDir
 
     rd = RunDir.open(args.run_dir)
     m = rd.read_manifest()

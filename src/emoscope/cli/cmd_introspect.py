@@ -5,17 +5,19 @@
 
 The arguments become the ``introspect`` section of a one-stage spec, run like ``emoscope run``:
 the run directory gets the spec, a manifest, tables, figures, findings and ``report.html``.
+Every default is the stage's (``IntrospectOptions``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 __all__ = ["register", "run", "build_spec"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from emoscope.cli._stage_cmd import lazy_arguments
+
     p = subparsers.add_parser(
         "introspect",
         help="concept injection: detection vs control questions vs random vectors, by logit differences",
@@ -23,96 +25,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "logit difference on the detection question and on control questions at the same layer and strength, "
         "against no injection and random vectors of the same norm.",
     )
-    p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
-    p.add_argument("--concepts", default="default",
-                   help="'default' (built-in list), a word-list file (.txt/.jsonl/.csv) or comma-separated words")
-    p.add_argument("--baseline-words", default="default", help="'default' or a word-list file")
-    p.add_argument("--controls", default="control-questions", help="control-question set name or file")
-    p.add_argument("--layers", default="0.3,0.5,0.67,0.8",
-                   help="layers to inject at: '12,18', '0-14' or relative depths '0.5' (default 0.3,0.5,0.67,0.8)")
-    p.add_argument("--strengths", default="1,2,4,8,16",
-                   help="strengths in units of the mean residual norm at the layer (default 1,2,4,8,16)")
-    p.add_argument("--window", default="before_trial", choices=["before_trial", "prompt_start", "generation_only"],
-                   help="where the vector is added (default: from the blank line before 'Trial 1')")
-    p.add_argument("--n-random", type=int, default=4, metavar="K", help="random vectors of the same norm (default 4)")
-    p.add_argument("--free-text", type=int, default=0, metavar="N",
-                   help="also sample N answers per detection cell and grade them by rules (slow)")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="free-text answer length (default 40)")
-    p.add_argument("--temperature", type=float, default=1.0, help="free-text sampling temperature (default 1)")
-    p.add_argument("--prefill", default=None, help="assistant prefill appended after the generation prompt")
-    p.add_argument("--focus-layer", type=int, default=None, help="layer for the logit lens and heads (default: nearest 2/3 depth)")
-    p.add_argument("--focus-strength", type=float, default=None, help="strength for lens, heads and findings (default: middle)")
-    p.add_argument("--no-heads", action="store_true", help="skip the eager-attention pass for per-head attention")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory (must be new or empty unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in DIR")
+    lazy_arguments(p, _arguments)
     p.set_defaults(func=run)
 
 
-def _floats(text: str, what: str) -> list[float]:
-    from emoscope.errors import InputError
+def _arguments(p: argparse.ArgumentParser) -> None:
+    from emoscope.cli._stage_cmd import (
+        add_option,
+        add_run_arguments,
+        allow_negative_lists,
+        floats,
+        layers,
+        words,
+    )
+    from emoscope.introspection.stage import IntrospectOptions as O
 
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--{what} must be comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise InputError(f"--{what} is empty")
-    return vals
-
-
-def _layers(text: str) -> str | list[int | float]:
-    from emoscope.errors import InputError
-
-    parts = [x.strip() for x in text.split(",") if x.strip()]
-    if not parts:
-        raise InputError("--layers is empty")
-    if any("-" in x[1:] for x in parts) or text.strip() == "all":
-        return text  # ranges: the model resolves them
-    try:
-        return [float(x) if "." in x else int(x) for x in parts]
-    except ValueError:
-        raise InputError(f"--layers must be like '12,18', '0-14' or '0.5,0.67', got {text!r}") from None
+    p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
+    add_option(p, "introspect", O, "concepts", type=words,
+               help="'default' (built-in list), a word-list file (.txt/.jsonl/.csv) or comma-separated words")
+    add_option(p, "introspect", O, "baseline_words", type=words, help="'default' or a word-list file")
+    add_option(p, "introspect", O, "controls", help="control-question set name or file")
+    add_option(p, "introspect", O, "layers", type=layers,
+               help="layers to inject at: '12,18', '0-14' or relative depths '0.5'")
+    add_option(p, "introspect", O, "strengths", type=floats,
+               help="strengths in units of the mean residual norm at the layer")
+    add_option(p, "introspect", O, "window", choices=["before_trial", "prompt_start", "generation_only"],
+               help="where the vector is added (before_trial: from the blank line before 'Trial 1')")
+    add_option(p, "introspect", O, "n_random", type=int, metavar="K", help="random vectors of the same norm")
+    add_option(p, "introspect", O, "free_text", type=int, metavar="N",
+               help="also sample N answers per detection cell and grade them by rules (slow)")
+    add_option(p, "introspect", O, "max_new_tokens", type=int, help="free-text answer length")
+    add_option(p, "introspect", O, "temperature", type=float, help="free-text sampling temperature")
+    add_option(p, "introspect", O, "prefill", help="assistant prefill appended after the generation prompt")
+    add_option(p, "introspect", O, "focus_layer", type=int, shown="nearest 2/3 depth",
+               help="layer for the logit lens and heads")
+    add_option(p, "introspect", O, "focus_strength", type=float, shown="the middle strength",
+               help="strength for lens, heads and findings")
+    add_option(p, "introspect", O, "heads", "--no-heads", action="store_false",
+               help="skip the eager-attention pass for per-head attention")
+    add_option(p, "introspect", O, "n_boot", type=int, help="bootstrap resamples for the intervals")
+    add_option(p, "introspect", O, "batch_size", type=int, help="trials per forward pass")
+    add_option(p, "introspect", O, "claim", help="a claim to record with the findings (the audit judges it)")
+    add_run_arguments(p)
+    allow_negative_lists(p)
 
 
 def build_spec(args: argparse.Namespace):  # noqa: ANN201 - emoscope.runs.Spec
     """The one-stage spec equivalent to the command line."""
-    from emoscope.errors import InputError
-    from emoscope.runs import parse_spec
+    from emoscope.cli._stage_cmd import make_spec, section
 
-    if args.n_random < 0 or args.free_text < 0 or args.batch_size < 1:
-        raise InputError("--n-random and --free-text must be >= 0, --batch-size >= 1")
-    concepts: str | list[str] = args.concepts
-    if "," in concepts:
-        concepts = [w.strip() for w in concepts.split(",") if w.strip()]
-    section = {
-        "concepts": concepts, "baseline_words": args.baseline_words, "controls": args.controls,
-        "layers": _layers(args.layers), "strengths": _floats(args.strengths, "strengths"),
-        "window": args.window, "n_random": args.n_random, "prefill": args.prefill,
-        "batch_size": args.batch_size, "focus_layer": args.focus_layer, "focus_strength": args.focus_strength,
-        "heads": not args.no_heads, "free_text": args.free_text, "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-    }
-    return parse_spec({"name": "introspect", "description": "emoscope introspect (command line)",
-                       "model": args.model, "seed": args.seed, "stages": ["introspect"], "introspect": section},
-                      source="emoscope introspect")
+    return make_spec(args, "introspect", ["introspect"], {"introspect": section(args, "introspect")},
+                     model=args.model)
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope._io import ensure_writable_dir
-    from emoscope.cli.cmd_run import print_outcome, stage_logger
-    from emoscope.introspection.concepts import load_words
-    from emoscope.runs import run_spec
+    from emoscope.cli._stage_cmd import print_notes, print_outcome, run_built
 
-    spec = build_spec(args)
-    opts = spec.options("introspect")
-    # cheap checks before a model loads: word lists and the output directory
-    load_words(opts.concepts, "concepts")
-    load_words(opts.baseline_words, "baseline-words")
-    ensure_writable_dir(args.out)
-    rd = run_spec(spec, args.out, resume=args.resume, log=stage_logger(args.quiet))
+    rd = run_built(args, build_spec(args))
     _print_table(rd.root)
+    print_notes(rd.root, "introspect")
     print_outcome(rd.root)
     return 0
 
@@ -124,7 +95,7 @@ def _print_table(root) -> None:  # noqa: ANN001
     if not path.exists():
         return
     s = pd.read_csv(path)
-    cols = ["condition", "layer", "strength", "n", "detection_shift", "control_shift", "score", "score_lo",
-            "score_hi", "detection_p_yes"]
+    cols = [c for c in ("condition", "layer", "strength", "n", "detection_shift", "control_shift", "score",
+                        "score_lo", "score_hi", "detection_p_yes") if c in s]
     print("shift in logit(yes) - logit(no) from no injection; score = detection shift - control shift")
-    print(s[cols].to_string(index=False, float_format=lambda x: f"{x:+.3f}"), file=sys.stdout)
+    print(s[cols].to_string(index=False, float_format=lambda x: f"{x:+.3f}"))

@@ -1,4 +1,4 @@
-"""``emoscope probe``: per-layer probes with controls on, as a one-stage run.
+"""``emoscope probe``: per-layer probes with controls on, as a run.
 
 It is a run of ``extract`` + ``vectors`` + ``probe`` into a run directory (spec, manifest,
 tables, fitted vectors, figures, findings and report.html), so ``emoscope audit`` and
@@ -9,47 +9,57 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = ["register", "run", "build_sections"]
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="per-layer probes with shuffled-label, length and bag-of-words controls")
+    from emoscope.cli._stage_cmd import lazy_arguments
+
+    p = sub.add_parser("probe", help="per-layer probes with shuffled-label, length and bag-of-words controls",
+                       description="Extract activations, fit vectors and probe every layer with its controls, as one "
+                       "run (extract -> vectors -> probe) into a run directory.")
+    lazy_arguments(p, _arguments)
+    p.set_defaults(func=run)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    from emoscope.activations.stage import ExtractOptions
+    from emoscope.cli._stage_cmd import add_option, add_run_arguments, ints, layers
+    from emoscope.probing.stage import ProbeOptions
+    from emoscope.vectors.stage import VectorOptions
+
     p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
     p.add_argument("--dataset", required=True, help="built-in dataset name or a JSONL/CSV path")
-    p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--layers", default="all")
-    p.add_argument("--position", default="last", help="last | mean | mean_from:K | token:I")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated split/probe seeds")
-    p.add_argument("--permutations", type=int, default=100, help="label permutations at the peak layer")
-    p.add_argument("--method", default="diff_means", choices=["diff_means", "pca_diff", "probe"],
-                   help="estimator for the saved vectors")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(func=run)
+    add_option(p, "extract", ExtractOptions, "layers", type=layers, help="'all', '0,5,10', '0-14' or relative depths '0.5'")
+    add_option(p, "extract", ExtractOptions, "position", help="last | mean | mean_from:K | token:I")
+    add_option(p, "extract", ExtractOptions, "batch_size", type=int, help="texts per forward pass")
+    add_option(p, "probe", ProbeOptions, "n_folds", "--folds", type=int, help="cross-validation folds")
+    add_option(p, "probe", ProbeOptions, "seeds", type=ints, help="comma-separated split/probe seeds")
+    add_option(p, "probe", ProbeOptions, "n_permutations", "--permutations", type=int,
+               help="label permutations at the peak layer")
+    add_option(p, "probe", ProbeOptions, "heldout", type=float,
+               help="share of texts held out from choosing the layer (0: none)")
+    add_option(p, "vectors", VectorOptions, "method", choices=["diff_means", "pca_diff", "probe"],
+               help="estimator for the saved vectors")
+    add_option(p, "vectors", VectorOptions, "baseline", metavar="LABEL|all",
+               shown="'neutral' when the dataset has it, else 'all' (the mean of all classes)",
+               help="class the vectors are measured against, or 'all'")
+    add_run_arguments(p)
+
+
+def build_sections(args: argparse.Namespace) -> dict[str, dict]:
+    from emoscope.cli._stage_cmd import section
+
+    return {stage: section(args, stage) for stage in ("extract", "vectors", "probe")}
 
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from emoscope.activations import parse_position
-    from emoscope.cli.cmd_run import print_outcome, stage_logger
-    from emoscope.errors import InputError
-    from emoscope.runs import run_spec
-    from emoscope.runs.spec import parse_spec
+    from emoscope.cli._stage_cmd import print_notes, print_outcome, run_stages
 
-    parse_position(args.position)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    spec = parse_spec({
-        "name": "probe", "model": args.model, "dataset": args.dataset, "seed": args.seed,
-        "stages": ["extract", "vectors", "probe"],
-        "extract": {"layers": args.layers, "position": args.position, "batch_size": args.batch_size},
-        "vectors": {"method": args.method},
-        "probe": {"n_folds": args.folds, "seeds": seeds, "n_permutations": args.permutations},
-    }, source="emoscope probe")
-    rd = run_spec(spec, args.out, resume=args.resume, log=stage_logger(args.quiet))
+    rd = run_stages(args, "probe", ["extract", "vectors", "probe"], build_sections(args), model=args.model,
+                    dataset=args.dataset)
     table = pd.read_csv(rd.tables / "probe_layers.csv")
     cols = [c for c in ("layer", "rel_depth", "acc", "acc_lo", "acc_hi", "shuffled_acc", "perm_p_holm",
                         "random_dir_acc", "seed_sd", "selectivity") if c in table]
@@ -57,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     base = pd.read_csv(rd.tables / "probe_baselines.csv")
     print(base.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    manifest = rd.read_manifest()
-    rec = manifest.stages.get("probe")
-    if rec is not None and getattr(rec, "summary", ""):
-        print(rec.summary)
+    print_notes(rd.root, "vectors")
+    print_notes(rd.root, "probe")
     print_outcome(rd.root)
     return 0

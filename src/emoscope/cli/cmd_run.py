@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-__all__ = ["register", "run", "stage_logger", "print_outcome"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,31 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def stage_logger(quiet: bool):  # noqa: ANN201
-    """Progress lines on stderr, silenced by --quiet."""
-    if quiet:
-        return lambda msg: None
-    return lambda msg: print(f"emoscope: {msg}", file=sys.stderr, flush=True)
-
-
-def print_outcome(run_dir: Path) -> None:
-    """One summary block on stdout: where the report is and how the claims fared."""
-    from emoscope.audit import verdict_counts
-    from emoscope.runs import RunDir
-
-    rd = RunDir.open(run_dir)
-    m = rd.read_manifest()
-    findings = rd.ledger.read()
-    counts = verdict_counts(findings, claims_only=True)
-    skipped = [n for n, r in m.ordered_stages() if r.status == "skipped"]
-    print(f"run directory: {rd.root}")
-    print(f"report: {rd.report_path}")
-    print(f"findings: {len(findings)}; claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
-    if skipped:
-        print(f"skipped (not built yet): {', '.join(skipped)}")
-
-
 def run(args: argparse.Namespace) -> int:
+    from emoscope.cli._stage_cmd import print_outcome, stage_logger
     from emoscope.runs import load_spec, run_spec
 
     spec_arg, out = args.spec, args.out

@@ -22,7 +22,28 @@ __all__ = ["main", "build_parser"]
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error; we print the error alone, on one line."""
+    """argparse prints usage plus the error; we print the error alone, on one line.
+
+    A subcommand may defer adding its arguments (``cli._stage_cmd.lazy_arguments``): they are
+    added the first time that subcommand is parsed or asked for help.
+    """
+
+    def _populate(self) -> None:
+        add = self.__dict__.pop("_emoscope_populate", None)
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        self._populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populate()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._populate()
+        return super().format_usage()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -47,18 +47,18 @@ class LinearMap:
             raise InputError(f"input has {d} features but the map expects {self.W.shape[0]}")
 
 
-def _pair(XA: Any, XB: Any, shuffle_pairs: bool, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _pair(XA: Any, XB: Any, shuffle_pairs: bool, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
     A = as_matrix(XA, "XA", min_rows=2).astype(np.float64)
     B = as_matrix(XB, "XB", min_rows=2).astype(np.float64)
     if A.shape[0] != B.shape[0]:
         raise InputError(f"XA and XB must hold the same texts (rows); got {A.shape[0]} and {B.shape[0]}")
     if shuffle_pairs:
-        B = B[np.random.default_rng(random_state).permutation(B.shape[0])]
+        B = B[np.random.default_rng(seed).permutation(B.shape[0])]
     return A, B
 
 
 def procrustes_align(
-    XA: Any, XB: Any, *, shuffle_pairs: bool = False, random_state: int | None = 0
+    XA: Any, XB: Any, *, shuffle_pairs: bool = False, seed: int | None = 0
 ) -> LinearMap:
     """Orthogonal map ``W`` (``W W^T = I`` when ``d_a <= d_b``) minimising
     ``||(XA - mean) W - (XB - mean)||_F``.
@@ -71,7 +71,7 @@ def procrustes_align(
     >>> np.allclose(procrustes_align(XA, XA @ R).W, R)
     True
     """
-    A, B = _pair(XA, XB, shuffle_pairs, random_state)
+    A, B = _pair(XA, XB, shuffle_pairs, seed)
     ma, mb = A.mean(0), B.mean(0)
     U, _, vt = np.linalg.svd((A - ma).T @ (B - mb), full_matrices=False)
     return LinearMap(U @ vt, ma, mb, "procrustes" + ("_shuffled" if shuffle_pairs else ""))
@@ -83,7 +83,7 @@ def lstsq_align(
     *,
     alpha: float = 0.0,
     shuffle_pairs: bool = False,
-    random_state: int | None = 0,
+    seed: int | None = 0,
 ) -> LinearMap:
     """Least-squares (ridge when ``alpha > 0``) map from centred ``XA`` to centred ``XB``.
 
@@ -95,7 +95,7 @@ def lstsq_align(
     >>> np.allclose(lstsq_align(XA, XA @ M).W, M)
     True
     """
-    A, B = _pair(XA, XB, shuffle_pairs, random_state)
+    A, B = _pair(XA, XB, shuffle_pairs, seed)
     if alpha < 0:
         raise InputError(f"alpha must be >= 0; got {alpha}")
     ma, mb = A.mean(0), B.mean(0)
@@ -148,7 +148,7 @@ def evaluate_alignment(
     control_map: LinearMap | None = None,
     layer_a: int | None = None,
     layer_b: int | None = None,
-    random_state: int | None = 0,
+    seed: int | None = 0,
 ) -> AlignmentResult:
     """Cosine between mapped A-vectors and their B counterparts (matched by name).
 
@@ -186,7 +186,7 @@ def evaluate_alignment(
         retrieval_acc=float(np.mean(S.argmax(1) == np.arange(len(common)))),
     )
     if shuffled_control:
-        rng = np.random.default_rng(random_state)
+        rng = np.random.default_rng(seed)
         k = len(common)
         null = np.array([S[np.arange(k), rng.permutation(k)].mean() for _ in range(n_shuffles)])
         res.shuffled_mean = float(null.mean())

@@ -104,7 +104,7 @@ def cosine_null(
     vectors: Mapping[str, Any],
     X_neutral: Any,
     n: int = 1000,
-    random_state: int | None = 0,
+    seed: int | None = 0,
     layer: int | None = None,
 ) -> CosineNull:
     """Compare observed cosines with cosines of random directions in the same space.
@@ -127,7 +127,7 @@ def cosine_null(
         raise InputError(f"X_neutral has {N.shape[1]} features but the vectors have {M.shape[1]}")
     if n < 1:
         raise InputError(f"n must be >= 1; got {n}")
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed)
     m = N.shape[0]
 
     def directions(k: int) -> np.ndarray:
@@ -204,7 +204,7 @@ def length_controlled_cosines(
     return LengthControlledCosines(names, raw, ctrl)
 
 
-def anisotropy(X: Any, n_pairs: int = 1000, random_state: int | None = 0) -> float:
+def anisotropy(X: Any, n_pairs: int = 1000, seed: int | None = 0) -> float:
     """Mean cosine between random pairs of distinct rows of ``X (n, d)``.
 
     Near 0 for isotropic data; transformer hidden states often sit far above it, which is
@@ -216,7 +216,7 @@ def anisotropy(X: Any, n_pairs: int = 1000, random_state: int | None = 0) -> flo
     True
     """
     X = as_matrix(X, min_rows=2).astype(np.float64)
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed)
     m = X.shape[0]
     i = rng.integers(0, m, size=n_pairs)
     j = (i + rng.integers(1, m, size=n_pairs)) % m

@@ -8,22 +8,49 @@ finding whose controls are the random-direction null and the length control.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from emoscope.audit import Control, Finding, Observation
-from emoscope.runs.context import RunContext
-from emoscope.runs.registry import StageResult, register_stage
+from emoscope.core.stages import StageResult, register_stage, require_classes
+from emoscope.errors import InputError
 
-__all__ = ["GeometryOptions", "geometry_stage"]
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["GeometryOptions", "geometry_stage", "check_geometry"]
 
 
 class GeometryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: int | float | None = None  # default: the probe's peak layer, else the middle layer
-    baseline: str = "neutral"
+    baseline: str | None = None  # a class, or "all"; None: "neutral" when the dataset has it, else "all"
     n_null: int = Field(default=2000, ge=100)
     alpha: float = 0.05
+
+
+def _baseline(spec, dataset) -> str:  # noqa: ANN001
+    from emoscope.vectors.fit import resolve_baseline
+
+    opts: GeometryOptions = spec.options("geometry")
+    classes = list(require_classes(dataset, "geometry", spec.dataset))
+    baseline = resolve_baseline(classes, opts.baseline, what="geometry: baseline", source=spec.dataset)
+    n_vectors = len([c for c in classes if c != baseline])
+    if baseline == "all" and n_vectors < 3:
+        raise InputError(f"geometry: {spec.dataset} has no 'neutral' class and only {n_vectors} classes; against the "
+                         "mean of all classes two vectors are exact opposites (cosine -1 by construction): add a "
+                         "neutral class or a third class, or name a class as the geometry baseline")
+    if n_vectors < 2:
+        raise InputError(f"geometry: {spec.dataset} leaves {n_vectors} vector against baseline {baseline!r}; "
+                         "cosines need two: add a class")
+    return baseline
+
+
+def check_geometry(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a Dataset
+    """Before any model loads: enough classes for a pair of vectors that is not degenerate."""
+    _baseline(spec, dataset)
 
 
 def _layer(ctx: RunContext, opts: GeometryOptions) -> int:
@@ -32,12 +59,16 @@ def _layer(ctx: RunContext, opts: GeometryOptions) -> int:
         return model.resolve_layers([opts.layer])[0]
     try:
         table = ctx.read_table("probe_layers")
-        return int(table.loc[table["acc"].idxmax(), "layer"])
-    except Exception:  # no probe stage in this run
+    except InputError:  # read_table's error for a table no earlier stage wrote
+        ctx.note(f"layer: the middle layer {model.n_layers // 2} (no probe_layers table: no probe stage ran "
+                 "before this one; set `geometry: {layer: L}` to choose)")
         return model.n_layers // 2
+    layer = int(table.loc[table["acc"].idxmax(), "layer"])
+    ctx.note(f"layer: {layer}, the probe's peak layer (tables/probe_layers)")
+    return layer
 
 
-@register_stage("geometry", options_model=GeometryOptions,
+@register_stage("geometry", options_model=GeometryOptions, check=check_geometry,
                 description="cosines with a null and a length control, PCA, anisotropy")
 def geometry_stage(ctx: RunContext) -> StageResult:
     import numpy as np
@@ -49,15 +80,19 @@ def geometry_stage(ctx: RunContext) -> StageResult:
 
     opts: GeometryOptions = ctx.options
     data = ctx.dataset
+    baseline = _baseline(ctx.spec, data)
+    if baseline == "all":
+        ctx.note("baseline: the mean of all class means (no 'neutral' class); such vectors sum to zero, so their "
+                 "cosines lean negative (about -1/(K-1) for K classes): read them against that")
     layer = _layer(ctx, opts)
     acts = ctx.activations(progress=False)
     X = acts.get(layer)  # (n, d)
     y = np.asarray(data.labels)
-    neutral = X[y == opts.baseline] if (y == opts.baseline).any() else X
-    classes = [c for c in sorted(set(y.tolist())) if c != opts.baseline]
-    vecs = {c: DiffMeans(c, opts.baseline).fit(X, y).vector_ for c in classes}
-    null = cosine_null(vecs, neutral, n=opts.n_null, random_state=ctx.seed)
-    lc = length_controlled_cosines(X, y, acts.token_counts, baseline=opts.baseline)
+    neutral = X[y == baseline] if baseline != "all" else X
+    classes = [c for c in sorted(set(y.tolist())) if c != baseline]
+    vecs = {c: DiffMeans(c, baseline).fit(X, y).vector_ for c in classes}
+    null = cosine_null(vecs, neutral, n=opts.n_null, seed=ctx.seed)
+    lc = length_controlled_cosines(X, y, acts.token_counts, baseline=baseline)
     names = null.names
     rows = []
     for i, a in enumerate(names):
@@ -68,7 +103,7 @@ def geometry_stage(ctx: RunContext) -> StageResult:
     pairs = pd.DataFrame(rows)
     ctx.write_table("cosines", pairs)
     q = float(np.quantile(np.abs(null.null), 1 - opts.alpha))
-    aniso = anisotropy(neutral, random_state=ctx.seed)
+    aniso = anisotropy(neutral, seed=ctx.seed)
 
     if len(names) >= 2:
         pca = emotion_pca(vecs)

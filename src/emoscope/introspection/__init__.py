@@ -18,16 +18,13 @@ detection shift minus the control shift, with a bootstrap interval over concepts
 from emoscope.introspection.cells import CellScores, Injection, score_cells, shared_prefix_length
 from emoscope.introspection.concepts import CONCEPT_PROMPT, concept_vectors, random_vectors
 from emoscope.introspection.freetext import Grade, grade_answer, run_free_text, sample_answers
-from emoscope.introspection.inject import Injector, prefix_cache
 from emoscope.introspection.measure import AnswerTokens, answer_tokens, yes_no_diff
 from emoscope.introspection.sweep import (
     DEFAULT_LAYERS,
     DEFAULT_STRENGTHS,
-    SweepResult,
-    mean_resid_norms,
+    InjectionResult,
     run_sweep,
 )
-from emoscope.introspection.tables import bootstrap_ci
 from emoscope.introspection.trials import (
     DETECTION_QUESTION,
     WINDOW_MODES,
@@ -36,11 +33,10 @@ from emoscope.introspection.trials import (
     build_trials,
     find_window,
 )
-from emoscope.models.kvcache import fork_cache
 
 __all__ = [
     "run_sweep",
-    "SweepResult",
+    "InjectionResult",
     "DEFAULT_LAYERS",
     "DEFAULT_STRENGTHS",
     "concept_vectors",
@@ -59,11 +55,6 @@ __all__ = [
     "CellScores",
     "score_cells",
     "shared_prefix_length",
-    "mean_resid_norms",
-    "Injector",
-    "prefix_cache",
-    "fork_cache",
-    "bootstrap_ci",
     "sample_answers",
     "grade_answer",
     "Grade",

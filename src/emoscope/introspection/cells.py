@@ -18,18 +18,12 @@ import numpy as np
 import torch
 
 from emoscope._progress import progress as _progress
-from emoscope.activations import pad_batch
 from emoscope.errors import InputError, LayerError
-from emoscope.introspection.inject import (
-    Injector,
-    common_prefix_length,
-    eager_attention,
-    prefix_cache,
-    replay_blocks,
-)
 from emoscope.introspection.measure import AnswerTokens, yes_no_diff
 from emoscope.introspection.trials import Trial
-from emoscope.models.kvcache import cache_kwargs, fork_cache
+from emoscope.models.batching import pad_batch
+from emoscope.models.interventions import Injector, eager_attention, replay_blocks
+from emoscope.models.kvcache import cache_kwargs, common_prefix_length, fork_cache, prefix_cache
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Injection", "CellScores", "score_cells", "shared_prefix_length", "logits_from_final"]

@@ -86,10 +86,10 @@ def random_vectors(d: int, layers: Sequence[int], k: int, *, seed: int = 0) -> l
     >>> [v.name for v in r], round(r[0].norms()[3], 6)
     (['random:0', 'random:1'], 1.0)
     """
-    from emoscope.steering.units import random_directions
+    from emoscope.core.directions import random_layer_directions
 
     out = []
-    for j, draw in enumerate(random_directions(d, layers, k, seed)):
+    for j, draw in enumerate(random_layer_directions(d, layers, k, seed)):
         vecs = {layer: v.astype(np.float32) for layer, v in draw.items()}
         out.append(ConceptVector(f"random:{j}", vecs, {"method": "isotropic gaussian", "seed": seed}))
     return out

@@ -25,12 +25,13 @@ import pandas as pd
 import torch
 
 from emoscope._progress import progress as _progress
-from emoscope.activations import pad_batch
 from emoscope.errors import InputError
 from emoscope.introspection.cells import logits_from_final
-from emoscope.introspection.inject import prefix_cache
 from emoscope.introspection.trials import Trial
-from emoscope.models.kvcache import cache_kwargs, fork_cache
+from emoscope.models.batching import eos_ids, pad_batch
+from emoscope.models.decode import RowEdits, Sampling, decode_rows
+from emoscope.models.interventions import Window
+from emoscope.models.kvcache import cache_kwargs, fork_cache, prefix_cache
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Grade", "grade_answer", "sample_answers", "answer_perplexity", "run_free_text", "Judge"]
@@ -133,12 +134,9 @@ def sample_answers(model: StandardModel, trial: Trial, injections: Sequence[tupl
     (``seed`` and its index), so samples do not depend on the batch size (``temperature=0``:
     greedy).
 
-    Runs on the steering decode loop (``emoscope.steering.decode_rows``) with the window
+    Runs on the per-row decode loop (``emoscope.models.decode.decode_rows``) with the window
     ``from:<window start>``: the same hook and the same loop as steered generation.
     """
-    from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids
-    from emoscope.steering.hooks import Window
-
     counts = [n_samples] * len(injections) if isinstance(n_samples, int) else [int(k) for k in n_samples]
     if len(counts) != len(injections) or any(k < 1 for k in counts) or max_new_tokens < 1:
         raise InputError("n_samples (one per injection, or one for all) and max_new_tokens must be positive")

@@ -10,16 +10,13 @@
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emoscope._io import atomic_path
+from emoscope.core.figures import new_figure
 
-__all__ = ["strength_figure", "layer_figure", "lens_figure", "heads_figure", "sweep_figures", "save_figure"]
+__all__ = ["strength_figure", "layer_figure", "lens_figure", "heads_figure", "sweep_figures"]
 
 _STYLE = {
     ("concept", "detection_shift"): ("#c4362b", "-", "concept: detection"),
@@ -47,10 +44,8 @@ def _strength_axis(ax: Any, strengths: list[float]) -> None:
 
 def strength_figure(summary: Any, title: str = "") -> Any:
     """Shift in the yes-no logit difference against strength, one panel per injected layer."""
-    from matplotlib.figure import Figure
-
     layers = sorted(summary.layer.unique())
-    fig = Figure(figsize=(3.2 * len(layers) + 0.6, 3.4), layout="constrained")
+    fig = new_figure(3.2 * len(layers) + 0.6, 3.4, layout="constrained")
     axes = fig.subplots(1, len(layers), sharey=True, squeeze=False)[0]
     for ax, layer in zip(axes, layers, strict=True):
         sub = summary[summary.layer == layer]
@@ -71,9 +66,7 @@ def strength_figure(summary: Any, title: str = "") -> Any:
 
 def layer_figure(summary: Any, strength: float, title: str = "") -> Any:
     """Shifts and the introspection score against relative depth at one strength."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    fig = new_figure(6.4, 3.6, layout="constrained")
     ax = fig.add_subplot()
     sub = summary[summary.strength == strength]
     for (cond, col), (color, ls, label) in _STYLE.items():
@@ -95,9 +88,7 @@ def layer_figure(summary: Any, strength: float, title: str = "") -> Any:
 
 def lens_figure(lens: Any, title: str = "") -> Any:
     """Logit lens of the yes-no difference per layer for baseline, concept and random."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    fig = new_figure(6.4, 3.6, layout="constrained")
     ax = fig.add_subplot()
     colors = {"baseline": "0.3", "concept": "#c4362b", "random": "#75507b"}
     for (cond, kind), g in lens.groupby(["condition", "kind"], sort=True):
@@ -121,12 +112,10 @@ def lens_figure(lens: Any, title: str = "") -> Any:
 def heads_figure(heads: Any, title: str = "") -> Any:
     """Heatmaps (layer × head) of attention mass from the answer to the window: injected
     (mean over concepts) and injected minus baseline."""
-    from matplotlib.figure import Figure
-
     H = int(heads["head"].max()) + 1
     inj = heads.pivot(index="layer", columns="head", values="injected").to_numpy()
     diff = heads.pivot(index="layer", columns="head", values="difference").to_numpy()
-    fig = Figure(figsize=(3.0 + 0.7 * H, 2.0 + 0.16 * inj.shape[0]), layout="constrained")
+    fig = new_figure(3.0 + 0.7 * H, 2.0 + 0.16 * inj.shape[0], layout="constrained")
     a1, a2 = fig.subplots(1, 2)
     im1 = a1.imshow(inj, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
     lim = float(np.nanmax(np.abs(diff))) or 1.0
@@ -141,7 +130,7 @@ def heads_figure(heads: Any, title: str = "") -> Any:
 
 
 def sweep_figures(result: Any) -> dict[str, Any]:
-    """All figures of a ``SweepResult``, by name."""
+    """All figures of a ``InjectionResult``, by name."""
     m = result.meta
     tag = f"{m.get('model', '')}, window {m.get('window', '')}"
     figs = {
@@ -155,17 +144,3 @@ def sweep_figures(result: Any) -> dict[str, Any]:
         figs["introspect_heads"] = heads_figure(
             result.heads, f"Attention to the window, layer {m['focus_layer']}, strength {m['focus_strength']:g}")
     return figs
-
-
-def save_figure(fig: Any, stem: str | os.PathLike[str]) -> Path:
-    """Write ``stem.png`` and ``stem.svg`` atomically (deterministic bytes)."""
-    import matplotlib
-
-    stem = Path(stem)
-    for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
-        buf = io.BytesIO()
-        with matplotlib.rc_context({"svg.hashsalt": stem.name}):
-            fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
-        with atomic_path(stem.with_suffix(f".{fmt}")) as tmp:
-            tmp.write_bytes(buf.getvalue())
-    return stem.with_suffix(".png")

@@ -1,9 +1,11 @@
 """The concept-injection sweep: concepts × layers × strengths on the detection question and
 every control question, plus the no-injection baseline and random vectors of the same norm.
 
-Strength is in units of the mean residual norm at the injected layer, measured on the
-detection trial prompt without injection (all tokens except the first, whose attention-sink
-norm is far above the rest). Every injected vector is scaled to ``strength × mean norm``, so
+Strength is in the unit ``trial_norm`` by default: the mean residual norm at the injected layer,
+measured on the detection trial prompt without injection (all tokens except the first, whose
+attention-sink norm is far above the rest). ``unit="token_norm"`` / ``"token_norm_robust"``
+use steering's units instead (measured on neutral text; the robust one leaves out massive
+dimensions, so strengths compare across models); see ``emoscope.vectors.units``. Every injected vector is scaled to ``strength × mean norm``, so
 concept and random vectors have exactly the same norm.
 """
 
@@ -22,21 +24,21 @@ import torch
 from emoscope.errors import InputError
 from emoscope.introspection.cells import Injection, score_cells
 from emoscope.introspection.concepts import concept_vectors, random_vectors
-from emoscope.introspection.inject import Injector
 from emoscope.introspection.measure import answer_tokens
 from emoscope.introspection.tables import heads_table, lens_table, per_vector_table, summary_table
 from emoscope.introspection.trials import Trial, build_trials
+from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
+from emoscope.vectors.units import MASSIVE_SHARE, MEASURED, UNITS, measure_unit, norm_profile
 
-__all__ = ["SweepResult", "run_sweep", "mean_resid_norms", "resid_norm_profile", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
+__all__ = ["InjectionSweep", "InjectionResult", "run_sweep", "resid_norm_profile", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
 
 DEFAULT_LAYERS = (0.3, 0.5, 0.67, 0.8)
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
-NORM_SOURCE = "detection trial prompt, no injection, all tokens but the first"
 
 
 @dataclass
-class SweepResult:
+class InjectionResult:
     """Tables of a sweep (pandas) and what produced them.
 
     - ``cells``: one row per forward cell (condition, vector, kind, question, layer, strength,
@@ -75,7 +77,7 @@ class SweepResult:
     def save(self, out: str | os.PathLike[str]) -> Path:
         """Write ``tables/*.csv|json``, ``figures/*.png|svg`` and ``introspect.json`` under ``out``."""
         from emoscope._io import atomic_write_json, atomic_write_text, ensure_writable_dir
-        from emoscope.introspection.plots import save_figure
+        from emoscope.core.figures import save_figure
 
         root = ensure_writable_dir(out)
         tables, figs = ensure_writable_dir(root / "tables"), ensure_writable_dir(root / "figures")
@@ -99,10 +101,10 @@ class SweepResult:
 
 @torch.inference_mode()
 def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]) -> pd.DataFrame:
-    """Per layer, over the tokens of ``trial`` after the first, without injection: the strength
-    unit ``mean_resid_norm`` (mean ``‖resid[l]‖``), the dimension that carries most of it
-    (``top_dim``, with ``top_dim_share`` = mean share of ``‖resid[l]‖²`` in it) and
-    ``mean_norm_without_top_dim``.
+    """Per layer, over the tokens of ``trial`` after the first, without injection: the unit
+    ``trial_norm`` (``mean_resid_norm``, mean ``‖resid[l]‖``), the dimension that carries most of
+    ``‖resid[l]‖²`` (``top_dim``, ``top_dim_share``), ``mean_norm_without_top_dim``, and the
+    norm without every massive dimension (``mean_norm_robust``; see ``emoscope.vectors.units``).
 
     Why: models with massive activations put most of the norm into one dimension (Gemma-3-270M:
     dimension 163 holds ~90% of ``‖resid‖²`` from layer 5 on), so one "mean residual norm" is many
@@ -115,21 +117,27 @@ def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]
         model.base(input_ids=torch.tensor([list(trial.ids)], device=model.device))
         rows = []
         for layer in layers:
-            h = inj.captured[layer][0].float()  # (S - 1, d_model)
-            sq = h * h
-            share = (sq / sq.sum(-1, keepdim=True)).mean(0)  # (d_model,)
-            top = int(share.argmax())
-            rest = (sq.sum(-1) - sq[:, top]).clamp_min(0).sqrt().mean()
+            h = inj.captured[layer][0].float().cpu().numpy()  # (S - 1, d_model)
+            prof = norm_profile(h)
+            top = prof["top_dim"]
+            sq = (h.astype(np.float64) ** 2).sum(1)
+            rest = float(np.sqrt(np.clip(sq - h[:, top].astype(np.float64) ** 2, 0.0, None)).mean())
             rows.append({"layer": int(layer), "relative_depth": int(layer) / model.n_layers,
-                         "mean_resid_norm": float(h.norm(dim=-1).mean()), "top_dim": top,
-                         "top_dim_share": float(share[top]), "mean_norm_without_top_dim": float(rest)})
+                         "mean_resid_norm": prof["token_norm"], "top_dim": top,
+                         "top_dim_share": prof["top_dim_share"], "mean_norm_without_top_dim": rest,
+                         "mean_norm_robust": prof["token_norm_robust"],
+                         "massive_dims": ",".join(str(x) for x in prof["massive_dims"])})
     return pd.DataFrame(rows)
 
 
-def mean_resid_norms(model: StandardModel, trial: Trial, layers: Sequence[int]) -> dict[int, float]:
-    """Mean ``‖resid[l]‖`` over the tokens of ``trial`` after the first, without injection."""
-    prof = resid_norm_profile(model, trial, layers)
-    return {int(r.layer): float(r.mean_resid_norm) for r in prof.itertuples()}
+def _unit_values(model: StandardModel, unit: str, norms_df: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
+    """Strength-1 norm per layer: ``trial_norm`` from the trial prompt's profile, or a unit
+    measured on neutral text (``emoscope.vectors.units``)."""
+    if unit == "trial_norm":
+        return {int(r.layer): float(r.mean_resid_norm) for r in norms_df.itertuples()}
+    if unit in MEASURED:
+        return measure_unit(model, layers, unit).values
+    raise InputError(f"introspection unit must be 'trial_norm' or one of {MEASURED}, got {unit!r}")
 
 
 def _focus(layers: Sequence[int], strengths: Sequence[float], n_layers: int,
@@ -164,18 +172,23 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
               n_random: int = 4, window: str = "before_trial", prefill: str | None = None, seed: int = 0,
               batch_size: int = 64, focus_layer: int | None = None, focus_strength: float | None = None,
               heads: bool = True, n_boot: int = 2000, free_text: int = 0, max_new_tokens: int = 40,
-              temperature: float = 1.0, judge: Any = None, progress: bool = False) -> SweepResult:
+              temperature: float = 1.0, judge: Any = None, unit: str = "trial_norm",
+              progress: bool = False) -> InjectionResult:
     """Run the logit sweep. ``vectors``: ``ConceptVector``s to inject (default: built from
     ``concepts`` minus the mean over ``baseline`` words). ``controls``: a control-question set
     name, path or list of questions. ``free_text=N``: also N sampled answers per cell of the
     detection trial (and of the baseline and random vectors), graded by rules (``judge``: an
-    optional extra grader, see ``run_free_text``).
+    optional extra grader, see ``run_free_text``). ``unit``: what strength 1 means, ``trial_norm``
+    (the trial prompt's mean token norm, the default) or ``token_norm`` / ``token_norm_robust``
+    measured on neutral text (see ``emoscope.vectors.units``).
 
     >>> res = run_sweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[4])  # doctest: +SKIP
     >>> res.summary[["condition", "layer", "strength", "score"]]                          # doctest: +SKIP
     """
     from emoscope.datasets import load_control_questions
 
+    if unit != "trial_norm" and unit not in MEASURED:
+        raise InputError(f"introspection unit must be 'trial_norm' or one of {MEASURED}, got {unit!r}")
     layer_list = model.resolve_layers(list(layers) if isinstance(layers, tuple) else layers)
     strengths = sorted({float(s) for s in strengths})
     if not strengths or any(not np.isfinite(s) or s < 0 for s in strengths):
@@ -194,7 +207,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     _check_vectors(vectors, layer_list, model.d_model)
     randoms = random_vectors(model.d_model, layer_list, n_random, seed=seed)
     norms_df = resid_norm_profile(model, trials[0], layer_list)
-    norms = {int(r.layer): float(r.mean_resid_norm) for r in norms_df.itertuples()}
+    norms = _unit_values(model, unit, norms_df, layer_list)
 
     # bank rows: one unit direction per (vector, layer); cells index them
     bank, labels, cells = [], [], []
@@ -249,12 +262,12 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         "window_text": trials[0].window_text(model.tokenizer), "window_start_token": trials[0].window_start,
         "prompt_tokens": len(trials[0].ids), "shared_prefix_tokens": scores.prefix_length,
         "yes_tokens": list(tokens.yes_text), "no_tokens": list(tokens.no_text),
-        "strength_unit": f"mean residual norm at the layer ({NORM_SOURCE})",
+        "strength_unit": unit, "strength_unit_definition": UNITS[unit].format(share=MASSIVE_SHARE),
         "focus_layer": fl, "focus_strength": fs, "chat_template": model.has_chat_template,
         "detection_prompt": trials[0].text, "n_cells": len(cells),
         "baseline_detection_diff": float(base[0]), "baseline_control_diff_mean": float(base[1:].mean()),
     }
-    return SweepResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df)
+    return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df)
 
 
 def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], randoms: Sequence[Any],
@@ -280,3 +293,25 @@ def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], rando
                        temperature=temperature, seed=seed, batch_size=batch_size, judge=judge, progress=progress)
     df.insert(3, "relative_depth", [None if pd.isna(x) else round(x / model.n_layers, 4) for x in df.layer])
     return df.rename(columns={"name": "vector"})
+
+
+class InjectionSweep:
+    """The concept-injection sweep as an object of the same shape as ``SteeringSweep``: settings in
+    ``__init__`` (checked against :func:`run_sweep`'s keywords), the work in :meth:`run`.
+
+    >>> sweep = InjectionSweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[2, 4])  # doctest: +SKIP
+    >>> res = sweep.run(); res.summary                                                          # doctest: +SKIP
+    """
+
+    def __init__(self, model: StandardModel, vectors: Sequence[Any] | None = None, **options: Any) -> None:
+        import inspect
+
+        known = [p for p in inspect.signature(run_sweep).parameters if p not in ("model", "vectors")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InputError(f"InjectionSweep got unknown option(s) {unknown}; known: {', '.join(known)}")
+        self.model, self.vectors, self.options = model, vectors, dict(options)
+
+    def run(self) -> InjectionResult:
+        """Run the sweep (see :func:`run_sweep`)."""
+        return run_sweep(self.model, self.vectors, **self.options)

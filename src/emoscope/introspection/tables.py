@@ -11,30 +11,12 @@ Definitions (all in yes-minus-no logit-difference units):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 
-__all__ = ["bootstrap_ci", "per_vector_table", "summary_table", "lens_table", "heads_table"]
+from emoscope.core.stats import bootstrap
 
-
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (``(nan, nan)`` for fewer than 2 values).
-
-    >>> lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0], seed=0)
-    >>> lo < 2.5 < hi
-    True
-    """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+__all__ = ["per_vector_table", "summary_table", "lens_table", "heads_table"]
 
 
 def per_vector_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +47,7 @@ def summary_table(per_vector: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0
         row = {"condition": cond, "layer": int(layer), "relative_depth": depth, "strength": strength,
                "n": len(g)}
         for col in ("detection_shift", "control_shift", "score"):
-            lo, hi = bootstrap_ci(g[col], n_boot=n_boot, seed=seed)
+            _, lo, hi = bootstrap(g[col].to_numpy(float), n_boot=n_boot, seed=seed)
             row.update({col: float(g[col].mean()), f"{col}_lo": lo, f"{col}_hi": hi})
         row["detection_p_yes"] = float(g.detection_p_yes.mean())
         rows.append(row)

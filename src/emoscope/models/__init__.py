@@ -2,6 +2,12 @@
 
 See ``standard.py`` for the residual-stream convention (``resid[l]`` = output of block ``l``,
 before the final norm).
+
+The plumbing every analysis shares is reached by module path (not re-exported here):
+``interventions`` (residual edits, token windows, hooks, ``Injector``), ``heads`` (per-head
+split of the attention output), ``kvcache`` (the KV cache across transformers versions, shared
+prefixes and forks), ``batching`` (padding, position ids, pad/eos ids) and ``decode`` (the
+batched decode loop with one edit per row).
 """
 
 from emoscope.models.loading import (

@@ -6,6 +6,12 @@ releases know only ``past_key_values``). Everything in emoscope that passes, rea
 cache goes through these helpers, so a hook that asks "how much is cached already?" gets the
 right answer whichever name ``generate`` used.
 
+Sharing a prefix: ``prefix_cache`` runs shared tokens once; ``fork_cache`` gives each batch its
+own cache object over those keys and values (a one-row cache expanded as a view, or chosen rows
+of a multi-row cache gathered into new tensors). A forward appends to the cache it is given by
+rebinding each layer's tensors, never writing into them, so a fork leaves its source intact and
+the source can be forked again (no deep copy needed).
+
 >>> cache_kwargs(model.hf, new_cache(model))          # doctest: +SKIP
 {'cache': DynamicCache(...)}
 """
@@ -14,12 +20,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["new_cache", "cache_kwargs", "output_cache", "input_cache", "past_length", "fork_cache"]
+__all__ = ["new_cache", "cache_kwargs", "output_cache", "input_cache", "past_length", "fork_cache", "prefix_cache",
+           "common_prefix_length"]
 
 _NAMES = ("cache", "past_key_values")
 
@@ -87,19 +94,58 @@ def new_cache(model: Any) -> Any:
         return DynamicCache()
 
 
-def fork_cache(cache: Any, batch: int) -> Any:
-    """A copy of a one-row ``cache`` expanded to ``batch`` rows without copying tensors; the
-    forward that consumes it concatenates new keys into fresh tensors, so ``cache`` itself is
-    never modified and can be forked again."""
+def fork_cache(cache: Any, rows: int | torch.Tensor | Sequence[int]) -> Any:
+    """A new cache object over the rows of ``cache`` that the next forward should see.
+
+    ``rows`` an int: ``cache`` has one row, expanded to ``rows`` rows as a view (no copy).
+    ``rows`` a 1-D index tensor (or list): row ``rows[i]`` of ``cache`` becomes row ``i`` (gathered into
+    new tensors, like ``batch_select_indices`` on a deep copy, without copying the rest).
+    The forward that consumes the fork concatenates new keys into fresh tensors, so ``cache``
+    itself is never modified and can be forked again. ``None`` stays ``None``.
+
+    >>> shared = prefix_cache(model, ids)                           # doctest: +SKIP
+    >>> model.base(input_ids=x, **cache_kwargs(model.base, fork_cache(shared, x.shape[0])))  # doctest: +SKIP
+    """
     if cache is None:
         return None
+    index = torch.as_tensor(rows, dtype=torch.long) if isinstance(rows, (torch.Tensor, list, tuple)) else None
+    rows = int(rows) if index is None else rows
+    if index is not None and index.dim() != 1:
+        raise ValueError(f"fork_cache takes an int or a 1-D index tensor, got shape {tuple(index.shape)}")
     out = copy.copy(cache)
     out.layers = []
     for layer in cache.layers:
         new = copy.copy(layer)
         for name in ("keys", "values"):
-            t = getattr(new, name, None)
+            t = getattr(new, name, None)  # (batch, kv_heads, seq, head_dim)
             if isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel():
-                setattr(new, name, t.expand(batch, -1, -1, -1))
+                if index is None:
+                    setattr(new, name, t.expand(rows, -1, -1, -1))
+                else:
+                    setattr(new, name, t[index.to(t.device)])
         out.layers.append(new)
     return out
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence.
+
+    >>> common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]])
+    2
+    """
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def prefix_cache(model: Any, ids: Sequence[int]) -> Any:
+    """KV cache of ``ids`` (one row) from the decoder ``model.base``, or ``None`` for an empty
+    prefix. Run it outside any injection hooks so the prefix stays uninjected; share it with
+    ``fork_cache``."""
+    if not ids:
+        return None
+    x = torch.tensor([list(ids)], device=model.device)  # (1, len(ids))
+    return output_cache(model.base(input_ids=x, use_cache=True))

@@ -13,7 +13,7 @@
 
 from emoscope.probing.controls import ProbeControls
 from emoscope.probing.layers import probe_layers
-from emoscope.probing.metrics import bootstrap_ci, classification_metrics, holm, permutation_pvalue
+from emoscope.probing.metrics import classification_metrics
 from emoscope.probing.probe import LayerProbe
 from emoscope.probing.report import ProbeReport
 
@@ -22,8 +22,5 @@ __all__ = [
     "ProbeControls",
     "ProbeReport",
     "probe_layers",
-    "bootstrap_ci",
     "classification_metrics",
-    "holm",
-    "permutation_pvalue",
 ]

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.stats import permutation_pvalue
 from emoscope.errors import InputError
 from emoscope.probing._solver import fit_batch, subspace_basis
-from emoscope.probing.metrics import permutation_pvalue
 from emoscope.probing.probe import Folds, cv_proba
 
 __all__ = ["ProbeControls"]
@@ -154,15 +154,6 @@ def logistic_permutation_test(
         "null_q025": float(np.quantile(null, 0.025)),
         "null_q975": float(np.quantile(null, 0.975)),
     }
-
-
-def random_directions(d: int, k: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_draws`` orthonormal blocks of ``k`` isotropic random directions: ``(d, n_draws*k)``."""
-    blocks = []
-    for _ in range(n_draws):
-        q, _ = np.linalg.qr(rng.normal(size=(d, k)))
-        blocks.append(q)
-    return np.concatenate(blocks, axis=1)
 
 
 def random_direction_accuracy(

@@ -10,12 +10,13 @@ import pandas as pd
 
 from emoscope._io import sha256_json
 from emoscope._progress import progress
+from emoscope.core.directions import random_subspaces
+from emoscope.core.stats import bootstrap, holm
 from emoscope.errors import InputError, LayerError
 from emoscope.probing import controls as ctl
 from emoscope.probing._solver import blas_threads
 from emoscope.probing._splits import heldout_split, make_folds
 from emoscope.probing.controls import ProbeControls
-from emoscope.probing.metrics import bootstrap_ci, holm
 from emoscope.probing.probe import LayerProbe, cv_proba, summarize
 from emoscope.probing.report import TABLE_COLUMNS, ProbeReport, judge
 from emoscope.vectors._data import as_labels, as_layer_dict, numeric_vector
@@ -46,7 +47,7 @@ def probe_layers(
     n_layers_total: int | None = None,
     controls: ProbeControls = _DEFAULT_CONTROLS,
     probe: LayerProbe | None = None,
-    random_state: int = 0,
+    seed: int = 0,
     n_threads: int | None = 1,
 ) -> ProbeReport:
     """Probe every layer with cross-validation and run the controls; return a ``ProbeReport``.
@@ -76,7 +77,7 @@ def probe_layers(
     with blas_threads(n_threads):
         return _probe_layers(
             acts_by_layer, labels, texts=texts, token_counts=token_counts, groups=groups,
-            n_layers_total=n_layers_total, controls=controls, probe=probe, random_state=random_state,
+            n_layers_total=n_layers_total, controls=controls, probe=probe, seed=seed,
         )
 
 
@@ -90,14 +91,14 @@ def _probe_layers(
     n_layers_total: int | None,
     controls: ProbeControls,
     probe: LayerProbe | None,
-    random_state: int,
+    seed: int,
 ) -> ProbeReport:
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     if not isinstance(controls, ProbeControls):
         raise InputError("controls must be a ProbeControls(...)")
     controls.validate()
-    probe = probe if probe is not None else LayerProbe(random_state=random_state)
+    probe = probe if probe is not None else LayerProbe(seed=seed)
     probe._check()
     acts = as_layer_dict(acts_by_layer)
     layers = list(acts)
@@ -123,11 +124,11 @@ def _probe_layers(
     if min(layers) < 0 or max(layers) >= n_layers_total:
         raise LayerError(f"layers {min(layers)}..{max(layers)} do not fit in n_layers_total={n_layers_total}")
     C, it, tol = float(probe.C), int(probe.max_iter), float(probe.tol)
-    rng = np.random.default_rng(random_state)
-    boot = dict(n_bootstrap=int(probe.n_bootstrap), random_state=random_state)
+    rng = np.random.default_rng(seed)
+    boot = dict(n_boot=int(probe.n_boot), seed=seed)
 
     if controls.heldout > 0:
-        dev, ho = heldout_split(y_all, g_all, controls.heldout, random_state)
+        dev, ho = heldout_split(y_all, g_all, controls.heldout, seed)
     else:
         dev, ho = np.arange(n), np.arange(0)
     y = y_all[dev]
@@ -154,7 +155,7 @@ def _probe_layers(
         row.update(summarize(y, proba[: len(seeds)], g, **boot))
         nan = float("nan")
         if y_shuf is not None:
-            _, lo, hi = bootstrap_ci((proba[-1].argmax(1) == y_shuf).astype(float), g, **boot)
+            _, lo, hi = bootstrap((proba[-1].argmax(1) == y_shuf).astype(float), g, **boot)
             row.update(shuffled_acc=float(np.mean(proba[-1].argmax(1) == y_shuf)), shuffled_lo=lo, shuffled_hi=hi)
         else:
             row.update(shuffled_acc=nan, shuffled_lo=nan, shuffled_hi=nan)
@@ -162,7 +163,7 @@ def _probe_layers(
         if controls.random_directions and controls.n_random_draws > 0:
             d = X.shape[1]
             if d not in R_by_d:
-                R_by_d[d] = ctl.random_directions(d, min(k_dir, d), controls.n_random_draws, rng)
+                R_by_d[d] = random_subspaces(d, min(k_dir, d), controls.n_random_draws, rng)
             row["random_dir_acc"] = ctl.random_direction_accuracy(X, y, f0, K, R_by_d[d], min(k_dir, d), C, it, tol)
         else:
             row["random_dir_acc"] = nan
@@ -187,7 +188,7 @@ def _probe_layers(
     if ho.size:
         fit = ctl.train_once(Xp, y_all, dev, K, C, it, tol)
         correct = (fit.proba(Xp[ho])[:, 0].argmax(1) == y_all[ho]).astype(float)
-        acc, lo, hi = bootstrap_ci(correct, None if g_all is None else g_all[ho], **boot)
+        acc, lo, hi = bootstrap(correct, None if g_all is None else g_all[ho], **boot)
         heldout = {"acc": acc, "lo": lo, "hi": hi, "n": int(ho.size), "layer": peak_layer}
 
     share = np.bincount(y, minlength=K) / y.size
@@ -224,11 +225,11 @@ def _probe_layers(
             "grouped": g_all is not None,
             "probe": {
                 "n_folds": int(probe.n_folds), "seeds": seeds, "C": C, "max_iter": it, "tol": tol,
-                "n_bootstrap": int(probe.n_bootstrap),
+                "n_boot": int(probe.n_boot),
             },
             "controls": controls.to_dict(),
             "confound_ratio": float(controls.confound_ratio),
-            "random_state": random_state,
+            "seed": seed,
             "labels_sha": sha256_json(y_str.tolist()),
         },
     )

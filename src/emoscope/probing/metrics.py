@@ -1,14 +1,11 @@
-"""Classification metrics, bootstrap intervals, permutation p-values and Holm correction."""
+"""Classification metrics of a probe (intervals, permutation p-values and corrections are in
+``emoscope.core.stats``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from emoscope.errors import InputError
-
-__all__ = ["classification_metrics", "bootstrap_ci", "permutation_pvalue", "holm"]
+__all__ = ["classification_metrics"]
 
 
 def _auroc_ovr(y: np.ndarray, proba: np.ndarray) -> float:
@@ -60,69 +57,3 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
         "f1": float(f1.mean()),
         "auroc": _auroc_ovr(y, proba),
     }
-
-
-def bootstrap_ci(
-    values: Any,
-    groups: Any = None,
-    n_bootstrap: int = 1000,
-    level: float = 0.95,
-    random_state: int | None = 0,
-) -> tuple[float, float, float]:
-    """Mean of per-row ``values`` with a percentile bootstrap interval: ``(mean, lo, hi)``.
-
-    With ``groups``, whole groups are resampled (cluster bootstrap), so rows that share a
-    source text do not count as independent evidence.
-
-    >>> import numpy as np
-    >>> m, lo, hi = bootstrap_ci(np.r_[np.ones(80), np.zeros(20)], random_state=0)
-    >>> m, lo < 0.8 < hi
-    (0.8, True)
-    """
-    v = np.asarray(values, dtype=np.float64)  # (n,)
-    if v.ndim != 1 or v.size == 0:
-        raise InputError("bootstrap_ci needs a non-empty 1-D array")
-    point = float(v.mean())
-    if n_bootstrap <= 0:
-        return point, float("nan"), float("nan")
-    rng = np.random.default_rng(random_state)
-    if groups is None:
-        idx = rng.integers(0, v.size, size=(n_bootstrap, v.size))
-        stats = v[idx].mean(1)
-    else:
-        _, inv = np.unique(np.asarray(groups), return_inverse=True)
-        sums = np.bincount(inv, weights=v)  # (G,)
-        counts = np.bincount(inv).astype(np.float64)
-        pick = rng.integers(0, sums.size, size=(n_bootstrap, sums.size))
-        stats = sums[pick].sum(1) / counts[pick].sum(1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(stats, [a, 1.0 - a])
-    return point, float(lo), float(hi)
-
-
-def permutation_pvalue(observed: float, null: Any) -> float:
-    """One-sided p-value ``(1 + #{null >= observed}) / (1 + n_null)`` (never 0).
-
-    >>> permutation_pvalue(0.9, [0.5, 0.6, 0.95])
-    0.5
-    """
-    null = np.asarray(null, dtype=np.float64)
-    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + null.size))
-
-
-def holm(pvalues: Any) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1; NaN kept).
-
-    >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
-    [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
-    return out

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.stats import bootstrap
 from emoscope.errors import InputError
 from emoscope.probing._solver import blas_threads, fit_batch
 from emoscope.probing._splits import make_folds
-from emoscope.probing.metrics import bootstrap_ci, classification_metrics
+from emoscope.probing.metrics import classification_metrics
 from emoscope.vectors._data import as_labels, as_matrix
 
 __all__ = ["LayerProbe"]
@@ -70,8 +71,8 @@ def summarize(
     y: np.ndarray,
     proba_by_seed: np.ndarray,
     groups: np.ndarray | None,
-    n_bootstrap: int,
-    random_state: int | None,
+    n_boot: int,
+    seed: int | None,
 ) -> dict[str, float]:
     """Metrics averaged over seeds, accuracy interval by (cluster) bootstrap over rows.
 
@@ -80,7 +81,7 @@ def summarize(
     """
     per_seed = [classification_metrics(y, p) for p in proba_by_seed]
     correct = (proba_by_seed.argmax(2) == y[None, :]).mean(0)  # (n,)
-    acc, lo, hi = bootstrap_ci(correct, groups, n_bootstrap, random_state=random_state)
+    acc, lo, hi = bootstrap(correct, groups, n_boot=n_boot, seed=seed)
     accs = np.array([m["acc"] for m in per_seed])
     out = {k: float(np.mean([m[k] for m in per_seed])) for k in ("bal_acc", "f1", "auroc")}
     out.update(
@@ -104,7 +105,7 @@ class LayerProbe:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(100, 8)); y = np.repeat(["joy", "neutral"], 50); X[:50, 0] += 3
-    >>> probe = LayerProbe(n_folds=5, seeds=(0, 1), n_bootstrap=200).fit(X, y)
+    >>> probe = LayerProbe(n_folds=5, seeds=(0, 1), n_boot=200).fit(X, y)
     >>> probe.scores_["acc"] > 0.8
     True
     """
@@ -116,8 +117,8 @@ class LayerProbe:
         C: float = 1.0,
         max_iter: int = 300,
         tol: float = 1e-4,
-        n_bootstrap: int = 1000,
-        random_state: int | None = 0,
+        n_boot: int = 1000,
+        seed: int | None = 0,
         n_threads: int | None = 1,
     ) -> None:
         self.n_folds = n_folds
@@ -125,8 +126,8 @@ class LayerProbe:
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
-        self.n_bootstrap = n_bootstrap
-        self.random_state = random_state
+        self.n_boot = n_boot
+        self.seed = seed
         self.n_threads = n_threads
 
     def _check(self) -> None:
@@ -153,7 +154,7 @@ class LayerProbe:
             X, [y_idx] * len(self.seeds), list(self.folds_.values()), K,
             self.C, self.max_iter, self.tol,
         )
-        self.scores_ = summarize(y_idx, proba, g, self.n_bootstrap, self.random_state)
+        self.scores_ = summarize(y_idx, proba, g, self.n_boot, self.seed)
         self.seed_acc_ = {s: float(np.mean(p.argmax(1) == y_idx)) for s, p in zip(self.seeds, proba, strict=True)}
         self.oof_proba_ = proba.mean(0)
         full = fit_batch(X, y_idx[None, :], np.ones((1, X.shape[0]), bool), K, self.C, self.max_iter, self.tol)
@@ -188,5 +189,5 @@ class LayerProbe:
     def __repr__(self) -> str:
         return (
             f"LayerProbe(n_folds={self.n_folds}, seeds={tuple(self.seeds)}, C={self.C}, "
-            f"n_bootstrap={self.n_bootstrap}, random_state={self.random_state})"
+            f"n_boot={self.n_boot}, seed={self.seed})"
         )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emoscope._io import atomic_path, atomic_write_text, ensure_writable_dir
+from emoscope._io import atomic_write_text, ensure_writable_dir
 from emoscope.errors import DataError, OutputError
 
 __all__ = ["ProbeReport", "SCHEMA_VERSION", "TABLE_COLUMNS"]
@@ -185,22 +185,10 @@ class ProbeReport:
 
     def plot(self, path_stem: str | os.PathLike[str], title: str | None = None) -> dict[str, Path]:
         """Write :meth:`figure` to ``{path_stem}.png`` and ``{path_stem}.svg`` atomically."""
-        import matplotlib
+        from emoscope.core.figures import FORMATS, save_figure
 
-        matplotlib.use("Agg")
-        stem = Path(path_stem)
-        ensure_writable_dir(stem.parent)
-        fig = self.figure(title)
-        out = {}
-        for ext in ("png", "svg"):
-            dest = stem.with_name(stem.name + f".{ext}")
-            try:
-                with atomic_path(dest) as tmp:
-                    fig.savefig(tmp, format=ext, dpi=150)
-            except OSError as e:
-                raise OutputError(f"cannot write {dest}: {e.strerror or e}") from None
-            out[ext] = dest
-        return out
+        png = save_figure(self.figure(title), path_stem)
+        return {ext: png.with_name(f"{png.stem}.{ext}") for ext in FORMATS}
 
 
 def judge(report: ProbeReport, controls: Any) -> None:

@@ -8,14 +8,18 @@ spread, held-out layer choice); the audit decides whether it ships.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emoscope.audit import Control, Finding, Observation
-from emoscope.runs.context import RunContext
-from emoscope.runs.registry import StageResult, register_stage
+from emoscope.core.stages import StageResult, register_stage, require_classes
+from emoscope.errors import InputError
 
-__all__ = ["ProbeOptions", "probe_stage", "probe_finding"]
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["ProbeOptions", "probe_stage", "probe_finding", "check_probe", "min_class_size"]
 
 
 class ProbeOptions(BaseModel):
@@ -24,9 +28,44 @@ class ProbeOptions(BaseModel):
     n_folds: int = Field(default=5, ge=2)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     n_permutations: int = Field(default=100, ge=0)
-    heldout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    heldout: float = Field(default=0.2, ge=0.0, lt=0.5)  # 0: no held-out split
     nullspace_k: int = Field(default=3, ge=0)
     max_seed_sd: float = 0.05
+
+
+def min_class_size(n_folds: int, heldout: float) -> int:
+    """Fewest texts a class needs: ``n_folds`` per class left after the held-out split.
+
+    The held-out split takes one fold of ``round(1 / heldout)`` (at most ``ceil(n / k)`` rows
+    of a class of ``n``), and the rest must still fill ``n_folds`` folds.
+
+    >>> min_class_size(5, 0.2), min_class_size(5, 0.0), min_class_size(3, 0.2)
+    (7, 5, 5)
+    """
+    if heldout <= 0:
+        return n_folds
+    k = max(2, int(round(1.0 / heldout)))
+    n = max(n_folds, k)
+    while n - math.ceil(n / k) < n_folds:
+        n += 1
+    return n
+
+
+def check_probe(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a Dataset
+    """Before any model loads: two classes at least, each large enough for the folds."""
+    opts: ProbeOptions = spec.options("probe")
+    counts = require_classes(dataset, "probe", spec.dataset)
+    need = min_class_size(opts.n_folds, opts.heldout)
+    split = f" after a {opts.heldout:.0%} held-out split" if opts.heldout > 0 else ""
+    small = {c: n for c, n in counts.items() if n < need}
+    if small:
+        listed = ", ".join(f"{c!r} has {n}" for c, n in small.items())
+        raise InputError(f"dataset {spec.dataset}: class {listed} text(s); the probe needs at least {need} per class "
+                         f"for {opts.n_folds} folds{split}: add texts or lower the folds (--folds)")
+    groups = getattr(dataset, "groups", None)
+    if groups is not None and len(set(groups)) < need:
+        raise InputError(f"dataset {spec.dataset}: {len(set(groups))} groups cannot fill {opts.n_folds} folds{split} "
+                         f"(needs {need}): add groups or lower the folds (--folds)")
 
 
 def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float = 0.05) -> Finding:
@@ -72,7 +111,7 @@ def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float =
     )
 
 
-@register_stage("probe", options_model=ProbeOptions, description="per-layer probes with controls on by default")
+@register_stage("probe", options_model=ProbeOptions, check=check_probe, description="per-layer probes with controls on by default")
 def probe_stage(ctx: RunContext) -> StageResult:
     from emoscope.probing import LayerProbe, ProbeControls, probe_layers
 
@@ -83,7 +122,7 @@ def probe_stage(ctx: RunContext) -> StageResult:
     report = probe_layers({layer: acts.get(layer) for layer in acts.layers}, data.labels, texts=data.texts,
                           token_counts=acts.token_counts, groups=data.groups, n_layers_total=ctx.model.n_layers,
                           controls=controls, probe=LayerProbe(n_folds=opts.n_folds, seeds=tuple(opts.seeds)),
-                          random_state=ctx.seed)
+                          seed=ctx.seed)
     report.meta.setdefault("n", len(data.labels))
     report.meta.setdefault("confound_ratio", controls.confound_ratio)
     ctx.write_table("probe_layers", report.table)

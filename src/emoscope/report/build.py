@@ -14,9 +14,9 @@ from pathlib import Path
 from emoscope import __version__
 from emoscope._io import atomic_write_text
 from emoscope.audit import Finding, verdict_counts
+from emoscope.core.manifest import Manifest, StageRecord, now
+from emoscope.core.rundir import RunDir
 from emoscope.report.render import badge, csv_table, data_table, esc, figure, findings_table, slug
-from emoscope.runs.manifest import Manifest, StageRecord, now
-from emoscope.runs.rundir import RunDir
 
 __all__ = ["write_report", "render_report"]
 
@@ -31,7 +31,8 @@ def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
     skipped = sum(r.status == "skipped" for r in m.stages.values())
     cards = [
         ("run status", badge(m.status, "s-" + ("done" if m.status == "done" else "failed" if m.status == "failed" else "pending"))),
-        ("stages", esc(f"{done} done, {skipped} skipped, {len(m.stages) - done - skipped} other")),
+        ("stages", esc(f"{done} done" + (f", {skipped} skipped" if skipped else "")
+                       + f", {len(m.stages) - done - skipped} other")),
         ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claims)")),
         *((f"claims: {v}", badge(str(n), "v-" + slug(v))) for v, n in claims.items()),
     ]

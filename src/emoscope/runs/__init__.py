@@ -1,4 +1,4 @@
-"""Experiment specs, the stage registry, and resumable run directories.
+"""Experiment specs and resumable run directories: every command is a run.
 
 >>> from emoscope.runs import load_spec, run_spec
 >>> spec = load_spec("demo")
@@ -6,12 +6,14 @@
 'extract'
 >>> run_dir = run_spec(spec, "runs/demo")                    # doctest: +SKIP
 
-Stages register with ``@register_stage`` (see ``emoscope.runs.registry`` for a full example).
+``runs`` is a framework: it knows stages by the registry in ``emoscope.core.stages`` (each
+stage lives in its domain package), never by import. ``register_stage`` and ``StageResult``
+are re-exported here for convenience; see ``emoscope.core.stages`` for a full example.
 """
 
-from emoscope.runs.context import ModelCache, RunContext
-from emoscope.runs.manifest import Manifest, StageRecord
-from emoscope.runs.registry import (
+from emoscope.core.manifest import Manifest, StageRecord
+from emoscope.core.rundir import RunDir
+from emoscope.core.stages import (
     StageInfo,
     StageResult,
     get_stage,
@@ -19,8 +21,8 @@ from emoscope.runs.registry import (
     register_stage,
     unregister_stage,
 )
-from emoscope.runs.rundir import RunDir
-from emoscope.runs.runner import run_spec
+from emoscope.runs.context import ModelCache, RunContext
+from emoscope.runs.runner import check_inputs, run_spec
 from emoscope.runs.spec import Spec, builtin_specs, load_spec, parse_spec, spec_from_yaml
 
 __all__ = [
@@ -41,4 +43,5 @@ __all__ = [
     "Manifest",
     "StageRecord",
     "run_spec",
+    "check_inputs",
 ]

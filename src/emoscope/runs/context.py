@@ -7,21 +7,19 @@ so an interrupted stage leaves no findings behind and ``--resume`` never duplica
 
 from __future__ import annotations
 
-import io
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emoscope._io import atomic_path, atomic_write_text
+from emoscope._io import atomic_write_text
 from emoscope.audit import Finding, Provenance
 from emoscope.errors import InputError, SpecError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from emoscope.runs.rundir import RunDir
+    from emoscope.core.rundir import RunDir
     from emoscope.runs.spec import Spec
 
 __all__ = ["RunContext", "ModelCache"]
@@ -32,21 +30,26 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 class ModelCache:
     """Models (and datasets) loaded once per process and shared by the stages of a run.
 
-    ``loader`` defaults to ``emoscope.models.load_model``; tests pass a fake.
+    ``loader`` defaults to ``emoscope.models.load_model`` (with ``dtype``, the spec's model
+    dtype); tests pass a fake. ``announced`` holds the ``(kind, name)`` pairs already recorded
+    in the run's manifest, so a dataset loaded by the input checks is still recorded once.
     """
 
     def __init__(self, loader: Callable[[str], Any] | None = None,
-                 dataset_loader: Callable[[str], Any] | None = None) -> None:
-        self._loader, self._dataset_loader = loader, dataset_loader
+                 dataset_loader: Callable[[str], Any] | None = None, *, dtype: str | None = None) -> None:
+        self._loader, self._dataset_loader, self._dtype = loader, dataset_loader, dtype
         self.models: dict[str, Any] = {}
         self.datasets: dict[str, Any] = {}
+        self.announced: set[tuple[str, str]] = set()
 
     def model(self, name: str) -> Any:
         if name not in self.models:
-            loader = self._loader
-            if loader is None:
-                from emoscope.models import load_model as loader
-            self.models[name] = loader(name)
+            if self._loader is None:
+                from emoscope.models import load_model
+
+                self.models[name] = load_model(name, dtype=self._dtype)
+            else:
+                self.models[name] = self._loader(name)
         return self.models[name]
 
     def dataset(self, name: str) -> Any:
@@ -116,12 +119,16 @@ class RunContext:
         """The spec's model, loaded on first use and shared by all stages of this process."""
         return self.load_model(self.spec.model)
 
+    def _announce(self, kind: str, name: str, obj: Any) -> None:
+        if (kind, name) not in self._cache.announced:
+            self._cache.announced.add((kind, name))
+            if self._on_load:
+                self._on_load(kind, name, obj)
+
     def load_model(self, name: str) -> Any:
         """Any model by alias or path (e.g. the second model of a cross-model spec), cached."""
-        first = name not in self._cache.models
         model = self._cache.model(name)
-        if first and self._on_load:
-            self._on_load("model", name, model)
+        self._announce("model", name, model)
         return model
 
     @property
@@ -129,10 +136,8 @@ class RunContext:
         """The spec's dataset (``emoscope.datasets.load_dataset``), cached."""
         if not self.spec.dataset:
             raise SpecError(f"stage {self.stage!r} needs a dataset; add `dataset: NAME` to the spec")
-        first = self.spec.dataset not in self._cache.datasets
         data = self._cache.dataset(self.spec.dataset)
-        if first and self._on_load:
-            self._on_load("dataset", self.spec.dataset, data)
+        self._announce("dataset", self.spec.dataset, data)
         return data
 
     def activations(self, texts: list[str] | None = None, **overrides: Any) -> Any:
@@ -186,20 +191,9 @@ class RunContext:
 
         Prefer ``matplotlib.figure.Figure()`` over pyplot in stages (no GUI backend needed).
         """
-        _check_name(name, "figure")
-        png = self.figures_dir / f"{name}.png"
-        import matplotlib
+        from emoscope.core.figures import save_figure
 
-        for path, fmt, meta in ((png, "png", {"Software": None}),
-                                (self.figures_dir / f"{name}.svg", "svg", {"Date": None})):
-            buf = io.BytesIO()
-            with matplotlib.rc_context({"svg.hashsalt": name}):  # same figure, same bytes
-                fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(buf.getvalue())
-
-        if "matplotlib.pyplot" in sys.modules:  # free pyplot-managed figures; a bare Figure needs nothing
-            sys.modules["matplotlib.pyplot"].close(fig)
+        png = save_figure(fig, self.figures_dir / _check_name(name, "figure"))
         if name not in self.figures:
             self.figures.append(name)
         return png

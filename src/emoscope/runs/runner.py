@@ -10,6 +10,10 @@ A stage moves ``pending -> running -> committing -> done`` (or ``skipped`` / ``f
 On ``resume`` a ``done`` stage is kept, a ``committing`` stage only finishes step 2 (its
 outputs are complete), and any other stage runs again from the start. Since findings reach
 the ledger only in step 2, and step 2 appends only ids the ledger lacks, none is duplicated.
+
+Before anything is written or any model loads, every stage still to run checks its input
+(``check(spec, dataset)``, registered with the stage, see ``emoscope.core.stages``): input no
+stage can use is one ``InputError`` line and leaves no run directory behind.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from typing import Any
 from emoscope._io import atomic_write_text, ensure_writable_dir
 from emoscope._progress import progress
 from emoscope.audit import Finding
-from emoscope.errors import EmoscopeError, RunDirError
+from emoscope.core.manifest import Manifest, StageRecord, environment, hardware, now
+from emoscope.core.rundir import RunDir
+from emoscope.core.stages import StageInfo, StageResult, get_stage
+from emoscope.errors import EmoscopeError, RunDirError, SpecError
 from emoscope.runs.context import ModelCache, RunContext
-from emoscope.runs.manifest import Manifest, StageRecord, environment, hardware, now
-from emoscope.runs.registry import StageResult, get_stage, skip_note
-from emoscope.runs.rundir import RunDir
 from emoscope.runs.spec import Spec, load_spec
 
-__all__ = ["run_spec"]
+__all__ = ["run_spec", "check_inputs"]
 
 Log = Callable[[str], None]
 
@@ -99,14 +103,7 @@ class _Runner:
             self.log(f"stage {stage}: finishing an interrupted commit")
             self.commit(stage)
             return
-        info = get_stage(stage)
-        if info is None:
-            note = skip_note(stage)
-            self.m.stages[stage] = StageRecord(status="skipped", notes=[note], finished_at=now(),
-                                               attempts=rec.attempts)
-            self.save()
-            self.log(note)
-            return
+        info = _stage_info(stage)
         rec = self.m.stages[stage] = StageRecord(status="running", attempts=rec.attempts + 1, started_at=now())
         self.save()
         ctx = RunContext(spec=self.spec, stage=stage, run_dir=self.rd, run_id=self.m.run_id,
@@ -136,6 +133,28 @@ class _Runner:
                  + (f" ({len(rec.findings)} findings)" if rec.findings else ""))
 
 
+def _stage_info(name: str) -> StageInfo:
+    info = get_stage(name)
+    if info is None:  # a spec validates its stage names, so only an unregistered test stage gets here
+        raise SpecError(f"no stage {name!r} is registered")
+    return info
+
+
+def check_inputs(spec: Spec, cache: ModelCache, stages: list[str] | None = None) -> None:
+    """Run the input check of every stage in ``stages`` (default: all of the spec's).
+
+    The spec's dataset is loaded once (into ``cache``, so the stages reuse it) when any of them
+    has a check; no model is loaded. Raises the first stage's one-line ``InputError``.
+    """
+    checks = [(name, _stage_info(name).check) for name in (spec.stages if stages is None else stages)]
+    checks = [(name, fn) for name, fn in checks if fn is not None]
+    if not checks:
+        return
+    dataset = cache.dataset(spec.dataset) if spec.dataset else None
+    for _name, fn in checks:
+        fn(spec, dataset)
+
+
 def _seeds(spec: Spec) -> dict[str, Any]:
     """The spec's seed plus every stage option whose name mentions a seed."""
     seeds: dict[str, Any] = {"spec": spec.seed}
@@ -163,8 +182,15 @@ def _open_for_resume(spec: Spec, rd: RunDir) -> Manifest:
                           f"choose another --out")
     m = rd.read_manifest()
     if m.spec_hash != spec.hash:
-        raise RunDirError(f"{rd.root} was run with a different spec (hash {m.spec_hash[:12]}, this one "
-                          f"{spec.hash[:12]}); resume with the same spec or choose another --out")
+        if any(r.status in ("done", "committing") for r in m.stages.values()):
+            raise RunDirError(f"{rd.root} was run with a different spec (hash {m.spec_hash[:12]}, this one "
+                              f"{spec.hash[:12]}); resume with the same spec or choose another --out")
+        # nothing finished under the old spec (e.g. its first stage failed on a bad option): the
+        # corrected spec starts over in place
+        fresh = _new_manifest(spec)
+        fresh.history = [*m.history, {"event": "restarted with a new spec", "at": now(), "pid": os.getpid(),
+                                      "previous_spec_hash": m.spec_hash}]
+        return fresh
     m.history.append({"event": "resumed", "at": now(), "pid": os.getpid()})
     m.environment, m.hardware, m.status = environment(), hardware(), "running"
     m.stage_order = list(spec.stages)
@@ -198,10 +224,13 @@ def run_spec(spec: Spec | str | os.PathLike[str], out: str | os.PathLike[str] | 
         manifest = _open_for_resume(spec, rd)
     else:
         manifest = _new_manifest(spec)
+    cache = ModelCache(model_loader, dataset_loader, dtype=spec.model_dtype)
+    todo = [s for s in spec.stages if s not in manifest.stages or manifest.stages[s].status != "done"]
+    check_inputs(spec, cache, todo)  # before anything is written or any model loads
     ensure_writable_dir(rd.root)
     rd.make_dirs()
     atomic_write_text(rd.spec_path, spec.to_yaml())
-    runner = _Runner(spec, rd, manifest, ModelCache(model_loader, dataset_loader), log)
+    runner = _Runner(spec, rd, manifest, cache, log)
     for stage in spec.stages:
         manifest.stages.setdefault(stage, StageRecord())
     runner.save()
@@ -224,7 +253,9 @@ def _write_report(rd: RunDir, log: Log, strict: bool) -> None:
     from emoscope.report import write_report
 
     try:
-        log(f"report: {write_report(rd.root)}")
+        path = write_report(rd.root)
+        if strict:  # after a failed stage the error is the one line the user reads
+            log(f"report: {path}")
     except Exception as e:
         if strict:
             raise

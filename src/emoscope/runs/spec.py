@@ -27,8 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emoscope._io import sha256_json
+from emoscope.core.stages import get_stage, known_stages
 from emoscope.errors import SpecError
-from emoscope.runs.registry import get_stage, known_stages
 
 __all__ = ["Spec", "load_spec", "parse_spec", "builtin_specs", "spec_from_yaml"]
 
@@ -40,6 +40,7 @@ class _Core(BaseModel):
     description: str = ""
     model: str = Field(min_length=1)
     models: list[str] = Field(default_factory=list)
+    model_dtype: str | None = None  # compute dtype of the models (default: float32 on CPU, bfloat16 on GPU)
     seed: int = 0
     dataset: str | None = None
     stages: list[str] = Field(min_length=1)
@@ -53,13 +54,14 @@ class _Core(BaseModel):
 
 
 _CORE_KEYS = list(_Core.model_fields)
+_OMITTED_WHEN_UNSET = ("model_dtype",)  # keys added later: absent from to_dict() (and the hash) when None
 
 
 class Spec(BaseModel):
     """A validated experiment spec.
 
     ``sections`` holds the raw stage sections as written; ``options(stage)`` gives the
-    validated options object (or the raw mapping for a stage not built yet).
+    validated options object (or the raw mapping for a stage registered without options).
 
     >>> spec = parse_spec({"name": "t", "model": "smollm2-135m", "stages": ["extract"],
     ...                    "extract": {"layers": [0, 1]}})
@@ -73,6 +75,7 @@ class Spec(BaseModel):
     description: str = ""
     model: str
     models: list[str] = Field(default_factory=list)
+    model_dtype: str | None = None
     seed: int = 0
     dataset: str | None = None
     stages: list[str]
@@ -86,7 +89,8 @@ class Spec(BaseModel):
 
     def to_dict(self, resolved: bool = True) -> dict[str, Any]:
         """The spec as plain data: core keys, then one section per stage that has options."""
-        data: dict[str, Any] = {k: getattr(self, k) for k in _CORE_KEYS}
+        data: dict[str, Any] = {k: getattr(self, k) for k in _CORE_KEYS
+                                if not (k in _OMITTED_WHEN_UNSET and getattr(self, k) is None)}
         for stage in self.stages:
             opts = self.options(stage) if resolved else self.sections.get(stage)
             if isinstance(opts, BaseModel):

@@ -14,8 +14,9 @@
 ...     out = model.hf.generate(**enc, max_new_tokens=32)
 """
 
-from emoscope.steering.decode import Sampling, decode_rows
-from emoscope.steering.hooks import MODES, Window, parse_window, patch, steer
+from emoscope.models.decode import Sampling, decode_rows
+from emoscope.models.interventions import Window, parse_window
+from emoscope.steering.hooks import MODES, patch, steer
 from emoscope.steering.plots import dose_response_figure, regime_map_figure
 from emoscope.steering.regimes import (
     REGIMES,
@@ -32,8 +33,7 @@ from emoscope.steering.scorers import (
     register_scorer,
     score_texts,
 )
-from emoscope.steering.sweep import SteeringSweep, SweepResult, default_target
-from emoscope.steering.units import random_directions, token_norms, with_token_norms
+from emoscope.steering.sweep import SteeringResult, SteeringSweep, default_target
 
 __all__ = [
     "steer",
@@ -42,7 +42,7 @@ __all__ = [
     "Window",
     "parse_window",
     "SteeringSweep",
-    "SweepResult",
+    "SteeringResult",
     "Sampling",
     "decode_rows",
     "default_target",
@@ -59,7 +59,4 @@ __all__ = [
     "success_table",
     "dose_response_figure",
     "regime_map_figure",
-    "token_norms",
-    "with_token_norms",
-    "random_directions",
 ]

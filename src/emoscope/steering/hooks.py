@@ -1,225 +1,50 @@
-"""Hooks that edit the residual stream: ``steer`` (add / ablate / ablate then add) and ``patch``.
+"""User-facing residual edits: ``steer`` (add / ablate / ablate then add) and ``patch``.
 
-Positions under the KV cache
-----------------------------
-During cached generation every forward sees only the new tokens, so a hook cannot tell a
-prompt token from a generated one by its index in the current call. A pre-hook on the
-decoder stack (``model.base``) therefore records, for every forward, the absolute column of its
-first token (the length of the KV cache it was given), the attention mask (for left padding), and
-the prompt length (the width of the first forward of a sequence). A forward without a cache
-that re-reads a longer copy of the same sequence (``generate(use_cache=False)``) is recognised
-as the same sequence, so "generated" means the same columns with and without the cache.
+Both are thin context managers over ``emoscope.models.interventions``, which holds the edit
+(``edit_residual``), the token windows (``Window``, ``parse_window``), the position tracking that
+keeps windows right under the KV cache (``PositionTracker``) and hook installation
+(``installed``); see that module for how positions are tracked. What stays here is what a user
+calls: the strength units (``emoscope.steering.units``) and the patching hook.
 
-Windows (``positions=``): ``all``; ``prompt`` (columns before the prompt length);
-``generated`` (columns from the prompt length on); ``from:K`` (tokens from the K-th real token of
-each row on, counting from 0 after any left padding).
-
-Every hook is removed in ``finally``, also when the body raises.
+Windows (``positions=``): ``all``; ``prompt``; ``generated``; ``from:K`` (tokens from the K-th real
+token of each row on). Every hook is removed in ``finally``, also when the body raises.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from emoscope.errors import InputError, PositionError
-from emoscope.models.kvcache import input_cache, past_length
+from emoscope.models.interventions import (
+    EditHook,
+    PositionTracker,
+    installed,
+    parse_window,
+    replace_block_output,
+)
 from emoscope.models.standard import block_output
 from emoscope.steering.units import unit_deltas
 
-__all__ = ["steer", "patch", "Window", "parse_window", "EditHook", "PositionTracker", "MODES", "edit_residual",
-           "replace_block_output"]
+__all__ = ["steer", "patch", "MODES"]
 
 MODES = ("add", "ablate", "ablate_add")
 
 
-@dataclass(frozen=True)
-class Window:
-    """Which token columns an edit touches. ``kind``: all | prompt | generated | from; ``k``: the
-    first token for ``from``."""
-
-    kind: str
-    k: int = 0
-
-    @property
-    def spec(self) -> str:
-        return f"from:{self.k}" if self.kind == "from" else self.kind
-
-    def mask(self, tracker: PositionTracker, batch: int, width: int, device: torch.device) -> torch.Tensor | None:
-        """``(batch, width)`` bool of columns to edit in the current forward, or ``None`` for all."""
-        if self.kind == "all":
-            return None
-        cols = torch.arange(tracker.offset, tracker.offset + width, device=device)  # (width,)
-        if self.kind == "prompt":
-            m = cols < tracker.prompt_len
-        elif self.kind == "generated":
-            m = cols >= tracker.prompt_len
-        else:
-            first = tracker.first_real(batch, device)  # (batch,)
-            return (cols[None, :] - first[:, None]) >= self.k
-        return m[None, :].expand(batch, width)
-
-
-def parse_window(spec: str | Window) -> Window:
-    """``"all"``, ``"prompt"``, ``"generated"`` or ``"from:K"`` (K >= 0).
-
-    >>> parse_window("from:3")
-    Window(kind='from', k=3)
-    """
-    if isinstance(spec, Window):
-        return spec
-    text = str(spec).strip().lower()
-    if text in ("all", "prompt", "generated"):
-        return Window(text)
-    if text.startswith("from:"):
-        try:
-            k = int(text[5:])
-        except ValueError:
-            k = -1
-        if k >= 0:
-            return Window("from", k)
-    raise PositionError(f"positions {spec!r} not understood; use all, prompt, generated or from:K (K >= 0)")
-
-
-class PositionTracker:
-    """Forward pre-hook on the decoder stack: where the current forward sits in its sequence."""
-
-    def __init__(self) -> None:
-        self.offset = 0  # absolute column of the current forward's first token
-        self.prompt_len = 0  # width of the first forward of the sequence
-        self._ids: torch.Tensor | None = None  # (batch, seen) token ids of the sequence so far
-        self._mask: torch.Tensor | None = None  # (batch, seen + width) attention mask, if given
-        self.calls = 0
-
-    def first_real(self, batch: int, device: torch.device) -> torch.Tensor:
-        """``(batch,)`` column of each row's first real token (non-zero under left padding)."""
-        m = self._mask
-        if m is None or m.dim() != 2 or m.shape[0] != batch:
-            return torch.zeros(batch, dtype=torch.long, device=device)
-        return m.to(device).long().argmax(dim=1)
-
-    def __call__(self, _module: Any, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-        x = ids if ids is not None else kwargs.get("inputs_embeds")
-        if x is None:
-            return
-        width = int(x.shape[1])
-        past_len = past_length(input_cache(kwargs))
-        if past_len > 0:  # a cached continuation
-            if self.calls == 0 or self._ids is None:
-                self.prompt_len = past_len  # entered mid-sequence: what is cached is the prompt
-            self.offset = past_len
-            if ids is not None and self._ids is not None and self._ids.shape[1] == past_len \
-                    and self._ids.shape[0] == ids.shape[0]:
-                self._ids = torch.cat([self._ids, ids], dim=1)
-            else:
-                self._ids = None
-        else:
-            prev = self._ids
-            same = (ids is not None and prev is not None and prev.shape[0] == ids.shape[0]
-                    and width > prev.shape[1] and torch.equal(ids[:, : prev.shape[1]], prev))
-            if not same:  # a new sequence
-                self.prompt_len = width
-            self.offset = 0
-            self._ids = ids
-        self._mask = kwargs.get("attention_mask")
-        self.calls += 1
-
-
-def replace_block_output(output: Any, h: torch.Tensor) -> Any:
-    """A block's output with its hidden state replaced by ``h`` (tuple or tensor, as it came)."""
-    if isinstance(output, tuple):
-        return (h, *output[1:])
-    return h
-
-
-def _rows(t: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast an edit tensor against ``like`` ``(batch, seq, d)``: ``(d,)`` is the same for
-    every row and column, ``(batch, d)`` one per row, ``(batch, seq, d)`` one per row and column
-    (either of its first two sizes may be 1)."""
-    if t.dim() == 1:
-        t = t[None, None, :]  # (1, 1, d)
-    elif t.dim() == 2:
-        if t.shape[0] != batch:
-            raise InputError(f"per-row steering tensor has {t.shape[0]} rows but the batch has {batch}")
-        t = t[:, None, :]  # (batch, 1, d)
-    elif t.shape[0] not in (1, batch) or t.shape[1] not in (1, like.shape[1]):
-        raise InputError(f"per-column steering tensor {tuple(t.shape)} does not match the forward {tuple(like.shape)}")
-    return t.to(like.dtype)
-
-
-def edit_residual(h: torch.Tensor, delta: torch.Tensor | None = None, direction: torch.Tensor | None = None,
-                  ablate: float | torch.Tensor = 0.0) -> torch.Tensor:
-    """``h - a * (h . u) u + delta`` for ``h`` ``(batch, seq, d)``: the one edit every emoscope
-    hook applies (steering, ablation, concept injection).
-
-    ``delta`` / ``direction``: ``(d,)``, ``(batch, d)`` or ``(batch, seq, d)``; ``ablate``: a float
-    or a ``(batch,)`` tensor of 0/1. Returns ``h`` itself (the same object) when there is nothing
-    to do, and ``x + 0.0 == x`` exactly, so zero edits are bitwise no-ops.
-    """
-    batch = h.shape[0]
-    new = h
-    if direction is not None and (not isinstance(ablate, float) or ablate != 0.0):
-        u = _rows(direction, batch, h)
-        a = ablate if isinstance(ablate, float) else ablate.to(h.dtype).view(-1, 1, 1)
-        new = new - a * (new * u).sum(-1, keepdim=True) * u
-    if delta is not None:
-        new = new + _rows(delta, batch, h)
-    return new
-
-
-class EditHook:
-    """Forward hook on one block: ``edit_residual`` inside the window.
-
-    ``delta`` and ``u`` are ``(d,)`` (every row the same) or ``(batch, d)`` (one per row);
-    ``ablate`` is a float or a ``(batch,)`` tensor of 0/1. With ``delta = 0`` and ``ablate = 0``
-    the output is bitwise unchanged.
-    """
-
-    def __init__(self, tracker: PositionTracker, window: Window, delta: torch.Tensor | None = None,
-                 direction: torch.Tensor | None = None, ablate: float | torch.Tensor = 0.0) -> None:
-        self.tracker, self.window = tracker, window
-        self.delta, self.direction, self.ablate = delta, direction, ablate
-
-    def __call__(self, _module: Any, _inputs: Any, output: Any) -> Any:
-        h = block_output(output)  # (batch, seq, d)
-        new = edit_residual(h, self.delta, self.direction, self.ablate)
-        if new is h:
-            return output
-        m = self.window.mask(self.tracker, h.shape[0], h.shape[1], h.device)
-        if m is not None:
-            new = torch.where(m[..., None], new, h)
-        return replace_block_output(output, new)
-
-
-@contextlib.contextmanager
-def _installed(model: Any, hooks: Mapping[int, Any], tracker: PositionTracker) -> Iterator[PositionTracker]:
-    handles = []
-    try:
-        handles.append(model.base.register_forward_pre_hook(tracker, with_kwargs=True))
-        for layer, hook in hooks.items():
-            handles.append(model.blocks[layer].register_forward_hook(hook))
-        yield tracker
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @contextlib.contextmanager
 def steer(model: Any, vector: Any, layers: int | Sequence[int] | str, strength: float = 1.0, *,
-          positions: str = "all", mode: str = "add", unit: str = "norm",
+          positions: str = "all", mode: str = "add", unit: str = "token_norm",
           norms: Mapping[int, float] | None = None) -> Iterator[PositionTracker]:
     """Edit ``resid[l]`` (the output of block ``l``) for everything run inside the block.
 
     ``mode``: ``"add"`` adds ``strength`` x the vector; ``"ablate"`` removes the projection on
     the vector's direction (``strength`` is ignored); ``"ablate_add"`` removes it, then adds.
-    ``unit="norm"`` counts ``strength`` in typical per-token residual norms at that layer
-    (see ``emoscope.steering.units``); ``"raw"`` uses the vector as given.
+    ``unit="token_norm"`` (or ``"token_norm_robust"``) counts ``strength`` in typical per-token
+    residual norms at that layer (see ``emoscope.vectors.units``); ``"raw"`` uses the vector as given.
     ``positions``: ``all``, ``prompt``, ``generated`` or ``from:K``; correct under the KV cache.
 
     >>> with steer(model, joy, layers=[15], strength=4.0, positions="generated"):  # doctest: +SKIP
@@ -237,7 +62,7 @@ def steer(model: Any, vector: Any, layers: int | Sequence[int] | str, strength: 
         delta = None if mode == "ablate" else _tensor(strength * deltas[layer], model)
         u = None if mode == "add" else _tensor(dirs[layer], model)
         hooks[layer] = EditHook(tracker, window, delta=delta, direction=u, ablate=0.0 if mode == "add" else 1.0)
-    with _installed(model, hooks, tracker) as t:
+    with installed(model, hooks, tracker) as t:
         yield t
 
 
@@ -330,5 +155,5 @@ def patch(model: Any, source: str | Sequence[int], layers: int | Sequence[int] |
     recorded = {k: v.clone() for k, v in recorded.items()}  # leave inference mode tensors behind
     tracker = PositionTracker()
     hooks = {layer: _PatchHook(tracker, recorded[layer], src_idx, tgt_idx) for layer in layer_list}
-    with _installed(model, hooks, tracker):
+    with installed(model, hooks, tracker):
         yield recorded

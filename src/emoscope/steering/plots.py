@@ -1,30 +1,22 @@
 """Figures of a sweep: dose-response (target score vs strength) and the layer x strength regime map.
 
 Both return a bare ``matplotlib.figure.Figure`` (Agg, no pyplot state); save with
-``RunContext.save_figure`` or :func:`save_figure` (PNG + SVG).
+``RunContext.save_figure`` or ``emoscope.core.figures.save_figure`` (PNG + SVG).
 """
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emoscope._io import atomic_path
+from emoscope.core.figures import new_figure
 from emoscope.steering.regimes import REGIMES
 
-__all__ = ["dose_response_figure", "regime_map_figure", "save_figure", "REGIME_COLORS"]
+__all__ = ["dose_response_figure", "regime_map_figure", "REGIME_COLORS"]
 
 REGIME_COLORS = {"no effect": "#d9d9d9", "surgical": "#1b9e77", "repetitive collapse": "#7570b3",
                  "explosive": "#d95f02"}
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
 
 
 def dose_response_figure(result: Any) -> Any:
@@ -32,7 +24,7 @@ def dose_response_figure(result: Any) -> Any:
     ``-s``, drawn at ``s``), the random vectors (mean and range) and the unsteered baseline."""
     t = result.table
     layers = sorted(int(x) for x in t.loc[t["kind"] != "baseline", "layer"].unique())
-    fig = _figure(3.2 * max(1, len(layers)), 3.0)
+    fig = new_figure(3.2 * max(1, len(layers)), 3.0, layout="constrained")
     axes = fig.subplots(1, max(1, len(layers)), sharey=True, squeeze=False)[0]
     base = t.loc[t["kind"] == "baseline", "target_score"]
     vec_names = [v for v in t.loc[t["kind"] == "vector", "vector"].unique()]
@@ -70,7 +62,7 @@ def regime_map_figure(result: Any, kinds: tuple[str, ...] = ("vector", "random")
 
     t = result.table
     kinds = tuple(k for k in kinds if (t["kind"] == k).any())
-    fig = _figure(4.0 * max(1, len(kinds)), 0.5 + 0.5 * max(2, t["layer"].nunique()))
+    fig = new_figure(4.0 * max(1, len(kinds)), 0.5 + 0.5 * max(2, t["layer"].nunique()), layout="constrained")
     axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
     for ax, kind in zip(axes, kinds, strict=False):
         g = t[t["kind"] == kind]
@@ -101,20 +93,3 @@ def _rect(x: float, y: float, color: str) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((x, y), 1, 1, facecolor=color, edgecolor="white")
-
-
-def save_figure(fig: Any, path_stem: str | Path) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.svg`` atomically."""
-    import matplotlib
-
-    stem = Path(path_stem)
-    out = []
-    for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
-        buf = io.BytesIO()
-        with matplotlib.rc_context({"svg.hashsalt": stem.name}):
-            fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
-        path = stem.with_suffix(f".{fmt}")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.getvalue())
-        out.append(path)
-    return out

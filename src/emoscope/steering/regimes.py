@@ -17,7 +17,7 @@ Each output gets exactly one regime, tested in this order:
 
 Success of a vector at a (layer, strength): an output succeeds when it is ``surgical`` and its
 target change beats the mean change of the random vectors on the same prompt and seed
-(in the intended direction). The rate gets a bootstrap interval over prompts. The effect is
+(in the intended direction). The rate gets a bootstrap interval over prompts (a cluster bootstrap: the seeds of one prompt are resampled together). The effect is
 the paired difference, per output, between the vector's target change and the mean change of
 the random vectors on the same prompt and seed (sign-flipped for negative strengths, so a
 positive effect always means "moved the intended way more than random did"); it gets a
@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "regime_switches", "success_table", "bootstrap_ci"]
+from emoscope.core.stats import bonferroni, bootstrap, paired_test, unpaired_test
+
+__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "regime_switches", "success_table"]
 
 REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
 
@@ -118,23 +120,6 @@ def regime_switches(df: pd.DataFrame, kind: str = "vector") -> list[str]:
     return out
 
 
-def bootstrap_ci(values: np.ndarray, stat=np.mean, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over the first axis of ``values``.
-
-    >>> lo, hi = bootstrap_ci(np.ones(10)); (lo, hi)
-    (1.0, 1.0)
-    """
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    boots = np.array([stat(values[i]) for i in idx])
-    a = (1 - level) / 2
-    return (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
-
-
 def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (vector, layer, strength != 0): the vector's target change against random vectors.
 
@@ -144,8 +129,6 @@ def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int =
     ``p_bonferroni``, ``success_rate`` with ``success_lo``/``success_hi``, and the share of each
     regime among the vector's outputs.
     """
-    from scipy.stats import mannwhitneyu, wilcoxon
-
     vec = df[(df["kind"] == "vector") & (df["strength"] != 0)]
     rnd = df[df["kind"] == "random"]
     # mean random change per (layer, strength, prompt, seed): the paired control of each output
@@ -159,23 +142,23 @@ def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int =
         paired = np.array([rmean.get(k, np.nan) for k in keys], dtype=float)
         beats = sign * (v - np.nan_to_num(paired, nan=0.0)) > 0
         ok = (g["regime"].to_numpy() == "surgical") & beats
+        units = g["prompt_id"].to_numpy()  # intervals resample prompts (seeds of one prompt move together)
         row = {"vector": name, "layer": int(layer), "strength": float(s), "n": len(v),
                "mean_change": float(v.mean()), "mean_change_random": float(r.mean()) if len(r) else np.nan}
         if len(r):
             diff = sign * (v - np.nan_to_num(paired, nan=float(r.mean())))  # (n,) paired, intended way > 0
             row["effect"] = float(diff.mean())
-            row["effect_lo"], row["effect_hi"] = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            row["p_value"] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
-            alt = "greater" if sign > 0 else "less"
-            row["p_unpaired"] = float(mannwhitneyu(v, r, alternative=alt).pvalue) if np.ptp(np.r_[v, r]) > 0 else 1.0
+            _, row["effect_lo"], row["effect_hi"] = bootstrap(diff, units, n_boot=n_boot, seed=seed)
+            row["p_value"] = paired_test(diff, "greater")
+            row["p_unpaired"] = unpaired_test(v, r, "greater" if sign > 0 else "less")
         else:
             row["effect"] = row["effect_lo"] = row["effect_hi"] = row["p_value"] = row["p_unpaired"] = np.nan
         row["success_rate"] = float(ok.mean())
-        row["success_lo"], row["success_hi"] = bootstrap_ci(ok.astype(float), n_boot=n_boot, seed=seed)
+        _, row["success_lo"], row["success_hi"] = bootstrap(ok.astype(float), units, n_boot=n_boot, seed=seed)
         for reg in REGIMES:
             row[f"share_{reg.replace(' ', '_')}"] = float((g["regime"] == reg).mean())
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
-        out["p_bonferroni"] = np.minimum(1.0, out["p_value"] * out["p_value"].notna().sum())
+        out["p_bonferroni"] = bonferroni(out["p_value"].to_numpy(float))
     return out

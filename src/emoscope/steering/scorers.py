@@ -250,15 +250,13 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
     """``exp(mean NLL)`` of each output given its prompt, no hooks; NaN for an empty output.
 
     A sweep has few distinct prompts and many outputs per prompt, so each distinct prompt is run
-    once (left padded, like the decode loop) and its KV cache is copied to the rows that continue
+    once (left padded, like the decode loop) and its KV cache is forked to the rows that continue
     it; only the output tokens run per row.
     """
-    import copy
-
     import torch
 
-    from emoscope.models.kvcache import cache_kwargs, new_cache, output_cache
-    from emoscope.steering.decode import _keeps_logits, _left_pad, _pad_id, _positions
+    from emoscope.models.batching import keeps_logits, pad_batch, pad_token_id
+    from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache
 
     out = np.full(len(output_ids), np.nan)
     uniq: dict[tuple[int, ...], int] = {}
@@ -266,11 +264,11 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
     order = sorted((i for i in range(len(output_ids)) if len(output_ids[i])), key=lambda i: len(output_ids[i]))
     if not order:
         return out
-    pad = _pad_id(model)
-    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    pad = pad_token_id(model)
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
     with torch.inference_mode():
-        pids, pmask = _left_pad(list(uniq), pad, model.device)
-        pre = model.hf(input_ids=pids, attention_mask=pmask, position_ids=_positions(pmask),
+        pids, pmask, ppos, _ = pad_batch(list(uniq), pad, "left", model.device)  # (prompts, width)
+        pre = model.hf(input_ids=pids, attention_mask=pmask, position_ids=ppos,
                        use_cache=True, **cache_kwargs(model.hf, new_cache(model)), **keep)
         first = torch.log_softmax(pre.logits[:, -1].float(), dim=-1)  # (prompts, vocab): the first output token
         for lo in range(0, len(order), batch_size):
@@ -282,8 +280,7 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
             for j, i in enumerate(rows):  # right padded: the prompt cache stays flush with the outputs
                 ids[j, : len(output_ids[i])] = torch.as_tensor(list(output_ids[i]), device=model.device)
                 omask[j, : len(output_ids[i])] = 1
-            cache = copy.deepcopy(output_cache(pre))
-            cache.batch_select_indices(sub)
+            cache = fork_cache(output_cache(pre), sub)  # these rows' prompt caches; `pre`'s stays intact
             mask = torch.cat([pmask[sub], omask], dim=1)
             pos = pmask[sub].sum(1, keepdim=True) + torch.arange(width, device=model.device)[None]  # (rows, width)
             lp = torch.log_softmax(model.hf(input_ids=ids, attention_mask=mask, position_ids=pos,

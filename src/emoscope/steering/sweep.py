@@ -7,9 +7,10 @@ Controls run in the same batch, always:
 - strength 0: one unsteered row per (prompt, seed), the baseline every other row is compared to;
 - the negated vector: the strength grid is made symmetric (``s`` and ``-s``), and the vector at
   ``-s`` *is* the negated vector at ``s``;
-- ``n_random`` random directions per layer (seeded by ``random_state``) at every strength, with the
-  same norm as the vector (in ``unit="norm"`` every delta at strength ``s`` has norm
-  ``s * token_norm[l]``; in ``unit="raw"`` random vectors are scaled to ``||v[l]||``).
+- ``n_random`` random directions per layer (seeded by ``seed``) at every strength, with the
+  same norm as the vector (in a measured unit every delta at strength ``s`` has norm
+  ``s * unit[l]``, see ``emoscope.vectors.units``; in ``unit="raw"`` random vectors are scaled to
+  ``||v[l]||``).
 
 >>> sweep = SteeringSweep(model, joy, layers=[10, 15], strengths=[2, 4], prompts=prompts,
 ...                       max_new_tokens=32)                       # doctest: +SKIP
@@ -32,14 +33,17 @@ import pandas as pd
 import torch
 import yaml
 
+from emoscope.core.directions import random_layer_directions
 from emoscope.errors import InputError
-from emoscope.steering.decode import RowEdits, Sampling, decode_rows, eos_ids, stack_rows
-from emoscope.steering.hooks import MODES, _as_strength, parse_window
+from emoscope.models.batching import eos_ids
+from emoscope.models.decode import RowEdits, Sampling, decode_rows, stack_rows
+from emoscope.models.interventions import parse_window
+from emoscope.steering.hooks import MODES, _as_strength
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes, success_table
 from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, words
-from emoscope.steering.units import layer_vectors, random_directions, token_norms, unit_deltas
+from emoscope.steering.units import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
 
-__all__ = ["SteeringSweep", "SweepResult", "default_target"]
+__all__ = ["SteeringSweep", "SteeringResult", "default_target"]
 
 
 @functools.cache
@@ -57,7 +61,7 @@ def default_target(concept: str) -> str:
 
 
 @dataclass
-class SweepResult:
+class SteeringResult:
     """A finished sweep: ``table`` (one row per output, with text, scores, regime),
     ``success`` (per vector, layer and strength against the random control), and ``meta``."""
 
@@ -84,7 +88,8 @@ class SweepResult:
         ``regimes.csv``, ``dose_response.csv``, ``summary.json`` and the two figures (PNG + SVG)
         into ``out_dir``; each file atomically."""
         from emoscope._io import atomic_write_json, atomic_write_text, ensure_writable_dir
-        from emoscope.steering.plots import dose_response_figure, regime_map_figure, save_figure
+        from emoscope.core.figures import save_figure
+        from emoscope.steering.plots import dose_response_figure, regime_map_figure
 
         out = ensure_writable_dir(out_dir)
         written = []
@@ -92,8 +97,9 @@ class SweepResult:
                          ("regimes", self.regime_shares()), ("dose_response", self.dose_response())):
             written.append(atomic_write_text(out / f"{name}.csv", df.to_csv(index=False)))
         written.append(atomic_write_json(out / "summary.json", {**self.meta, "target": self.target}))
-        written += save_figure(dose_response_figure(self), out / "dose_response")
-        written += save_figure(regime_map_figure(self), out / "regime_map")
+        for name, fig in (("dose_response", dose_response_figure(self)), ("regime_map", regime_map_figure(self))):
+            png = save_figure(fig, out / name)
+            written += [png, png.with_suffix(".svg")]
         return written
 
 
@@ -122,8 +128,8 @@ class SteeringSweep:
 
     def __init__(self, model: Any, vectors: Any, layers: Any, strengths: Sequence[float], prompts: Sequence[str],
                  seeds: Sequence[int] = (0,), max_new_tokens: int = 48, *, positions: str = "generated",
-                 mode: str = "add", unit: str = "norm", norms: Mapping[int, float] | None = None,
-                 n_random: int = 3, random_state: int = 0, negate: bool = True, temperature: float = 0.0,
+                 mode: str = "add", unit: str = "token_norm", norms: Mapping[int, float] | None = None,
+                 n_random: int = 3, seed: int = 0, negate: bool = True, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, chat: bool | str = "auto", batch_rows: int = 256,
                  scorers: Sequence[str | tuple] = DEFAULT_SCORERS, target: str | None = None,
                  thresholds: RegimeThresholds | None = None, progress: bool = True) -> None:
@@ -157,9 +163,11 @@ class SteeringSweep:
             raise InputError("mode 'ablate' ignores strength, so a strength sweep means nothing; use "
                              "steer(..., mode='ablate') or mode='ablate_add' here")
         self.mode, self.unit, self.norms = mode, unit, norms
+        if unit not in STEERING_UNITS:
+            raise InputError(f"unit must be one of {STEERING_UNITS}, got {unit!r}")
         if n_random < 0:
             raise InputError(f"n_random must be >= 0, got {n_random}")
-        self.n_random, self.random_state, self.negate = int(n_random), int(random_state), bool(negate)
+        self.n_random, self.seed, self.negate = int(n_random), int(seed), bool(negate)
         self.sampling = Sampling(float(temperature), int(top_k), float(top_p))
         self.chat = model.has_chat_template if chat == "auto" else bool(chat)
         if batch_rows < 1:
@@ -187,17 +195,7 @@ class SteeringSweep:
         return self.seeds[:1] if self.sampling.greedy else self.seeds
 
     def _unit_norms(self) -> dict[int, float] | None:
-        if self.unit != "norm":
-            return None
-        if self.norms is not None:
-            got = {int(k): float(v) for k, v in self.norms.items()}
-        else:
-            got = {int(k): float(v) for k, v in (self.vectors[0][1].meta.get("token_norm") or {}).items()} \
-                if hasattr(self.vectors[0][1], "meta") else {}
-        missing = [layer for layer in self.layers if layer not in got]
-        if missing:
-            got.update(token_norms(self.model, missing))
-        return got
+        return None if self.unit == "raw" else unit_norms(self.model, self.vectors[0][1], self.layers, self.unit, self.norms)
 
     def plan(self) -> tuple[pd.DataFrame, list[dict[int, np.ndarray]], list[dict[int, np.ndarray]]]:
         """The rows to run: a table of (kind, vector, layer, strength, prompt_id, seed) and, per row,
@@ -225,9 +223,9 @@ class SteeringSweep:
                 for s in self.grid:
                     add("vector", name, layer, s, d1[layer], u1[layer])
             # norm units: every vector's random control is the same, so run it once
-            shared = self.unit == "norm"
-            draws = random_directions(self.model.d_model, self.layers, self.n_random,
-                                      self.random_state + (0 if shared else vi))
+            shared = self.unit != "raw"
+            draws = random_layer_directions(self.model.d_model, self.layers, self.n_random,
+                                      self.seed + (0 if shared else vi))
             for k, draw in enumerate(draws):
                 key = f"random-{k}" if shared else f"random-{k}:{name}"
                 if key not in randoms:
@@ -250,7 +248,7 @@ class SteeringSweep:
         return texts, ids
 
     # -- running --------------------------------------------------------------------------------
-    def run(self) -> SweepResult:
+    def run(self) -> SteeringResult:
         """Generate every row, score the outputs, classify regimes, compare against the controls."""
         from emoscope._progress import progress as bar
 
@@ -281,19 +279,19 @@ class SteeringSweep:
         table["prompt"] = [self.prompts[p] for p in row_prompt]
         self._score(table, [ids[p] for p in row_prompt], dec.tokens)
         self._compare(table, dec.tokens)
-        success = success_table(table, self.target, seed=self.random_state) if self.scorers else pd.DataFrame()
+        success = success_table(table, self.target, seed=self.seed) if self.scorers else pd.DataFrame()
         meta = {
             "model": getattr(model, "name", ""), "weights_sha256": getattr(model, "weights_sha256", ""),
             "vectors": [n for n, _ in self.vectors], "layers": self.layers, "strengths": self.strengths,
             "grid": self.grid, "positions": self.window.spec, "mode": self.mode, "unit": self.unit,
-            "unit_norms": self.unit_norms_, "n_random": self.n_random, "random_state": self.random_state,
+            "unit_norms": self.unit_norms_, "n_random": self.n_random, "seed": self.seed,
             "seeds": self.run_seeds, "temperature": self.sampling.temperature, "top_k": self.sampling.top_k, "top_p": self.sampling.top_p,
             "max_new_tokens": self.max_new_tokens, "chat_template": self.chat, "target": self.target,
             "scorers": [str(s) for s in self.scorers], "n_rows": len(table), "decode_seconds": dec.seconds,
             "prefill_rows": dec.prefill_rows, "batches": dec.batches, "thresholds": self.thresholds.as_dict(),
             "formatted_prompt_example": formatted[0],
         }
-        return SweepResult(table=table, success=success, target=self.target, thresholds=self.thresholds, meta=meta,
+        return SteeringResult(table=table, success=success, target=self.target, thresholds=self.thresholds, meta=meta,
                            tokens=dec.tokens)
 
     def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:

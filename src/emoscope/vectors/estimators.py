@@ -2,7 +2,7 @@
 
 All follow the scikit-learn estimator contract: settings in ``__init__`` (stored as given,
 no logic), ``fit`` returns ``self``, learned state ends in ``_``, randomness comes from
-``random_state``. None of them holds a model; they see ``(n, d)`` arrays only.
+``seed``. None of them holds a model; they see ``(n, d)`` arrays only.
 
 Learned state shared by all of them:
 
@@ -115,13 +115,13 @@ class PCADiff(_Direction):
 
     ``pairing="index"`` pairs the i-th target row with the i-th baseline row (counts must
     match, e.g. contrastive prompt pairs); ``"random"`` pairs rows at random without
-    replacement, ``min(n_target, n_baseline)`` pairs, using ``random_state``.
+    replacement, ``min(n_target, n_baseline)`` pairs, using ``seed``.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(40, 5)); X[:20, 0] += 4
     >>> y = ["joy"] * 20 + ["neutral"] * 20
-    >>> round(float(PCADiff("joy", random_state=0).fit(X, y).direction_[0]), 1)
+    >>> round(float(PCADiff("joy", seed=0).fit(X, y).direction_[0]), 1)
     1.0
     """
 
@@ -130,12 +130,12 @@ class PCADiff(_Direction):
         target: str,
         baseline: str = "neutral",
         pairing: str = "random",
-        random_state: int | None = 0,
+        seed: int | None = 0,
     ) -> None:
         self.target = target
         self.baseline = baseline
         self.pairing = pairing
-        self.random_state = random_state
+        self.seed = seed
 
     def fit(self, X: Any, y: Any) -> PCADiff:
         X = as_matrix(X)
@@ -149,7 +149,7 @@ class PCADiff(_Direction):
                     f"baseline {b.size}; use pairing='random'"
                 )
         elif self.pairing == "random":
-            rng = np.random.default_rng(self.random_state)
+            rng = np.random.default_rng(self.seed)
             m = min(t.size, b.size)
             t, b = rng.permutation(t)[:m], rng.permutation(b)[:m]
         else:
@@ -189,12 +189,12 @@ class ProbeDirection(_Direction):
         target: str,
         C: float = 1.0,
         max_iter: int = 500,
-        random_state: int | None = 0,
+        seed: int | None = 0,
     ) -> None:
         self.target = target
         self.C = C
         self.max_iter = max_iter
-        self.random_state = random_state
+        self.seed = seed
 
     def fit(self, X: Any, y: Any) -> ProbeDirection:
         from sklearn.linear_model import LogisticRegression
@@ -208,7 +208,7 @@ class ProbeDirection(_Direction):
         mu = X.mean(0)
         scale = X.std(0)
         scale[scale == 0] = 1.0
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         clf.fit((X - mu) / scale, z)
         w = clf.coef_[0] / scale  # (d,) decision normal in activation space
         self.coef_ = w

@@ -13,14 +13,39 @@ from emoscope.vectors._data import as_labels, as_layer_dict
 from emoscope.vectors.concept import ConceptVector
 from emoscope.vectors.estimators import METHODS
 
-__all__ = ["fit_vectors"]
+__all__ = ["fit_vectors", "resolve_baseline"]
+
+
+def resolve_baseline(classes: Any, baseline: str | None = None, *, neutral: str = "neutral",
+                     what: str = "baseline", source: str = "") -> str:
+    """The baseline a vector is measured against: a class name, or ``"all"``.
+
+    ``None`` means ``neutral`` when that class exists, else ``"all"`` (the mean of all class
+    means, see ``DiffMeans``). A name that is not one of ``classes`` is a one-line ``InputError``
+    (``what`` and ``source``, the dataset's name, say where it came from).
+
+    >>> resolve_baseline(["joy", "neutral"]), resolve_baseline(["praise", "complaint"])
+    ('neutral', 'all')
+    >>> resolve_baseline(["praise", "complaint"], "calm")
+    Traceback (most recent call last):
+    ...
+    emoscope.errors.InputError: baseline 'calm' is not a class (classes: complaint, praise); give one of them or 'all'
+    """
+    names = sorted({str(c) for c in classes})
+    if baseline is None:
+        return neutral if neutral in names else "all"
+    if baseline != "all" and baseline not in names:
+        of = f" of {source}" if source else ""
+        raise InputError(f"{what} {baseline!r} is not a class{of} (classes: {', '.join(names)}); "
+                         "give one of them or 'all'")
+    return baseline
 
 
 def fit_vectors(
     acts_by_layer: Any,
     labels: Any,
     method: str = "diff_means",
-    baseline: str = "neutral",
+    baseline: str | None = None,
     *,
     neutral: str = "neutral",
     meta: dict[str, Any] | None = None,
@@ -29,12 +54,12 @@ def fit_vectors(
     """Fit a concept vector for every class except ``neutral``, at every layer.
 
     ``method`` is one of ``"diff_means"``, ``"pca_diff"``, ``"probe"``; ``baseline`` is a
-    class name or ``"all"`` (``pca_diff`` pairs rows, so ``"all"`` there means "any other
-    row; ``probe`` always separates the class from every other row); extra keywords go to the estimator (``C=``, ``pairing=``, ``random_state=``).
+    class name, ``"all"``, or ``None`` for ``neutral`` when the labels have it and ``"all"``
+    otherwise (see ``resolve_baseline``; ``pca_diff`` pairs rows, so ``"all"`` there means "any other
+    row; ``probe`` always separates the class from every other row); extra keywords go to the estimator (``C=``, ``pairing=``, ``seed=``).
     ``meta`` (e.g. ``{"model": ..., "dataset_sha": ...}``) is copied into every vector's
-    metadata, next to the method, baseline, class counts, per-layer vector norms
-    (``layer_norms``) and mean residual norm of all rows (``mean_resid_norm``), which
-    steering uses as its strength unit.
+    metadata, next to the method, baseline, class counts and per-layer vector norms
+    (``layer_norms``). The strength unit is measured separately (``emoscope.vectors.units``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -51,18 +76,15 @@ def fit_vectors(
     classes = [c for c in np.unique(y).tolist() if c != neutral]
     if not classes:
         raise InputError(f"labels contain no class other than {neutral!r}")
-    if baseline != "all" and baseline not in set(y.tolist()):
-        raise InputError(f"baseline class {baseline!r} has no rows; use a label present in the data or 'all'")
+    baseline = resolve_baseline(y.tolist(), baseline, neutral=neutral, what="baseline class")
     cls = METHODS[method]
     counts = {c: int(np.sum(y == c)) for c in np.unique(y).tolist()}
-    mean_resid_norm = {k: float(np.linalg.norm(X, axis=1).mean()) for k, X in acts.items()}
     base_meta = {
         "method": method,
         "baseline": baseline,
         "params": {k: v for k, v in kw.items()},
         "class_counts": counts,
         "labels_sha": sha256_json(y.tolist()),
-        "mean_resid_norm": mean_resid_norm,
         **(meta or {}),
     }
     per_class: dict[str, dict[int, np.ndarray]] = {c: {} for c in classes}

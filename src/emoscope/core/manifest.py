@@ -123,10 +123,10 @@ def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Python, platform, package versions and the git state of the emoscope source."""
-    from emoscope import __version__
-
     packages = {name: _version(name) for name in _PACKAGES}
-    packages["emoscope"] = __version__
+    # the package's own __version__ when the installed metadata is missing (a source checkout);
+    # read from the loaded package, since `from emoscope import` would reach its lazy model imports
+    packages["emoscope"] = getattr(sys.modules.get("emoscope"), "__version__", None) or packages["emoscope"]
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

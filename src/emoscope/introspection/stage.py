@@ -23,15 +23,17 @@ Spec section (all optional)::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emoscope.audit import Control, Finding, Observation
-from emoscope.runs.context import RunContext
-from emoscope.runs.registry import StageResult, register_stage
+from emoscope.core.stages import StageResult, register_stage
 
-__all__ = ["IntrospectOptions", "introspect_stage", "findings_from_summary"]
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["IntrospectOptions", "introspect_stage", "findings_from_summary", "check_introspect"]
 
 
 class IntrospectOptions(BaseModel):
@@ -89,14 +91,25 @@ def findings_from_summary(summary, *, strength: float, claim: str | None = None)
     return out
 
 
-@register_stage("introspect", options_model=IntrospectOptions,
+def check_introspect(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.Spec; no dataset needed
+    """Before any model loads: the word lists and the control questions can be read."""
+    from emoscope.datasets import load_control_questions
+    from emoscope.introspection.concepts import load_words
+
+    opts: IntrospectOptions = spec.options("introspect")
+    load_words(opts.concepts, "concepts")
+    load_words(opts.baseline_words, "baseline-words")
+    load_control_questions(opts.controls)
+
+
+@register_stage("introspect", options_model=IntrospectOptions, check=check_introspect,
                 description="concept injection trials scored by yes-no logit differences")
 def introspect_stage(ctx: RunContext) -> StageResult:
     """Sweep concepts × layers × strengths with controls; tables, figures and findings."""
     from emoscope._progress import is_quiet
     from emoscope.introspection import run_sweep
 
-    o = ctx.options if isinstance(ctx.options, IntrospectOptions) else IntrospectOptions(**(ctx.options or {}))
+    o: IntrospectOptions = ctx.options
     res = run_sweep(
         ctx.model, concepts=o.concepts, baseline=o.baseline_words, controls=o.controls, layers=o.layers,
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from emoscope._io import atomic_write_json
 from emoscope.audit import Ledger
+from emoscope.core.manifest import Manifest
 from emoscope.errors import RunDirError
-from emoscope.runs.manifest import Manifest
 
 __all__ = ["RunDir"]
 

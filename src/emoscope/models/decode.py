@@ -1,4 +1,7 @@
-"""A lean batched decode loop where every row carries its own steering edit.
+"""A lean batched decode loop where every row carries its own residual edit.
+
+Shared by steering sweeps (``emoscope.steering``) and free-text concept injection
+(``emoscope.introspection.freetext``); the edits are ``emoscope.models.interventions.EditHook``.
 
 Why not ``generate``: a sweep needs one delta per row (a different vector, layer and strength on
 each row), the prompt's KV cache shared across rows when only generated tokens are steered,
@@ -13,8 +16,6 @@ so greedy outputs agree with ``generate`` under the same hooks.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,17 @@ import numpy as np
 import torch
 
 from emoscope.errors import InputError
-from emoscope.models.kvcache import cache_kwargs, new_cache, output_cache
-from emoscope.steering.hooks import EditHook, PositionTracker, Window, _installed
+from emoscope.models.batching import (
+    eos_ids,
+    keeps_logits,
+    pad_batch,
+    pad_token_id,
+    positions_from_mask,
+)
+from emoscope.models.interventions import EditHook, PositionTracker, Window, installed
+from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache
 
-__all__ = ["Sampling", "RowEdits", "Decoded", "decode_rows", "eos_ids"]
+__all__ = ["Sampling", "RowEdits", "Decoded", "decode_rows", "stack_rows"]
 
 
 @dataclass(frozen=True)
@@ -83,46 +91,6 @@ class Decoded:
     batches: int = 0
 
 
-def eos_ids(model) -> set[int]:
-    """End-of-sequence ids, as ``generate`` would use them (generation config, then tokenizer)."""
-    ids = getattr(getattr(model.hf, "generation_config", None), "eos_token_id", None)
-    if ids is None:
-        ids = model.tokenizer.eos_token_id
-    ids = ids if isinstance(ids, (list, tuple)) else [ids]
-    return {int(i) for i in ids if i is not None}
-
-
-def _pad_id(model) -> int:
-    pad = getattr(getattr(model.hf, "generation_config", None), "pad_token_id", None)
-    if pad is None:
-        pad = model.tokenizer.pad_token_id
-    if pad is None:
-        pad = next(iter(eos_ids(model)), 0)
-    return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
-
-
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    # Same as transformers.generate: count real tokens, padding gets position 1.
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-
-
-def _keeps_logits(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.hf.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class _Chooser:
     """Greedy argmax, or seeded sampling with one generator per row."""
 
@@ -159,7 +127,7 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     """Generate for every row ``r`` from ``prompts[row_prompt[r]]`` with its own edits.
 
     ``prompts``: token ids per unique prompt. When the window is ``generated`` the prompts are
-    prefilled once, unsteered, and their KV cache is copied to every row that uses them
+    prefilled once, unsteered, and their KV cache is forked to every row that uses them
     (``share_prefill``, on by default there). Rows are run ``batch_rows`` at a time.
 
     >>> dec = decode_rows(model, [[1, 2, 3]], [0, 0], edits, Window("generated"),
@@ -175,8 +143,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     if share_prefill and window.kind != "generated":
         raise InputError("share_prefill needs positions='generated' (the prompt must be unsteered)")
     seeds = list(row_seeds) if row_seeds is not None else [0] * n_rows
-    device, pad, stop = model.device, _pad_id(model), eos_ids(model)
-    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    device, pad, stop = model.device, pad_token_id(model), eos_ids(model)
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
     row_prompt_t = torch.as_tensor(list(row_prompt), dtype=torch.long)
     t0 = time.perf_counter()
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
@@ -184,8 +152,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
 
     shared = None
     if share_prefill:  # one unsteered prefill of the unique prompts, shared by all rows
-        ids, mask = _left_pad(prompts, pad, device)
-        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+        ids, mask, pos, _ = pad_batch(prompts, pad, "left", device)  # (prompts, width)
+        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                        **cache_kwargs(model.hf, new_cache(model)), **keep)
         shared = (output_cache(out), out.logits[:, -1].float(), mask)
     batches = 0
@@ -199,17 +167,16 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                                  ablate=chunk_edits.ablate.get(layer, 0.0))
                  for layer in chunk_edits.layers}
         choose = _Chooser(sampling, [seeds[i] for i in idx.tolist()])
-        with _installed(model, hooks, tracker):
-            if shared is not None:
-                cache = copy.deepcopy(shared[0])
-                cache.batch_select_indices(sub.to(device))
+        with installed(model, hooks, tracker):
+            if shared is not None:  # this chunk's rows of the shared prompt cache (the source stays intact)
+                cache = fork_cache(shared[0], sub.to(device))
                 logits, mask = shared[1][sub.to(device)], shared[2][sub.to(device)]
             else:
-                ids, mask = _left_pad([prompts[i] for i in sub.tolist()], pad, device)
-                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                ids, mask, pos, _ = pad_batch([prompts[i] for i in sub.tolist()], pad, "left", device)
+                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                **cache_kwargs(model.hf, new_cache(model)), **keep)
                 cache, logits = output_cache(out), out.logits[:, -1].float()
-            pos = _positions(mask)[:, -1:]  # (rows, 1)
+            pos = positions_from_mask(mask)[:, -1:]  # (rows, 1)
             done = torch.zeros(len(idx), dtype=torch.bool, device=device)
             for step in range(max_new_tokens):
                 nxt, gap = choose(logits)

@@ -1,0 +1,265 @@
+"""Statistics every analysis package uses: bootstrap intervals, permutation p-values, paired
+and unpaired rank tests, and multiple-comparison corrections. One implementation of each.
+
+Conventions
+-----------
+- Randomness comes from ``seed`` (an int, or a ``numpy.random.Generator`` to continue a stream).
+- Intervals are :class:`Interval` ``(point, lo, hi)``: the point estimate on all data and a
+  percentile bootstrap interval; ``nan`` bounds when the data cannot give one.
+- Permutation p-values count the observed value as one of the permutations,
+  ``(1 + #{null >= observed}) / (1 + n_null)``, so they are never 0 and the smallest one a
+  design can reach is ``1 / (n_null + 1)`` (:func:`min_pvalue`).
+
+>>> import numpy as np
+>>> bootstrap(np.r_[np.ones(80), np.zeros(20)], seed=0).point
+0.8
+>>> permutation_pvalue(0.9, [0.1] * 99)
+0.01
+>>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+[0.03, 0.06, 0.06]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from emoscope.errors import InputError
+
+__all__ = [
+    "Interval",
+    "bootstrap",
+    "permutation_pvalue",
+    "permutation_null",
+    "min_pvalue",
+    "paired_test",
+    "unpaired_test",
+    "holm",
+    "bonferroni",
+    "binomial_interval",
+    "rng_from",
+]
+
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+class Interval(NamedTuple):
+    """A point estimate with a ``level`` interval: ``point, lo, hi``."""
+
+    point: float
+    lo: float
+    hi: float
+
+
+def rng_from(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A generator from an int seed, or the generator itself (its stream continues)."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def bootstrap(
+    values: Any,
+    groups: Any = None,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+) -> Interval:
+    """Mean of ``values`` with a percentile bootstrap interval.
+
+    Non-finite values are dropped first (with their groups). With ``groups``, whole groups are
+    resampled (a cluster bootstrap): rows that share a unit (a prompt, a source text, a
+    concept) do not count as independent evidence, and the resampled statistic is the mean
+    over the rows of the drawn groups. Fewer than 2 finite values (or 2 groups) give
+    ``nan`` bounds; ``n_boot=0`` gives the point alone.
+
+    >>> bootstrap([1.0, 1.0, 1.0]).lo
+    1.0
+    >>> bootstrap([1.0, float("nan")]).point
+    1.0
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise InputError(f"bootstrap needs a 1-D array of values, got shape {v.shape}")
+    g = None if groups is None else np.asarray(groups)
+    if g is not None and g.shape != v.shape:
+        raise InputError(f"bootstrap: {g.size} groups for {v.size} values")
+    keep = np.isfinite(v)
+    v = v[keep]
+    g = None if g is None else g[keep]
+    if v.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    point = float(v.mean())
+    if not 0 < level < 1:
+        raise InputError(f"bootstrap level must be in (0, 1), got {level}")
+    if n_boot <= 0 or v.size < 2:
+        return Interval(point, float("nan"), float("nan"))
+    rng = rng_from(seed)
+    if g is None:
+        stats = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)  # (n_boot,)
+    else:
+        _, inv = np.unique(g, return_inverse=True)
+        sums = np.bincount(inv, weights=v)  # (G,)
+        if sums.size < 2:
+            return Interval(point, float("nan"), float("nan"))
+        counts = np.bincount(inv).astype(np.float64)
+        pick = rng.integers(0, sums.size, size=(n_boot, sums.size))
+        stats = sums[pick].sum(1) / counts[pick].sum(1)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return Interval(point, float(lo), float(hi))
+
+
+def permutation_pvalue(observed: float, null: Any, alternative: str = "greater") -> float:
+    """p-value of ``observed`` against a permutation ``null``, never 0.
+
+    ``greater``: ``(1 + #{null >= observed}) / (1 + n)``; ``less`` mirrors it; ``two-sided``
+    compares absolute values (for nulls centred on 0).
+
+    >>> permutation_pvalue(0.9, [0.5, 0.6, 0.95])
+    0.5
+    """
+    if alternative not in ALTERNATIVES:
+        raise InputError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    null = np.asarray(null, dtype=np.float64).ravel()
+    null = null[np.isfinite(null)]
+    if alternative == "less":
+        hits = np.sum(null <= observed + 1e-12)
+    elif alternative == "two-sided":
+        hits = np.sum(np.abs(null) >= abs(observed) - 1e-12)
+    else:
+        hits = np.sum(null >= observed - 1e-12)
+    return float((1 + hits) / (1 + null.size))
+
+
+def min_pvalue(n_null: int) -> float:
+    """The smallest p-value a permutation or rank-among-draws design with ``n_null`` draws
+    can give: ``1 / (n_null + 1)``.
+
+    >>> min_pvalue(19)
+    0.05
+    """
+    return 1.0 / (int(n_null) + 1)
+
+
+def permutation_null(
+    statistic: Callable[[np.ndarray], float],
+    labels: Sequence[Any],
+    n_perm: int,
+    *,
+    seed: int | np.random.Generator | None = 0,
+    groups: Any = None,
+) -> np.ndarray:
+    """``statistic(permuted labels)`` for ``n_perm`` label permutations: the null of the same
+    estimator with the label–data link broken (class sizes kept). With ``groups``, labels are
+    permuted within each group only.
+
+    >>> y = np.array([0, 0, 1, 1])
+    >>> permutation_null(lambda lab: float(lab[0]), y, 3, seed=0).shape
+    (3,)
+    """
+    y = np.asarray(labels)
+    rng = rng_from(seed)
+    out = np.empty(int(n_perm), dtype=np.float64)
+    blocks = None
+    if groups is not None:
+        g = np.asarray(groups)
+        blocks = [np.flatnonzero(g == u) for u in np.unique(g)]
+    for i in range(int(n_perm)):
+        if blocks is None:
+            perm = y[rng.permutation(y.size)]
+        else:
+            perm = y.copy()
+            for b in blocks:
+                perm[b] = y[b][rng.permutation(b.size)]
+        out[i] = float(statistic(perm))
+    return out
+
+
+def paired_test(diff: Any, alternative: str = "greater") -> float:
+    """Wilcoxon signed-rank p-value of paired differences (``diff = a - b`` per unit).
+
+    Returns 1.0 when every difference is 0 (no evidence either way) and ``nan`` with no
+    finite difference. The unit of the test is whatever a row of ``diff`` is (a prompt, a
+    concept); say which in the finding.
+
+    >>> paired_test([0.5, 0.7, 0.2, 0.9, 0.4, 0.6]) < 0.05
+    True
+    """
+    from scipy.stats import wilcoxon
+
+    if alternative not in ALTERNATIVES:
+        raise InputError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    if not np.any(d != 0):
+        return 1.0
+    return float(wilcoxon(d, alternative=alternative).pvalue)
+
+
+def unpaired_test(a: Any, b: Any, alternative: str = "greater") -> float:
+    """Mann-Whitney U p-value that ``a`` tends to exceed ``b`` (per ``alternative``); 1.0 when
+    all values are equal, ``nan`` when either side is empty.
+
+    >>> unpaired_test([5, 6, 7, 8, 9], [0, 1, 2, 3, 4]) < 0.01
+    True
+    """
+    from scipy.stats import mannwhitneyu
+
+    if alternative not in ALTERNATIVES:
+        raise InputError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size == 0 or y.size == 0:
+        return float("nan")
+    if np.ptp(np.r_[x, y]) == 0:
+        return 1.0
+    return float(mannwhitneyu(x, y, alternative=alternative).pvalue)
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1; NaN kept and not
+    counted).
+
+    >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def bonferroni(pvalues: Any) -> np.ndarray:
+    """Bonferroni adjusted p-values: ``min(1, m p)`` with ``m`` the number of non-NaN p-values.
+
+    >>> bonferroni([0.01, float("nan"), 0.3]).tolist()[::2]
+    [0.02, 0.6]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = int(np.sum(~np.isnan(p)))
+    return np.minimum(1.0, p * m)
+
+
+def binomial_interval(successes: int, n: int, level: float = 0.95) -> Interval:
+    """Share ``successes / n`` with its exact (Clopper-Pearson) interval.
+
+    >>> binomial_interval(0, 200).hi < 0.02
+    True
+    """
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return Interval(successes / n, float(ci.low), float(ci.high))

@@ -1,0 +1,248 @@
+"""Stage ``steer``: steered multi-token generation against random-vector controls.
+
+The vector is read from ``vector:`` (a ConceptVector file) or fitted here by difference of
+means for ``emotion:`` on the spec's dataset (default emotion: ``joy``, else ``gratitude``, else
+the first class that is not the baseline) against ``baseline:`` (default: the ``neutral`` class
+when the dataset has one, else the mean of all classes). The sweep runs the vector, its negation
+(the symmetric strength grid) and ``n_random`` random matched-norm vectors in one batched decode,
+scores every output, classifies its regime, and records one ``steering`` finding per vector: the
+best (layer, strength) cell by effect over random vectors among the cells whose outputs mostly
+stay fluent, with the random-vector, multi-token and fluency controls, its p-value
+Bonferroni-corrected over every cell tried.
+
+Writes tables ``steer_outputs``, ``steer_success``, ``steer_regimes``, ``steer_dose_response``,
+figures ``steer_dose_response``, ``steer_regime_map`` and the vector it steered with
+(``steer/vector.safetensors``, with the strength unit it ran with in its metadata).
+
+``SteerOptions`` is the one source of defaults: ``emoscope steer`` takes its flags' defaults
+from it, and ``DEFAULT_DATASET`` is the dataset a ``--emotion`` vector is fitted on unless told.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from emoscope.core.stages import StageResult, register_stage, require_classes
+from emoscope.errors import InputError
+
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["SteerOptions", "steer_stage", "check_steer", "DEFAULT_DATASET", "MIN_MEAN_TOKENS"]
+
+DEFAULT_DATASET = "emotions-basic"
+MIN_MEAN_TOKENS = 2.0  # the multi-token control: a cell's outputs must average at least this many tokens
+
+
+class SteerOptions(BaseModel):
+    """Options of the ``steer`` section. Defaults make a small check (minutes on a laptop CPU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str | None = None  # a ConceptVector .safetensors file; else fitted for `emotion`
+    emotion: str | None = None  # class of the spec's dataset to fit a vector for (default: see module doc)
+    baseline: str | None = None  # class to subtract, or "all"; default neutral if present, else "all"
+    position: str = "mean_from:1"  # extraction position when fitting (all tokens but the attention sink)
+    layers: str | int | float | list[int | float] = Field(default_factory=lambda: [0.33, 0.5])
+    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], min_length=1)
+    unit: str = "token_norm"  # a strength unit of emoscope.vectors.units (token_norm, token_norm_robust) or "raw"
+    positions: str = "generated"
+    mode: Literal["add", "ablate_add"] = "add"
+    prompts: str = "neutral-starts"
+    n_prompts: int | None = Field(default=8, ge=1)  # None: every prompt
+    chat: bool = True  # wrap prompts in the model's chat template when it has one
+    max_new_tokens: int = Field(default=32, ge=1)
+    n_random: int = Field(default=2, ge=0)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
+    target: str | None = None
+    batch_rows: int = Field(default=256, ge=1)
+    alpha: float = 0.05  # family-wise level for the claim (Bonferroni over cells)
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        from emoscope.vectors.units import STEERING_UNITS
+
+        if v not in STEERING_UNITS:
+            raise ValueError(f"unknown strength unit; use one of {', '.join(STEERING_UNITS)}")
+        return v
+
+
+
+
+def _pick_emotion(classes: list[str], baseline: str) -> str:
+    for name in ("joy", "gratitude"):
+        if name in classes and name != baseline:
+            return name
+    others = [c for c in classes if c not in ("neutral", baseline)]
+    if not others:
+        raise InputError("the steer stage needs a dataset with an emotion class, or `vector:` in its section")
+    return others[0]
+
+
+def _prompts(opts: SteerOptions) -> list[str]:
+    from emoscope.datasets import load_texts
+
+    prompts = [t for t in load_texts(opts.prompts) if t.strip()]
+    if not prompts:
+        raise InputError(f"no prompts in {opts.prompts}; give a dataset name or a file with one prompt per line")
+    return prompts[: opts.n_prompts] if opts.n_prompts else prompts
+
+
+def _emotion_and_baseline(spec, dataset, opts: SteerOptions) -> tuple[str, str]:  # noqa: ANN001
+    from emoscope.vectors.fit import resolve_baseline
+
+    name = spec.dataset
+    counts = require_classes(dataset, "steer", name)
+    classes = list(counts)
+    baseline = resolve_baseline(classes, opts.baseline, what="steer: baseline", source=name)
+    if opts.emotion is not None and opts.emotion not in classes:
+        raise InputError(f"steer: emotion {opts.emotion!r} is not a class of {name} (classes: {', '.join(classes)})")
+    emotion = opts.emotion or _pick_emotion(classes, baseline)
+    if emotion == baseline:
+        raise InputError(f"steer: emotion {emotion!r} is also the baseline; choose another --baseline or 'all'")
+    return emotion, baseline
+
+
+def check_steer(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a Dataset
+    """Before any model loads: prompts to steer, and a vector file or a class to fit one for."""
+    from pathlib import Path
+
+    opts = spec.options("steer")
+    _prompts(opts)
+    if opts.vector:
+        if not Path(opts.vector).is_file():
+            raise InputError(f"steer: vector file {opts.vector} not found; give a ConceptVector .safetensors file")
+        return
+    if dataset is None:
+        raise InputError("steer needs a vector: give `vector: FILE`, or `dataset: NAME` to fit one for `emotion:`")
+    _emotion_and_baseline(spec, dataset, opts)
+
+
+def _vector(ctx: RunContext, opts: SteerOptions, layers: list[int]):
+    import numpy as np
+
+    from emoscope.vectors import ConceptVector, DiffMeans
+
+    if opts.vector:
+        vector = ConceptVector.load(opts.vector)
+        if vector.d != ctx.model.d_model:
+            raise InputError(f"vector {vector.name!r} has d_model={vector.d} but {ctx.model.name} has "
+                             f"d_model={ctx.model.d_model}; use a vector fitted on this model")
+        return vector
+    data = ctx.dataset
+    emotion, baseline = _emotion_and_baseline(ctx.spec, data, opts)
+    ctx.note(f"vector: difference of means of {emotion!r} minus "
+             + (f"the {baseline!r} class" if baseline != "all" else "the mean of all classes")
+             + f" on {ctx.spec.dataset}, position {opts.position}"
+             + ("" if opts.baseline is not None or baseline != "all" else " (the dataset has no 'neutral' class)"))
+    acts = ctx.activations(layers=layers, position=opts.position)
+    y = np.asarray(data.labels)
+    vecs = {layer: DiffMeans(emotion, baseline).fit(acts.get(layer), y).vector_.astype(np.float32) for layer in layers}
+    return ConceptVector(emotion, vecs, {"method": "diff_means", "baseline": baseline,
+                                         "dataset": ctx.spec.dataset, "position": opts.position})
+
+
+@register_stage("steer", options_model=SteerOptions, check=check_steer,
+                description="steered multi-token generation against random-vector controls")
+def steer_stage(ctx: RunContext) -> StageResult:
+    from emoscope._progress import is_quiet
+    from emoscope.steering import SteeringSweep
+    from emoscope.steering.plots import dose_response_figure, regime_map_figure
+    from emoscope.steering.regimes import regime_switches
+    from emoscope.vectors.units import resolve_unit, with_unit
+
+    opts: SteerOptions = ctx.options
+    model = ctx.model
+    layers = model.resolve_layers(opts.layers)
+    vector = _vector(ctx, opts, layers)
+    sweep = SteeringSweep(model, vector, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
+                          positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
+                          seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                          chat="auto" if opts.chat else False, batch_rows=opts.batch_rows, scorers=opts.scorers,
+                          target=opts.target, progress=not is_quiet())
+    res = sweep.run()
+    ctx.write_table("steer_outputs", res.table)
+    ctx.write_table("steer_success", res.success)
+    ctx.write_table("steer_regimes", res.regime_shares())
+    ctx.write_table("steer_dose_response", res.dose_response())
+    ctx.save_figure("steer_dose_response", dose_response_figure(res))
+    ctx.save_figure("steer_regime_map", regime_map_figure(res))
+    if opts.unit != "raw":  # the saved vector carries the strength unit it was run with
+        vector = with_unit(vector, resolve_unit(model, vector, layers, opts.unit))
+    out = ctx.run_dir.root / "steer"
+    out.mkdir(parents=True, exist_ok=True)
+    vector.save(out / "vector.safetensors")
+    unit = ("in raw units (times the vector)" if opts.unit == "raw"
+            else f"in {opts.unit} units (residual norm of strength 1 per layer: {res.meta['unit_norms']})")
+    ctx.note(f"steering {vector.name} at layers {layers}, strengths {sweep.grid} {unit}; positions={opts.positions}; "
+             f"{len(res.table)} generations of up to {opts.max_new_tokens} tokens in {res.meta['decode_seconds']:.1f} s")
+    ctx.note("regime thresholds: " + ", ".join(f"{k}={v}" for k, v in res.thresholds.as_dict().items()))
+    for line in regime_switches(res.table):
+        ctx.note("regimes, " + line)
+    best = _record_findings(ctx, res, opts)
+    return StageResult(summary=best, metrics={"rows": len(res.table), "decode_seconds": res.meta["decode_seconds"],
+                                                    "target": res.target})
+
+
+def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
+    import numpy as np
+
+    from emoscope.audit import Control, Finding, Observation
+
+    s = res.success
+    t = res.table
+    if not len(s):
+        return "no steered cells"
+    th = res.thresholds
+    summary = ""
+    for name, g in s.groupby("vector"):
+        # the claim needs fluent text, so the best cell is chosen among those where most outputs
+        # neither collapse nor explode (all cells when there is none)
+        intact = g[(g.share_repetitive_collapse + g.share_explosive) < 0.5]
+        best = (intact if len(intact) else g).sort_values(["effect", "share_surgical"], ascending=False).iloc[0]
+        layer, strength = int(best.layer), float(best.strength)
+        cell = t[(t.kind == "vector") & (t.vector == name) & (t.layer == layer) & (t.strength == strength)]
+        ppl = float(np.nanmedian(cell["ppl_ratio"])) if "ppl_ratio" in cell else float("nan")
+        broken = float(best.share_repetitive_collapse + best.share_explosive)
+        mean_tokens = float(cell.n_tokens.mean()) if len(cell) else 0.0
+        significant = bool(best.p_bonferroni < opts.alpha and best.effect_lo > 0)
+        fluent = bool(np.isfinite(ppl) and ppl < th.max_ppl_ratio and broken < 0.5)
+        controls = [
+            Control(name="random_vectors", value=float(best.p_bonferroni), passed=significant, threshold=opts.alpha,
+                    note=f"{opts.n_random} random matched-norm vectors: mean change {best.mean_change_random:.3g} vs "
+                         f"{best.mean_change:.3g}; paired Wilcoxon p Bonferroni-corrected over {len(s)} cells"),
+            Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
+                    passed=bool(opts.max_new_tokens > 1 and mean_tokens >= MIN_MEAN_TOKENS),
+                    note=f"mean generated tokens in the cell's outputs (up to {opts.max_new_tokens}); the effect "
+                         "must be seen in multi-token text, not one next-token step"),
+            Control(name="fluency", value=ppl, passed=fluent, threshold=th.max_ppl_ratio,
+                    note=f"median perplexity ratio to the unsteered output; {broken:.0%} collapsed or explosive"),
+        ]
+        direction = "raises" if strength > 0 else "lowers"
+        claim = (f"steering with {name} at layer {layer}, strength {strength:g} {direction} {res.target} more than "
+                 "random vectors of the same norm, with fluent text") if significant else None
+        ctx.add_finding(Finding(
+            kind="steering", claim=claim, controls=controls,
+            observation=Observation(metric=f"{res.target} change over random, {name} at layer {layer}, strength "
+                                           f"{strength:g} (best of {len(g)} cells)",
+                                    value=float(best.effect), interval=(float(best.effect_lo), float(best.effect_hi)),
+                                    n=int(best.n)),
+        ))
+        # v and -v at the same strength should move the target in opposite directions
+        pos = g[(g.layer == layer) & (g.strength == abs(strength))]
+        neg = g[(g.layer == layer) & (g.strength == -abs(strength))]
+        if len(pos) and len(neg):
+            gap = float(pos.mean_change.iloc[0] - neg.mean_change.iloc[0])
+            ctx.add_finding(Finding(kind="steering", observation=Observation(
+                metric=f"{res.target} change at +{abs(strength):g} minus at -{abs(strength):g}, {name} layer {layer}",
+                value=gap, n=int(pos.n.iloc[0]))))
+        summary = (f"{name}: best layer {layer} strength {strength:g}, effect {best.effect:.3g} over random "
+                   f"(p_bonf={best.p_bonferroni:.2g}), success {best.success_rate:.0%}")
+    return summary

@@ -1,0 +1,108 @@
+"""The stage's options model is the one source of defaults: every flag of a one-stage command,
+left unset, equals the stage option it fills, and the spec the command builds equals the
+stage's defaults. Changing a default on one side only (a literal in the CLI) fails here."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from emoscope.activations.stage import ExtractOptions
+from emoscope.cli._stage_cmd import field_default, make_spec, section
+from emoscope.cli.main import build_parser
+from emoscope.introspection.stage import IntrospectOptions
+from emoscope.probing.stage import ProbeOptions
+from emoscope.runs.spec import Spec
+from emoscope.steering.stage import DEFAULT_DATASET, SteerOptions
+from emoscope.vectors.stage import VectorOptions
+
+OPTIONS = {"extract": ExtractOptions, "vectors": VectorOptions, "probe": ProbeOptions, "steer": SteerOptions,
+           "introspect": IntrospectOptions}
+
+COMMANDS = {
+    # command: (required args, stages, fields that must have a flag, options set by the required args)
+    "extract": (["--model", "m", "--dataset", "d", "--out", "o"], ["extract"],
+                {"extract": {"layers", "position", "batch_size", "texts", "dtype", "padding_side", "cache"}},
+                {"extract": {"save": True}}),
+    "probe": (["--model", "m", "--dataset", "d", "--out", "o"], ["extract", "vectors", "probe"],
+              {"extract": {"layers", "position", "batch_size"}, "vectors": {"method", "baseline"},
+               "probe": {"n_folds", "seeds", "n_permutations", "heldout"}}, {}),
+    "steer": (["--model", "m", "--emotion", "joy", "--out", "o"], ["steer"],
+              {"steer": {"vector", "emotion", "baseline", "position", "layers", "strengths", "unit", "positions",
+                         "mode", "prompts", "n_prompts", "chat", "max_new_tokens", "n_random", "seeds",
+                         "temperature", "top_k", "top_p", "scorers", "target", "batch_rows", "alpha"}},
+              {"steer": {"emotion": "joy"}}),
+    "introspect": (["--model", "m", "--out", "o"], ["introspect"],
+                   {"introspect": {"concepts", "baseline_words", "controls", "layers", "strengths", "window",
+                                   "n_random", "free_text", "max_new_tokens", "temperature", "prefill",
+                                   "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "claim"}},
+                   {}),
+}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.choices[command]
+    p.format_help()  # adds the (lazily added) arguments
+    return p
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_unset_flags_equal_the_stage_defaults(command):
+    required, stages, must_have, set_by_required = COMMANDS[command]
+    args = build_parser().parse_args([command, *required])
+    flagged: dict[str, set[str]] = {}
+    for dest, value in vars(args).items():
+        stage, _, field = dest.partition(".")
+        if stage in OPTIONS:
+            flagged.setdefault(stage, set()).add(field)
+            expected = set_by_required.get(stage, {}).get(field, field_default(OPTIONS[stage], field))
+            assert value == expected, f"{command} --{field.replace('_', '-')}: CLI {value!r} != stage {expected!r}"
+    for stage, fields in must_have.items():
+        assert fields <= flagged.get(stage, set()), f"{command}: no flag for {fields - flagged.get(stage, set())}"
+    assert getattr(args, "spec.seed") == field_default(Spec, "seed")
+
+    # the spec the command builds holds exactly the stage defaults (plus what the required args set)
+    sections = {s: section(args, s) for s in stages}
+    for stage, extra in set_by_required.items():
+        sections[stage].update(extra)
+    spec = make_spec(args, command, stages, sections, model="m")
+    for stage in stages:
+        want = OPTIONS[stage](**set_by_required.get(stage, {})).model_dump()
+        assert spec.options(stage).model_dump() == want, stage
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_shows_every_stage_default(command):
+    p = _subparser(command)
+    stage_actions = [a for a in p._actions if a.dest.partition(".")[0] in OPTIONS]
+    assert stage_actions
+    for a in stage_actions:
+        assert "default:" in (a.help or ""), f"{command} {a.option_strings}: help does not show the default"
+    text = p.format_help()
+    assert "default:" in text
+
+
+def test_steer_defaults_match_the_stage_not_the_old_cli():
+    """The old `emoscope steer` had its own defaults (strengths -8..8, 3 random vectors, 48 tokens)."""
+    args = build_parser().parse_args(["steer", "--model", "m", "--emotion", "joy", "--out", "o"])
+    assert getattr(args, "steer.strengths") == SteerOptions().strengths == [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
+    assert getattr(args, "steer.n_random") == SteerOptions().n_random == 2
+    assert getattr(args, "steer.max_new_tokens") == SteerOptions().max_new_tokens == 32
+    assert args.dataset == DEFAULT_DATASET
+    helps = {a.dest: a.help for a in _subparser("steer")._actions}
+    assert helps["steer.strengths"].endswith("(default: -2,-1,-0.5,0,0.5,1,2)")
+    assert helps["steer.n_random"].endswith("(default: 2)") and helps["steer.chat"].endswith("(default: chat on)")
+
+
+def test_flags_reach_the_spec():
+    args = build_parser().parse_args(["steer", "--model", "m", "--emotion", "praise", "--out", "o",
+                                      "--strengths", "-4,-2,0,2,4", "--n-random", "3", "--no-chat", "--top-k", "5",
+                                      "--seeds", "0,1", "--baseline", "all", "--n-prompts", "all", "--seed", "7"])
+    spec = make_spec(args, "steer", ["steer"], {"steer": section(args, "steer")}, model="m", dataset="x.csv")
+    o = spec.options("steer")
+    assert (o.strengths, o.n_random, o.chat, o.top_k, o.seeds, o.baseline, o.n_prompts, o.emotion) == (
+        [-4.0, -2.0, 0.0, 2.0, 4.0], 3, False, 5, [0, 1], "all", None, "praise")
+    assert spec.seed == 7 and spec.dataset == "x.csv"
