@@ -122,7 +122,7 @@ def _transformer_lens(errors, bs, alias):
             TransformerBridge,  # TransformerLens 4.x has no HookedTransformer
         )
 
-        from emoscope.models import cache_dir
+        from emoscope.models.loading import cache_dir
 
         local_dir = next(iter(sorted((cache_dir() / "models").glob(f"{alias}-*"))))
         bridge = TransformerBridge.boot_transformers(str(local_dir), device="cpu")

@@ -42,16 +42,12 @@ def main() -> int:
     import torch
 
     from emoscope.datasets import load_control_questions, load_word_list
-    from emoscope.introspection import (
-        Injection,
-        answer_tokens,
-        build_trials,
-        concept_vectors,
-        mean_resid_norms,
-        score_cells,
-        yes_no_diff,
-    )
-    from emoscope.models import block_output, load_model
+    from emoscope.introspection import build_trials, concept_vectors, yes_no_diff
+    from emoscope.introspection.cells import Injection, score_cells
+    from emoscope.introspection.measure import answer_tokens
+    from emoscope.introspection.sweep import resid_norm_profile
+    from emoscope.models import load_model
+    from emoscope.models.standard import block_output
 
     model = load_model(args.model)
     layers = model.resolve_layers(args.layers)
@@ -62,7 +58,7 @@ def main() -> int:
     t0 = time.perf_counter()
     vecs = concept_vectors(model, words, "default", layers=layers)
     t_vectors = time.perf_counter() - t0
-    norms = mean_resid_norms(model, trials[0], layers)
+    norms = {int(r.layer): float(r.mean_resid_norm) for r in resid_norm_profile(model, trials[0], layers).itertuples()}
     bank, cells = [], []
     for v in vecs:
         for layer in layers:

@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from emoscope.audit import (
-    SCHEMA_VERSION,
     Control,
     Finding,
     Ledger,
@@ -17,6 +16,7 @@ from emoscope.audit import (
     format_findings,
     verdict_counts,
 )
+from emoscope.audit.finding import SCHEMA_VERSION
 from emoscope.errors import RunDirError
 
 REQUIRED = {

@@ -169,7 +169,7 @@ def test_bad_argument_is_one_line(capsys):
 
 def test_unknown_layout_names_the_fix():
     from emoscope.errors import LayoutError
-    from emoscope.models import get_layout
+    from emoscope.models.standard import get_layout
 
     with pytest.raises(LayoutError, match="layout=Layout"):
         get_layout("mamba")

@@ -13,12 +13,9 @@ import pytest
 
 from emoscope.cli.main import main
 from emoscope.datasets import (
-    VALID_SPLITS,
     Dataset,
     DataWarning,
     WordEntry,
-    builtin_names,
-    find_words,
     list_datasets,
     load_control_questions,
     load_dataset,
@@ -27,7 +24,9 @@ from emoscope.datasets import (
     load_word_list,
 )
 from emoscope.datasets._cards import card_header, parse_card_header
-from emoscope.datasets._catalog import data_file
+from emoscope.datasets._catalog import builtin_names, data_file
+from emoscope.datasets._dataset import VALID_SPLITS
+from emoscope.datasets._words import find_words
 from emoscope.errors import DataError, InputError
 
 DATA = Path(__file__).parent / "data"

@@ -18,18 +18,13 @@ import torch
 
 from emoscope.datasets import WordEntry, load_control_questions
 from emoscope.errors import InputError
-from emoscope.introspection import (
-    Injection,
-    answer_tokens,
-    build_trial,
-    build_trials,
-    find_window,
-    grade_answer,
-    score_cells,
-    yes_no_diff,
-)
-from emoscope.models import StandardModel, block_output
+from emoscope.introspection import build_trials, grade_answer, yes_no_diff
+from emoscope.introspection.cells import Injection, score_cells
+from emoscope.introspection.measure import answer_tokens
+from emoscope.introspection.trials import build_trial, find_window
+from emoscope.models import StandardModel
 from emoscope.models.interventions import Injector
+from emoscope.models.standard import block_output
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
@@ -398,7 +393,8 @@ def test_score_cells_rejects_bad_cells():
 def test_concept_vectors_are_last_token_minus_baseline_mean():
     import torch
 
-    from emoscope.introspection import concept_vectors, random_vectors
+    from emoscope.introspection import concept_vectors
+    from emoscope.introspection.concepts import random_vectors
 
     model = intro_model("llama", True)
     vecs = concept_vectors(model, ["ocean", "bread"], ["table", "chair", "window"], layers="all")
@@ -520,7 +516,7 @@ def test_grading_rules():
 def test_sampling_is_seeded_and_injection_runs_through_generated_tokens():
     import torch
 
-    from emoscope.introspection import sample_answers
+    from emoscope.introspection.freetext import sample_answers
 
     model, trials, tokens, bank = _setup()
     trial = trials[0]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from emoscope.datasets import load_control_questions
-from emoscope.introspection import Injection, answer_tokens, build_trials, run_sweep, score_cells
+from emoscope.introspection import build_trials, run_sweep
+from emoscope.introspection.cells import Injection, score_cells
+from emoscope.introspection.measure import answer_tokens
 from tests.test_introspection import _reference_diff
 
 pytestmark = pytest.mark.real

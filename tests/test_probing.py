@@ -13,14 +13,9 @@ import pytest
 
 from emoscope.core.stats import bootstrap, holm, permutation_pvalue
 from emoscope.errors import InputError, LayerError
-from emoscope.probing import (
-    LayerProbe,
-    ProbeControls,
-    ProbeReport,
-    classification_metrics,
-    probe_layers,
-)
+from emoscope.probing import LayerProbe, ProbeControls, ProbeReport, probe_layers
 from emoscope.probing._solver import fit_batch
+from emoscope.probing.metrics import classification_metrics
 
 N, D = 400, 64
 FAST = ProbeControls(n_permutations=50, n_layer_permutations=200, n_random_draws=2, nullspace_k=4)

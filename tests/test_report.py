@@ -13,8 +13,9 @@ import pytest
 
 from emoscope.audit import Control, Finding, Observation
 from emoscope.cli.main import main
+from emoscope.core.stages import unregister_stage
 from emoscope.report import write_report
-from emoscope.runs import StageResult, parse_spec, register_stage, run_spec, unregister_stage
+from emoscope.runs import StageResult, parse_spec, register_stage, run_spec
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -12,18 +12,17 @@ import pytest
 
 from emoscope.audit import Control, Finding, Ledger, Observation
 from emoscope.cli.main import main
+from emoscope.core.stages import get_stage, unregister_stage
 from emoscope.errors import RunDirError, SpecError
 from emoscope.runs import (
     RunDir,
     StageResult,
     builtin_specs,
-    get_stage,
     load_spec,
     parse_spec,
     register_stage,
     run_spec,
     spec_from_yaml,
-    unregister_stage,
 )
 
 FAKE_STAGES = ("fake-first", "fake-second", "fake-third")

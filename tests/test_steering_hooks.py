@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from emoscope.errors import InputError, LayerError, PositionError
+from emoscope.models.interventions import parse_window
 from emoscope.models.standard import block_output
-from emoscope.steering import parse_window, patch, steer
+from emoscope.steering import patch, steer
 from emoscope.vectors.units import measure_unit
 
 from .conftest import tiny_model

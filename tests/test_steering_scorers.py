@@ -8,14 +8,8 @@ import pytest
 
 from emoscope.core.stats import bootstrap
 from emoscope.errors import InputError
-from emoscope.steering import (
-    RegimeThresholds,
-    classify_regimes,
-    known_scorers,
-    register_scorer,
-    score_texts,
-)
-from emoscope.steering.regimes import regime_switches, success_table
+from emoscope.steering import RegimeThresholds, known_scorers, register_scorer, score_texts
+from emoscope.steering.regimes import classify_regimes, regime_switches, success_table
 from emoscope.steering.scorers import main_script, output_perplexity, words
 
 from .conftest import tiny_model

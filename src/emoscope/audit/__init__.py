@@ -12,40 +12,20 @@ about it, lists the controls that ran, and gets a verdict from the checklist of 
 ('fails', ['length-only baseline 0.97 explains the probe accuracy 0.98'])
 """
 
-from emoscope.audit.checklist import (
-    Checklist,
-    ControlSpec,
-    assess,
-    canonical_control,
-    checklist_kinds,
-    checklists,
-)
-from emoscope.audit.finding import (
-    SCHEMA_VERSION,
-    Control,
-    Finding,
-    Observation,
-    Provenance,
-    Verdict,
-)
+from __future__ import annotations
+
+from emoscope.audit.checklist import checklists
+from emoscope.audit.finding import Control, Finding, Observation, Verdict
 from emoscope.audit.ledger import Ledger
-from emoscope.audit.summary import control_badge, format_findings, verdict_counts
+from emoscope.audit.summary import format_findings, verdict_counts
 
 __all__ = [
-    "SCHEMA_VERSION",
     "Finding",
     "Observation",
     "Control",
-    "Provenance",
     "Verdict",
     "Ledger",
-    "Checklist",
-    "ControlSpec",
-    "assess",
     "checklists",
-    "checklist_kinds",
-    "canonical_control",
     "format_findings",
     "verdict_counts",
-    "control_badge",
 ]

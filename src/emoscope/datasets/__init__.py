@@ -20,13 +20,12 @@ Built-ins (``emoscope datasets`` lists them; each has a card with length statist
 
 from __future__ import annotations
 
-from emoscope.datasets._catalog import builtin_names, list_datasets, load_dataset, load_texts
-from emoscope.datasets._dataset import VALID_SPLITS, Dataset, text_length_stats
+from emoscope.datasets._catalog import list_datasets, load_dataset, load_texts
+from emoscope.datasets._dataset import Dataset
 from emoscope.datasets._readers import DataWarning
 from emoscope.datasets._words import (
     ControlQuestion,
     WordEntry,
-    find_words,
     load_control_questions,
     load_forbidden_words,
     load_word_list,
@@ -35,16 +34,12 @@ from emoscope.datasets._words import (
 __all__ = [
     "Dataset",
     "DataWarning",
-    "VALID_SPLITS",
     "load_dataset",
     "list_datasets",
-    "builtin_names",
     "load_texts",
-    "text_length_stats",
-    "WordEntry",
     "load_word_list",
-    "ControlQuestion",
     "load_control_questions",
     "load_forbidden_words",
-    "find_words",
+    "WordEntry",
+    "ControlQuestion",
 ]

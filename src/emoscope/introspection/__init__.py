@@ -15,48 +15,30 @@ detection shift minus the control shift, with a bootstrap interval over concepts
 >>> res.save("runs/intro1")                                                    # doctest: +SKIP
 """
 
-from emoscope.introspection.cells import CellScores, Injection, score_cells, shared_prefix_length
-from emoscope.introspection.concepts import CONCEPT_PROMPT, concept_vectors, random_vectors
-from emoscope.introspection.freetext import Grade, grade_answer, run_free_text, sample_answers
-from emoscope.introspection.measure import AnswerTokens, answer_tokens, yes_no_diff
+from __future__ import annotations
+
+from emoscope.introspection.concepts import concept_vectors
+from emoscope.introspection.freetext import grade_answer, run_free_text
+from emoscope.introspection.measure import yes_no_diff
 from emoscope.introspection.sweep import (
     DEFAULT_LAYERS,
     DEFAULT_STRENGTHS,
     InjectionResult,
+    InjectionSweep,
     run_sweep,
 )
-from emoscope.introspection.trials import (
-    DETECTION_QUESTION,
-    WINDOW_MODES,
-    Trial,
-    build_trial,
-    build_trials,
-    find_window,
-)
+from emoscope.introspection.trials import Trial, build_trials
 
 __all__ = [
-    "run_sweep",
+    "InjectionSweep",
     "InjectionResult",
+    "run_sweep",
+    "concept_vectors",
+    "build_trials",
+    "Trial",
+    "yes_no_diff",
+    "run_free_text",
+    "grade_answer",
     "DEFAULT_LAYERS",
     "DEFAULT_STRENGTHS",
-    "concept_vectors",
-    "random_vectors",
-    "CONCEPT_PROMPT",
-    "Trial",
-    "build_trial",
-    "build_trials",
-    "find_window",
-    "WINDOW_MODES",
-    "DETECTION_QUESTION",
-    "AnswerTokens",
-    "answer_tokens",
-    "yes_no_diff",
-    "Injection",
-    "CellScores",
-    "score_cells",
-    "shared_prefix_length",
-    "sample_answers",
-    "grade_answer",
-    "Grade",
-    "run_free_text",
 ]

@@ -10,30 +10,16 @@ prefixes and forks), ``batching`` (padding, position ids, pad/eos ids) and ``dec
 batched decode loop with one edit per row).
 """
 
-from emoscope.models.loading import (
-    cache_dir,
-    embedded_models,
-    load_model,
-    resolve_dtype,
-    wrap_model,
-)
-from emoscope.models.standard import (
-    Layout,
-    StandardModel,
-    block_output,
-    get_layout,
-    known_architectures,
-)
+from __future__ import annotations
+
+from emoscope.models.loading import embedded_models, load_model, wrap_model
+from emoscope.models.standard import Layout, StandardModel, known_architectures
 
 __all__ = [
     "load_model",
     "wrap_model",
     "embedded_models",
-    "cache_dir",
-    "resolve_dtype",
     "StandardModel",
     "Layout",
-    "get_layout",
     "known_architectures",
-    "block_output",
 ]

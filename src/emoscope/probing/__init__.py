@@ -11,9 +11,10 @@
 0
 """
 
+from __future__ import annotations
+
 from emoscope.probing.controls import ProbeControls
 from emoscope.probing.layers import probe_layers
-from emoscope.probing.metrics import classification_metrics
 from emoscope.probing.probe import LayerProbe
 from emoscope.probing.report import ProbeReport
 
@@ -22,5 +23,4 @@ __all__ = [
     "ProbeControls",
     "ProbeReport",
     "probe_layers",
-    "classification_metrics",
 ]

@@ -11,17 +11,11 @@ stage lives in its domain package), never by import. ``register_stage`` and ``St
 are re-exported here for convenience; see ``emoscope.core.stages`` for a full example.
 """
 
-from emoscope.core.manifest import Manifest, StageRecord
+from __future__ import annotations
+
 from emoscope.core.rundir import RunDir
-from emoscope.core.stages import (
-    StageInfo,
-    StageResult,
-    get_stage,
-    known_stages,
-    register_stage,
-    unregister_stage,
-)
-from emoscope.runs.context import ModelCache, RunContext
+from emoscope.core.stages import StageResult, register_stage
+from emoscope.runs.context import RunContext
 from emoscope.runs.runner import check_inputs, run_spec
 from emoscope.runs.spec import Spec, builtin_specs, load_spec, parse_spec, spec_from_yaml
 
@@ -31,17 +25,10 @@ __all__ = [
     "parse_spec",
     "spec_from_yaml",
     "builtin_specs",
-    "register_stage",
-    "unregister_stage",
-    "get_stage",
-    "known_stages",
-    "StageInfo",
-    "StageResult",
-    "RunContext",
-    "ModelCache",
-    "RunDir",
-    "Manifest",
-    "StageRecord",
     "run_spec",
     "check_inputs",
+    "register_stage",
+    "StageResult",
+    "RunContext",
+    "RunDir",
 ]

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emoscope._io import atomic_write_text
-from emoscope.audit import Finding, Provenance
+from emoscope.audit import Finding
+from emoscope.audit.finding import Provenance
 from emoscope.errors import InputError, SpecError
 
 if TYPE_CHECKING:

@@ -14,49 +14,20 @@
 ...     out = model.hf.generate(**enc, max_new_tokens=32)
 """
 
-from emoscope.models.decode import Sampling, decode_rows
-from emoscope.models.interventions import Window, parse_window
-from emoscope.steering.hooks import MODES, patch, steer
-from emoscope.steering.plots import dose_response_figure, regime_map_figure
-from emoscope.steering.regimes import (
-    REGIMES,
-    RegimeThresholds,
-    classify_regimes,
-    regime_switches,
-    success_table,
-)
-from emoscope.steering.scorers import (
-    DEFAULT_SCORERS,
-    ScoreBatch,
-    known_scorers,
-    make_scorer,
-    register_scorer,
-    score_texts,
-)
-from emoscope.steering.sweep import SteeringResult, SteeringSweep, default_target
+from __future__ import annotations
+
+from emoscope.steering.hooks import patch, steer
+from emoscope.steering.regimes import RegimeThresholds
+from emoscope.steering.scorers import known_scorers, register_scorer, score_texts
+from emoscope.steering.sweep import SteeringResult, SteeringSweep
 
 __all__ = [
     "steer",
     "patch",
-    "MODES",
-    "Window",
-    "parse_window",
     "SteeringSweep",
     "SteeringResult",
-    "Sampling",
-    "decode_rows",
-    "default_target",
     "register_scorer",
-    "make_scorer",
     "known_scorers",
     "score_texts",
-    "ScoreBatch",
-    "DEFAULT_SCORERS",
     "RegimeThresholds",
-    "REGIMES",
-    "classify_regimes",
-    "regime_switches",
-    "success_table",
-    "dose_response_figure",
-    "regime_map_figure",
 ]

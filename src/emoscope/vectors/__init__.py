@@ -8,20 +8,24 @@
 [1.0, 0.0, 0.0]
 """
 
+from __future__ import annotations
+
 from emoscope.vectors.concept import ConceptVector
-from emoscope.vectors.estimators import METHODS, DiffMeans, PCADiff, ProbeDirection, TokenDiff
+from emoscope.vectors.estimators import DiffMeans, PCADiff, ProbeDirection, TokenDiff
 from emoscope.vectors.fit import fit_vectors
 from emoscope.vectors.preprocess import Centerer, LengthNormalizer, NeutralNullspace
+from emoscope.vectors.units import StrengthUnit, measure_unit
 
 __all__ = [
     "ConceptVector",
+    "fit_vectors",
     "DiffMeans",
     "PCADiff",
     "ProbeDirection",
     "TokenDiff",
-    "METHODS",
     "LengthNormalizer",
     "Centerer",
     "NeutralNullspace",
-    "fit_vectors",
+    "measure_unit",
+    "StrengthUnit",
 ]
