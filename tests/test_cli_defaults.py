@@ -36,7 +36,7 @@ COMMANDS = {
     "introspect": (["--model", "m", "--out", "o"], ["introspect"],
                    {"introspect": {"concepts", "baseline_words", "controls", "layers", "strengths", "window",
                                    "n_random", "free_text", "max_new_tokens", "temperature", "prefill",
-                                   "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "claim"}},
+                                   "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "unit", "claim"}},
                    {}),
 }
 

@@ -1,4 +1,6 @@
-"""Activations: batched extraction of ``resid[l]`` with a content-addressed disk cache."""
+"""Activations: batched extraction of ``resid[l]`` with a content-addressed disk cache
+(``extract.py``), token positions (``positions.py``), the ``Activations`` result, and the
+``extract`` run stage (``stage.py``: norms per layer and their correlation with length)."""
 
 from __future__ import annotations
 

@@ -44,28 +44,25 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
-def floats(text: str) -> list[float]:
-    """``"-2,0,2"`` -> ``[-2.0, 0.0, 2.0]``."""
+def _numbers(text: str, cast: type, what: str, example: str) -> list:
     parts = _split(text)
     try:
-        vals = [float(x) for x in parts]
+        vals = [cast(x) for x in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}") from None
     if not vals:
-        raise argparse.ArgumentTypeError("is empty; give e.g. -2,0,2")
+        raise argparse.ArgumentTypeError(f"is empty; give e.g. {example}")
     return vals
+
+
+def floats(text: str) -> list[float]:
+    """``"-2,0,2"`` -> ``[-2.0, 0.0, 2.0]``."""
+    return _numbers(text, float, "numbers", "-2,0,2")
 
 
 def ints(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``."""
-    parts = _split(text)
-    try:
-        vals = [int(x) for x in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("is empty; give e.g. 0,1,2")
-    return vals
+    return _numbers(text, int, "integers", "0,1,2")
 
 
 def words(text: str) -> str | list[str]:

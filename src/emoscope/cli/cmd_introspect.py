@@ -65,6 +65,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="skip the eager-attention pass for per-head attention")
     add_option(p, "introspect", O, "n_boot", type=int, help="bootstrap resamples for the intervals")
     add_option(p, "introspect", O, "batch_size", type=int, help="trials per forward pass")
+    add_option(p, "introspect", O, "unit", choices=["trial_norm", "token_norm", "token_norm_robust"],
+               help="strength unit: the trial prompt's mean token norm, or steering's units (emoscope.vectors.units)")
     add_option(p, "introspect", O, "claim", help="a claim to record with the findings (the audit judges it)")
     add_run_arguments(p)
     allow_negative_lists(p)

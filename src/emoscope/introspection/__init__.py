@@ -6,6 +6,8 @@ shown beside it, never instead). Every concept × layer × strength cell is run 
 question and on the control questions at the same layer and strength, against the
 no-injection baseline and random vectors of the same norm; the introspection score is the
 detection shift minus the control shift, with a bootstrap interval over concepts.
+``InjectionSweep(...).run()`` has the shape of ``SteeringSweep``; ``stage.py`` is the
+``introspect`` run stage. Injection hooks and KV-cache forks come from ``emoscope.models``.
 
 >>> from emoscope.models import load_model
 >>> from emoscope.introspection import run_sweep

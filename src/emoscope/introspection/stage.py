@@ -57,6 +57,7 @@ class IntrospectOptions(BaseModel):
     free_text: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=40, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
+    unit: Literal["trial_norm", "token_norm", "token_norm_robust"] = "trial_norm"  # see emoscope.vectors.units
     claim: str | None = None
 
 
@@ -115,7 +116,7 @@ def introspect_stage(ctx: RunContext) -> StageResult:
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
         batch_size=o.batch_size, focus_layer=o.focus_layer, focus_strength=o.focus_strength, heads=o.heads,
         n_boot=o.n_boot, free_text=o.free_text, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-        progress=not is_quiet(),
+        unit=o.unit, progress=not is_quiet(),
     )
     for name, df in res.tables().items():
         ctx.write_table(name, df)

@@ -8,6 +8,8 @@
   real scorers, regimes and success rates against the random control.
 - Scorers in one registry (``register_scorer``): NRC lexicon, VADER valence, text classifiers,
   perplexity under the unsteered model, repetition, script leakage.
+- The ``steer`` run stage (``stage.py``). The hooks, windows and decode loop themselves live in
+  ``emoscope.models`` (shared with injection and patching), statistics in ``emoscope.core``.
 
 >>> from emoscope.steering import steer, SteeringSweep                  # doctest: +SKIP
 >>> with steer(model, joy, layers=[15], strength=4.0, positions="generated"):  # doctest: +SKIP

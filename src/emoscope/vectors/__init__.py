@@ -1,5 +1,6 @@
 """Concept vectors: estimators that find one direction per concept, preprocessing, and the
-``ConceptVector`` value that carries a direction per layer.
+``ConceptVector`` value that carries a direction per layer; the strength unit (``units.py``:
+what "strength 1" means, measured once and stored with the vector); the ``vectors`` run stage.
 
 >>> import numpy as np
 >>> from emoscope.vectors import DiffMeans, fit_vectors
