@@ -41,6 +41,13 @@ class Observation(_Model):
     value: float
     interval: tuple[float, float] | None = None
     n: int | None = None
+    #: what ``n`` counts (prompts, concepts, texts per class, ...): the units the value is
+    #: computed on, after any held-out split; checked against the kind's minimum in checklists.yaml
+    unit: str = ""
+    #: the uncorrected p-value of the test behind a claim; a run corrects across its claims (Holm)
+    p_value: float | None = None
+    #: how many cells (layers, strengths, ...) a "best of" choice searched; 1 when nothing was chosen
+    n_searched: int | None = None
 
     @field_validator("interval")
     @classmethod

@@ -22,6 +22,7 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,6 +41,8 @@ __all__ = [
     "bonferroni",
     "binomial_interval",
     "rng_from",
+    "HeldOutSelection",
+    "heldout_select",
 ]
 
 ALTERNATIVES = ("greater", "less", "two-sided")
@@ -263,3 +266,59 @@ def binomial_interval(successes: int, n: int, level: float = 0.95) -> Interval:
         return Interval(float("nan"), float("nan"), float("nan"))
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="exact")
     return Interval(successes / n, float(ci.low), float(ci.high))
+
+
+@dataclass(frozen=True)
+class HeldOutSelection:
+    """A "best of" choice made on one half of the units and reported on the other.
+
+    ``cell``: index of the chosen cell (best on ``select_units``); ``n_cells``: how many cells
+    were searched; ``estimate``: mean of the chosen cell over ``report_units`` with a bootstrap
+    interval; ``p_value``: one-sided Wilcoxon signed-rank test of the chosen cell's values on the
+    report units (uncorrected: the choice used none of them); ``n``: report units with a value.
+    """
+
+    cell: int
+    n_cells: int
+    select_units: np.ndarray
+    report_units: np.ndarray
+    estimate: Interval
+    p_value: float
+    n: int
+
+
+def heldout_select(values: Any, *, seed: int | np.random.Generator | None = 0, n_boot: int = 2000,
+                   alternative: str = "greater", select_share: float = 0.5) -> HeldOutSelection:
+    """Choose the best of several cells on half the units, report it on the other half.
+
+    ``values``: ``(n_units, n_cells)``, one effect per unit (a prompt, a concept, a text) and
+    cell (a layer x strength combination, say), NaN where a unit has no value. Units are split
+    at random (seeded) into a selection part (``select_share``) and a report part; the cell
+    with the largest mean on the selection part (smallest for ``alternative="less"``) is
+    chosen, and its value, interval and p-value come from the report part only. So the reported
+    number is not the maximum of what was searched, and its p-value needs no correction for the
+    search (a pure-noise sweep ships at the test's level, not more often).
+
+    >>> rng = np.random.default_rng(0)
+    >>> sel = heldout_select(rng.normal(size=(40, 12)), seed=0)
+    >>> sel.n_cells, sel.n, sel.p_value > 0.05
+    (12, 20, True)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < 1:
+        raise InputError(f"heldout_select needs (n_units >= 2, n_cells >= 1) values, got shape {v.shape}")
+    if alternative not in ("greater", "less"):
+        raise InputError(f"heldout_select alternative must be 'greater' or 'less', got {alternative!r}")
+    rng = rng_from(seed)
+    order = rng.permutation(v.shape[0])
+    k = min(max(1, int(round(select_share * v.shape[0]))), v.shape[0] - 1)
+    sel, rep = np.sort(order[:k]), np.sort(order[k:])
+    with np.errstate(all="ignore"):
+        means = np.nanmean(v[sel], axis=0)  # (n_cells,)
+    means = np.where(np.isfinite(means), means, -np.inf if alternative == "greater" else np.inf)
+    cell = int(np.argmax(means) if alternative == "greater" else np.argmin(means))
+    out = v[rep, cell]
+    out = out[np.isfinite(out)]
+    est = bootstrap(out, n_boot=n_boot, seed=rng)
+    p = paired_test(out, alternative) if out.size else float("nan")
+    return HeldOutSelection(cell, int(v.shape[1]), sel, rep, est, p, int(out.size))

@@ -38,7 +38,7 @@ import numpy as np
 from emoscope.errors import InputError
 
 __all__ = ["UNITS", "UNIT_KEY", "MEASURED", "STEERING_UNITS", "StrengthUnit", "measure_unit", "resolve_unit",
-           "norm_profile", "with_unit", "vector_unit"]
+           "norm_profile", "with_unit", "vector_unit", "neutral_states", "neutral_covariance"]
 
 UNIT_KEY = "strength_unit"
 UNITS: dict[str, str] = {
@@ -115,8 +115,6 @@ def measure_unit(model: Any, layers: Sequence[int], name: str = "token_norm", *,
     if name not in MEASURED:
         raise InputError(f"unit {name!r} cannot be measured on neutral text; choose one of {MEASURED} "
                          f"(units: {', '.join(UNITS)})")
-    from emoscope.activations import extract
-
     layers = sorted({model.check_layer(int(layer)) for layer in layers})
     if not layers:
         raise InputError("measure_unit needs at least one layer")
@@ -132,15 +130,10 @@ def measure_unit(model: Any, layers: Sequence[int], name: str = "token_norm", *,
     key = (weights, hash(tuple(texts)), tuple(layers), name, massive_share)
     if weights and key in _MEMO:
         return _MEMO[key]
-    acts = extract(model, texts, layers, position="all", cache=bool(weights), progress=False)
-    offsets = np.asarray(acts.offsets)
-    keep = np.ones(int(offsets[-1]), dtype=bool)
-    keep[offsets[:-1]] = False  # the first token of every text (attention sink)
-    if not keep.any():  # one-token texts only: nothing but sinks, use everything
-        keep[:] = True
+    states = neutral_states(model, layers, texts)
     values, massive = {}, {}
     for layer in layers:
-        prof = norm_profile(acts.get(layer)[keep], massive_share)
+        prof = norm_profile(states[layer], massive_share)
         values[layer] = prof[name]
         if name == "token_norm_robust":
             massive[layer] = prof["massive_dims"]
@@ -190,3 +183,30 @@ def resolve_unit(model: Any, vector: Any, layers: Sequence[int], name: str = "to
                             have.source or new.source)
     return StrengthUnit(name, {x: have.values[x] for x in layers},
                         {x: have.massive_dims[x] for x in layers if x in have.massive_dims}, have.source)
+
+
+def neutral_states(model: Any, layers: Sequence[int], texts: Sequence[str] | None = None) -> dict[int, np.ndarray]:
+    """``{layer: (tokens, d)}``: ``resid[l]`` at every token of ``texts`` (default
+    ``neutral-corpus``) except each text's first (the attention sink). The extraction is cached
+    on disk for models with a weights hash."""
+    from emoscope.activations import extract
+
+    if texts is None:
+        from emoscope.datasets import load_dataset
+
+        texts = list(load_dataset("neutral-corpus").texts)
+    layers = sorted({model.check_layer(int(layer)) for layer in layers})
+    weights = bool(getattr(model, "weights_sha256", ""))
+    acts = extract(model, list(texts), layers, position="all", cache=weights, progress=False)
+    offsets = np.asarray(acts.offsets)
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    keep[offsets[:-1]] = False  # the first token of every text (attention sink)
+    if not keep.any():  # one-token texts only: nothing but sinks, use everything
+        keep[:] = True
+    return {layer: np.asarray(acts.get(layer))[keep] for layer in layers}
+
+
+def neutral_covariance(model: Any, layers: Sequence[int], texts: Sequence[str] | None = None) -> dict[int, np.ndarray]:
+    """``{layer: (d, d)}`` covariance of ``resid[l]`` over neutral tokens (sinks left out): what
+    covariance-matched random directions (``emoscope.core.directions``) are drawn from."""
+    return {layer: np.cov(x.astype(np.float64), rowvar=False) for layer, x in neutral_states(model, layers, texts).items()}
