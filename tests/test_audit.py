@@ -21,9 +21,9 @@ from emoscope.errors import RunDirError
 
 REQUIRED = {
     "probe": ["shuffled_labels", "length_baseline", "bow_baseline", "seed_spread", "heldout_layer_choice"],
-    "similarity": ["length_control", "null_distribution"],
-    "steering": ["random_vectors", "multi_token_outputs", "fluency"],
-    "introspection": ["control_questions", "logit_difference", "random_vectors"],
+    "similarity": ["null_distribution", "length_control", "heldout_selection", "seed_spread"],
+    "steering": ["random_vectors", "multi_token_outputs", "fluency", "heldout_selection", "seed_spread"],
+    "introspection": ["control_questions", "logit_difference", "random_vectors", "heldout_selection", "seed_spread"],
 }
 
 
@@ -98,7 +98,7 @@ def test_fails_takes_precedence_and_lists_every_failure():
 
 def test_control_that_ran_without_outcome_needs_controls():
     controls = passing("similarity")
-    controls[0] = Control(name="length_control", value=0.31)
+    controls[1] = Control(name="length_control", value=0.31)
     f = Finding(kind="similarity", claim="joy ~ excitement", observation=obs(0.71, "cosine"), controls=controls)
     assert f.verdict == "needs controls"
     assert "length control ran but was not judged" in f.reasons[0]
@@ -124,9 +124,58 @@ def test_unknown_failed_control_still_fails():
     assert f.verdict == "fails" and f.reasons == ["nullspace did not pass (0.88 vs threshold 0.6)"]
 
 
-def test_other_kind_claim_cannot_ship_and_extraction_observation_ships():
+def test_other_kind_claim_cannot_ship_and_an_observation_that_passes_holds():
     assert Finding(kind="other", claim="x", observation=obs()).verdict == "needs controls"
-    assert Finding(kind="extraction", observation=obs()).verdict == "ships"
+    assert Finding(kind="extraction", observation=obs()).verdict == "holds"
+    # the same controls: "ships" for a claim, "holds" for an observation, counted apart
+    claim = Finding(kind="probe", claim="c", observation=obs(), controls=passing("probe"))
+    seen = Finding(kind="probe", observation=obs(), controls=passing("probe"))
+    assert (claim.verdict, seen.verdict) == ("ships", "holds")
+    assert verdict_counts([claim, seen]) == {"ships": 1, "holds": 1, "needs controls": 0, "fails": 0}
+
+
+@pytest.mark.parametrize("kind, n, need", [("introspection", 4, 10), ("steering", 6, 20), ("probe", 12, 20),
+                                           ("similarity", 19, 20)])
+def test_n_below_the_kinds_minimum_needs_controls(kind, n, need):
+    small = Observation(metric="m", value=1.0, interval=(0.9, 1.1), n=n)
+    f = Finding(kind=kind, claim="c", observation=small, controls=passing(kind))
+    assert f.verdict == "needs controls" and f.reasons == [f.reasons[0]] and "n too small" in f.reasons[0]
+    assert f"at least {need}" in f.reasons[0]
+    enough = Finding(kind=kind, claim="c", observation=small.model_copy(update={"n": need}), controls=passing(kind))
+    assert enough.verdict == "ships"
+    unknown = Finding(kind=kind, claim="c", observation=small.model_copy(update={"n": None}), controls=passing(kind))
+    assert unknown.verdict == "needs controls" and "n not recorded" in unknown.reasons[0]
+    # a failed control still decides first
+    failed = [Control(name=REQUIRED[kind][0], value=0.9, passed=False), *passing(kind)[1:]]
+    assert Finding(kind=kind, claim="c", observation=small, controls=failed).verdict == "fails"
+
+
+def test_findings_record_the_checklist_version_and_every_control_says_what_it_rules_out():
+    from emoscope.audit.checklist import _table, checklist_version, rules_out
+
+    f = Finding(kind="probe", claim="c", observation=obs(), controls=passing("probe"))
+    assert f.checklist_version == checklist_version() >= 2
+    assert all(rules_out(name) for name in _table()[0])  # one sentence per control
+    assert rules_out("no such control") == ""
+
+
+def test_run_correction_holm_across_claims():
+    from emoscope.core.claims import correct_claims
+    from emoscope.core.stats import holm
+
+    ps = [0.001, 0.02, 0.03, 0.04, 0.5]
+    fs = [Finding(id=f"c{i}", kind="probe", claim=f"claim {i}", controls=passing("probe"),
+                  observation=obs().model_copy(update={"p_value": p})) for i, p in enumerate(ps)]
+    fs.append(Finding(id="o", kind="probe", observation=obs().model_copy(update={"p_value": 0.001}),
+                      controls=passing("probe")))  # an observation: not a tested claim
+    run = correct_claims(fs)
+    assert run.n_tested == 5
+    adjusted = holm(ps)
+    got = [next(c for c in f.controls if c.name == "run_correction").value for f in run.findings[:5]]
+    assert got == pytest.approx(adjusted.tolist())
+    assert [f.verdict for f in run.findings[:5]] == ["ships" if p < 0.05 else "fails" for p in adjusted]
+    assert [f.verdict for f in fs[:5]] == ["ships"] * 5  # alone, each looked fine
+    assert run.findings[5].verdict == "holds" and not any(c.name == "run_correction" for c in run.findings[5].controls)
 
 
 def test_verdict_cannot_be_set_by_hand_and_kind_must_be_known():

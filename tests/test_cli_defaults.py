@@ -27,7 +27,7 @@ COMMANDS = {
                 {"extract": {"save": True}}),
     "probe": (["--model", "m", "--dataset", "d", "--out", "o"], ["extract", "vectors", "probe"],
               {"extract": {"layers", "position", "batch_size"}, "vectors": {"method", "baseline"},
-               "probe": {"n_folds", "seeds", "n_permutations", "heldout"}}, {}),
+               "probe": {"n_folds", "seeds", "n_permutations", "heldout", "transfer"}}, {}),
     "steer": (["--model", "m", "--emotion", "joy", "--out", "o"], ["steer"],
               {"steer": {"vector", "emotion", "baseline", "position", "layers", "strengths", "unit", "positions",
                          "mode", "prompts", "n_prompts", "chat", "max_new_tokens", "n_random", "seeds",

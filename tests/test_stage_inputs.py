@@ -150,3 +150,37 @@ def test_geometry_refuses_two_classes_without_neutral(tmp_path, two_labels, no_m
     spec = parse_spec({"name": "g", "model": "tiny", "dataset": str(two_labels), "stages": ["extract", "geometry"]})
     with pytest.raises(InputError, match="exact opposites"):
         run_spec(spec, tmp_path / "run")
+
+
+def test_probe_transfer_control_passes_on_the_same_data_and_fails_on_shuffled_labels(tiny_dir, two_labels, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    """The generalisation control: a probe fitted on one dataset scored on a second one."""
+    import random
+
+    monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
+    rows = [(t, "praise") for t in PRAISE] + [(t, "complaint") for t in COMPLAINT]
+    labels = [y for _, y in rows]
+    random.Random(0).shuffle(labels)
+    shuffled = write_csv(tmp_path / "shuffled.csv", [(t, y) for (t, _), y in zip(rows, labels, strict=True)])
+    verdicts = {}
+    for name, target in (("same", two_labels), ("shuffled", shuffled)):
+        spec = parse_spec({"name": f"t-{name}", "model": str(tiny_dir), "dataset": str(two_labels),
+                           "stages": ["extract", "probe"], "extract": {"layers": [1, 2], "position": "mean"},
+                           "probe": {"n_folds": 3, "seeds": [0], "n_permutations": 5, "transfer": str(target)}},
+                          source="test")
+        rd = run_spec(spec, tmp_path / name, report=False)
+        (finding,) = [f for f in rd.ledger.read() if f.kind == "probe"]
+        control = next(c for c in finding.controls if c.name == "transfer")
+        verdicts[name] = (control.value, control.passed)
+    # scored on the texts it was fitted on, a probe of a separable tiny-model layer is near perfect;
+    # on the same texts with shuffled labels it is near chance and the control fails
+    assert verdicts["same"][1] is True and verdicts["same"][0] > 0.8
+    assert verdicts["shuffled"][1] is False and verdicts["shuffled"][0] < 0.75
+
+
+def test_transfer_dataset_without_shared_classes_is_refused_before_the_model_loads(tmp_path, two_labels, no_model):
+    other = write_csv(tmp_path / "other.csv", [(t, "calm") for t in PRAISE] + [(t, "worry") for t in COMPLAINT])
+    spec = parse_spec({"name": "t", "model": "m", "dataset": str(two_labels), "stages": ["extract", "probe"],
+                       "probe": {"transfer": str(other)}}, source="test")
+    with pytest.raises(InputError, match="shares 0 class"):
+        run_spec(spec, tmp_path / "run")

@@ -2,7 +2,8 @@
 
 A ``Finding`` separates what was observed (a metric and its interval) from what is claimed
 about it, lists the controls that ran, and gets a verdict from the checklist of its kind
-(``checklists.yaml``): ``ships``, ``needs controls`` or ``fails``.
+(``checklists.yaml``): ``ships`` (a claim that passed), ``holds`` (an observation that passed),
+``needs controls`` or ``fails``.
 
 >>> from emoscope.audit import Finding, Observation, Control
 >>> f = Finding(kind="probe", claim="joy is linearly decodable at layer 12",
@@ -17,7 +18,7 @@ from __future__ import annotations
 from emoscope.audit.checklist import checklists
 from emoscope.audit.finding import Control, Finding, Observation, Verdict
 from emoscope.audit.ledger import Ledger
-from emoscope.audit.summary import format_findings, verdict_counts
+from emoscope.audit.summary import describe_counts, format_findings, verdict_counts
 
 __all__ = [
     "Finding",
@@ -28,4 +29,5 @@ __all__ = [
     "checklists",
     "format_findings",
     "verdict_counts",
+    "describe_counts",
 ]

@@ -4,10 +4,12 @@ The rule, in order:
 
 1. A control that ran and did not pass (``passed=False``) -> ``fails``; the reason names it.
 2. Otherwise a required control that is missing, or that ran without an outcome
-   (``passed=None``) -> ``needs controls``; the reason names it.
-3. Otherwise -> ``ships``.
+   (``passed=None``), or an ``n`` below the kind's minimum (``min_n``; n counts the units the
+   value is computed on, after any held-out split) -> ``needs controls``; the reason names it.
+3. Otherwise -> ``ships`` for a claim, ``holds`` for an observation (a number that passed its
+   checks, with nothing claimed about what it means).
 
-A finding without a claim is judged the same way, but it is an observation: it never blocks.
+An observation never blocks an audit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import yaml
 if TYPE_CHECKING:
     from emoscope.audit.finding import Control, Finding
 
-__all__ = ["ControlSpec", "Checklist", "checklists", "checklist_kinds", "canonical_control", "assess"]
+__all__ = ["ControlSpec", "Checklist", "checklists", "checklist_kinds", "checklist_version", "canonical_control",
+           "rules_out", "assess"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ControlSpec:
     label: str
     aliases: tuple[str, ...]
     fails: str
+    rules_out: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,25 @@ class Checklist:
     description: str
     required: tuple[str, ...]
     claims: bool = True
+    min_n: int | None = None
+    n_unit: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def _raw() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("emoscope.audit").joinpath("checklists.yaml").read_text("utf-8"))
 
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, ControlSpec], dict[str, Checklist], dict[str, str]]:
-    raw = yaml.safe_load(resources.files("emoscope.audit").joinpath("checklists.yaml").read_text("utf-8"))
+    raw = _raw()
     controls = {
-        name: ControlSpec(name, c["label"], tuple(c.get("aliases", ())), c.get("fails", ""))
+        name: ControlSpec(name, c["label"], tuple(c.get("aliases", ())), c.get("fails", ""), c.get("rules_out", ""))
         for name, c in raw["controls"].items()
     }
     kinds = {
-        kind: Checklist(kind, k.get("description", ""), tuple(k.get("required", ())), k.get("claims", True))
+        kind: Checklist(kind, k.get("description", ""), tuple(k.get("required", ())), k.get("claims", True),
+                        (k.get("min_n") or {}).get("n"), (k.get("min_n") or {}).get("unit", ""))
         for kind, k in raw["kinds"].items()
     }
     lookup: dict[str, str] = {}
@@ -76,9 +88,28 @@ def checklists() -> dict[str, Checklist]:
     """All checklists by kind.
 
     >>> checklists()["similarity"].required
-    ('length_control', 'null_distribution')
+    ('null_distribution', 'length_control', 'heldout_selection', 'seed_spread')
     """
     return dict(_table()[1])
+
+
+def checklist_version() -> int:
+    """The version of ``checklists.yaml`` findings are judged with (recorded on each finding).
+
+    >>> checklist_version() >= 2
+    True
+    """
+    return int(_raw().get("version", 1))
+
+
+def rules_out(name: str) -> str:
+    """The sentence saying what control ``name`` rules out ("" for a control no checklist knows).
+
+    >>> rules_out("length-only")
+    'prompt length alone (token and character counts) does not explain the accuracy'
+    """
+    canon = canonical_control(name)
+    return _table()[0][canon].rules_out if canon else ""
 
 
 def checklist_kinds() -> list[str]:
@@ -138,8 +169,10 @@ def assess(finding: Finding) -> tuple[str, list[str]]:
     >>> f = Finding(kind="similarity", claim="joy and sadness are opposite",
     ...             observation=Observation(metric="cosine", value=-0.7),
     ...             controls=[Control(name="null_distribution", value=0.1, passed=True)])
-    >>> assess(f)
-    ('needs controls', ['missing control: length control'])
+    >>> assess(f)[0]
+    'needs controls'
+    >>> assess(f)[1][0]
+    'missing control: length control'
     """
     ck = _table()[1][finding.kind]
     reasons: list[str] = []
@@ -158,6 +191,15 @@ def assess(finding: Finding) -> tuple[str, list[str]]:
             reasons.append(f"missing control: {controls[req].label}")
         elif seen[req].passed is None:
             reasons.append(f"control without an outcome: {controls[req].label} ran but was not judged")
+    if ck.min_n is not None:
+        n = finding.observation.n
+        unit = finding.observation.unit or ck.n_unit
+        if n is None:
+            reasons.append(f"n not recorded: a {finding.kind} finding needs n >= {ck.min_n} {ck.n_unit}")
+        elif n < ck.min_n:
+            reasons.append(f"n too small: {n} {unit} (at least {ck.min_n} {ck.n_unit} needed)")
     if finding.claim is not None and not ck.claims:
         reasons.append(f"kind {finding.kind!r} has no checklist; record the claim under a specific kind")
-    return ("needs controls" if reasons else "ships"), reasons
+    if reasons:
+        return "needs controls", reasons
+    return ("ships" if finding.claim is not None else "holds"), reasons

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 __all__ = ["SCHEMA_VERSION", "Verdict", "Observation", "Control", "Provenance", "Finding"]
 
 #: Version of the JSON layout of a finding; written on every ledger line.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-Verdict = Literal["ships", "needs controls", "fails"]
+#: ``ships``: a claim that passed its checklist; ``holds``: an observation (no claim) that did.
+Verdict = Literal["ships", "holds", "needs controls", "fails"]
 
 
 def _now() -> str:
@@ -113,6 +114,8 @@ class Finding(_Model):
     controls: list[Control] = Field(default_factory=list)
     verdict: Verdict | None = None
     reasons: list[str] = Field(default_factory=list)
+    #: the version of checklists.yaml the verdict was decided with
+    checklist_version: int | None = None
     provenance: Provenance = Field(default_factory=Provenance)
 
     @field_validator("kind")
@@ -132,7 +135,7 @@ class Finding(_Model):
 
     @model_validator(mode="after")
     def _decide(self, info: ValidationInfo) -> Finding:
-        from emoscope.audit.checklist import assess
+        from emoscope.audit.checklist import assess, checklist_version
 
         stored = bool(info.context and info.context.get("stored"))
         if stored and self.verdict is not None:
@@ -145,6 +148,7 @@ class Finding(_Model):
             )
         self.verdict = verdict
         self.reasons = reasons
+        self.checklist_version = checklist_version()
         return self
 
     @property
@@ -167,6 +171,7 @@ class Finding(_Model):
         data = self.model_dump()
         data.update(fields)
         data["verdict"] = None
+        data["checklist_version"] = None
         return Finding.model_validate(data)
 
 

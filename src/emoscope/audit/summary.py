@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from emoscope.audit.finding import Control, Finding
 
-__all__ = ["control_badge", "format_findings", "verdict_counts"]
+__all__ = ["control_badge", "format_findings", "verdict_counts", "describe_counts"]
 
 _MARK = {True: "pass", False: "FAIL", None: "ran"}
 
@@ -27,10 +27,30 @@ def verdict_counts(findings: Sequence[Finding], claims_only: bool = False) -> di
     """How many findings have each verdict.
 
     >>> verdict_counts([])
+    {'ships': 0, 'holds': 0, 'needs controls': 0, 'fails': 0}
+    >>> verdict_counts([], claims_only=True)
     {'ships': 0, 'needs controls': 0, 'fails': 0}
     """
     counts = Counter(f.verdict for f in findings if f.is_claim or not claims_only)
-    return {v: counts.get(v, 0) for v in ("ships", "needs controls", "fails")}
+    names = ("ships", "needs controls", "fails") if claims_only else ("ships", "holds", "needs controls", "fails")
+    return {v: counts.get(v, 0) for v in names}
+
+
+def describe_counts(findings: Sequence[Finding], n_tested: int | None = None) -> str:
+    """One line: claims by verdict, observations that hold, and how many claims the run's
+    correction ran over.
+
+    >>> describe_counts([], n_tested=0)
+    '0 claims (0 ships, 0 needs controls, 0 fails); 0 observations (0 hold); 0 claims tested, Holm across them'
+    """
+    claims = [f for f in findings if f.is_claim]
+    obs = [f for f in findings if not f.is_claim]
+    c = verdict_counts(claims, claims_only=True)
+    text = (f"{len(claims)} claims (" + ", ".join(f"{n} {v}" for v, n in c.items()) + f"); {len(obs)} observations "
+            f"({sum(f.verdict == 'holds' for f in obs)} hold)")
+    if n_tested is not None:
+        text += f"; {n_tested} claims tested, Holm across them"
+    return text
 
 
 def format_findings(findings: Sequence[Finding], width: int = 100) -> str:
@@ -39,7 +59,7 @@ def format_findings(findings: Sequence[Finding], width: int = 100) -> str:
     >>> from emoscope.audit import Observation
     >>> print(format_findings([Finding(id="a", kind="extraction",
     ...       observation=Observation(metric="norm", value=2.0))]))
-    [ships] a  extraction  (observation)
+    [holds] a  extraction  (observation)
       norm = 2
     """
     if not findings:

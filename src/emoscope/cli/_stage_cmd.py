@@ -221,17 +221,15 @@ def run_built(args: argparse.Namespace, spec: Any, **run_kw: Any):  # noqa: ANN2
 
 def print_outcome(run_dir: Path) -> None:
     """One summary block on stdout: where the report is and how the claims fared."""
-    from emoscope.audit import verdict_counts
+    from emoscope.audit import describe_counts
     from emoscope.core.rundir import RunDir
 
     rd = RunDir.open(run_dir)
     m = rd.read_manifest()
-    findings = rd.ledger.read()
-    counts = verdict_counts(findings, claims_only=True)
+    run = rd.findings()
     print(f"run directory: {rd.root}")
     print(f"report: {rd.report_path}")
-    print(f"findings: {len(findings)}; claims: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "none")
-          + f" (emoscope audit {rd.root})")
+    print(f"findings: {len(run.findings)}: {describe_counts(run.findings, run.n_tested)} (emoscope audit {rd.root})")
     unfinished = [f"{n} ({r.status})" for n, r in m.ordered_stages() if r.status != "done"]
     if unfinished:
         print("stages not done: " + ", ".join(unfinished))

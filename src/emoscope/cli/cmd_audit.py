@@ -22,22 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.audit import format_findings, verdict_counts
+    from emoscope.audit import describe_counts, format_findings
     from emoscope.core.rundir import RunDir
 
     rd = RunDir.open(args.run_dir)
     m = rd.read_manifest()
-    findings = rd.ledger.read()
+    run = rd.findings()
+    findings = run.findings
     blocking = [f for f in findings if f.blocks]
     if args.json:
         for f in findings:
             print(json.dumps(f.model_dump(mode="json"), sort_keys=True))
         return 1 if blocking else 0
     print(format_findings(findings))
-    counts = verdict_counts(findings, claims_only=True)
     print()
-    print(f"{m.spec_name} ({m.run_id}, status {m.status}): {len(findings)} findings, "
-          f"{sum(f.is_claim for f in findings)} claims — " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    print(f"{m.spec_name} ({m.run_id}, status {m.status}): {len(findings)} findings — "
+          + describe_counts(findings, run.n_tested))
     unfinished = [n for n, r in m.ordered_stages() if r.status != "done"]
     if unfinished:
         print("stages not done: " + ", ".join(f"{n} ({m.stages[n].status})" for n in unfinished))

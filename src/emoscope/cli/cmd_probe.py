@@ -39,6 +39,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="label permutations at the peak layer")
     add_option(p, "probe", ProbeOptions, "heldout", type=float,
                help="share of texts held out from choosing the layer (0: none)")
+    add_option(p, "probe", ProbeOptions, "transfer", metavar="DATASET",
+               help="a second dataset: the probe fitted here is scored on the classes both share (a control)")
     add_option(p, "vectors", VectorOptions, "method", choices=["diff_means", "pca_diff", "probe"],
                help="estimator for the saved vectors")
     add_option(p, "vectors", VectorOptions, "baseline", metavar="LABEL|all",

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from emoscope._io import atomic_write_json
 from emoscope.audit import Ledger
+from emoscope.core.claims import CorrectedRun, correct_claims
 from emoscope.core.manifest import Manifest
 from emoscope.errors import RunDirError
 
@@ -58,6 +59,11 @@ class RunDir:
     def ledger(self) -> Ledger:
         """The findings ledger of this run."""
         return Ledger(self.findings_path)
+
+    def findings(self, alpha: float = 0.05) -> CorrectedRun:
+        """The ledger's findings with the correction across the run's claims applied (Holm over
+        the claims that carry a p-value; see ``emoscope.core.claims``): what audit and report show."""
+        return correct_claims(self.ledger.read(), alpha)
 
     def make_dirs(self) -> None:
         for d in (self.tables, self.figures, self.internal):

@@ -40,6 +40,7 @@ __all__ = [
     "holm",
     "bonferroni",
     "binomial_interval",
+    "binomial_test",
     "rng_from",
     "HeldOutSelection",
     "heldout_select",
@@ -266,6 +267,20 @@ def binomial_interval(successes: int, n: int, level: float = 0.95) -> Interval:
         return Interval(float("nan"), float("nan"), float("nan"))
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="exact")
     return Interval(successes / n, float(ci.low), float(ci.high))
+
+
+def binomial_test(successes: int, n: int, p0: float, alternative: str = "greater") -> float:
+    """Exact binomial p-value of ``successes`` out of ``n`` against rate ``p0`` (e.g. held-out
+    accuracy against the majority-class rate); ``nan`` for ``n = 0``.
+
+    >>> binomial_test(18, 20, 0.5) < 0.001
+    True
+    """
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return float("nan")
+    return float(binomtest(int(successes), int(n), float(p0), alternative=alternative).pvalue)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pandas as pd
 from emoscope._io import sha256_json
 from emoscope._progress import progress
 from emoscope.core.directions import random_subspaces
-from emoscope.core.stats import bootstrap, holm
+from emoscope.core.stats import binomial_test, bootstrap, holm
 from emoscope.errors import InputError, LayerError
 from emoscope.probing import controls as ctl
 from emoscope.probing._solver import blas_threads
@@ -189,7 +189,12 @@ def _probe_layers(
         fit = ctl.train_once(Xp, y_all, dev, K, C, it, tol)
         correct = (fit.proba(Xp[ho])[:, 0].argmax(1) == y_all[ho]).astype(float)
         acc, lo, hi = bootstrap(correct, None if g_all is None else g_all[ho], **boot)
-        heldout = {"acc": acc, "lo": lo, "hi": hi, "n": int(ho.size), "layer": peak_layer}
+        # the p-value tests held-out accuracy against the majority-class rate of the dev rows
+        chance_dev = float((np.bincount(y, minlength=K) / y.size).max())
+        heldout = {"acc": acc, "lo": lo, "hi": hi, "n": int(ho.size), "layer": peak_layer,
+                   "n_per_class_min": int(np.bincount(y_all[ho], minlength=K).min()),
+                   "n_correct": int(correct.sum()),
+                   "p": binomial_test(int(correct.sum()), int(ho.size), chance_dev)}
 
     share = np.bincount(y, minlength=K) / y.size
     baselines: dict[str, Any] = {"chance": float(share.max()), "chance_uniform": 1.0 / K}

@@ -8,6 +8,7 @@ spread, held-out layer choice); the audit decides whether it ships.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +32,9 @@ class ProbeOptions(BaseModel):
     heldout: float = Field(default=0.2, ge=0.0, lt=0.5)  # 0: no held-out split
     nullspace_k: int = Field(default=3, ge=0)
     max_seed_sd: float = 0.05
+    # a second dataset (built-in name or path): the probe fitted on the spec's dataset at the
+    # chosen layer is scored on the classes the two share; the transfer accuracy becomes a control
+    transfer: str | None = None
 
 
 def min_class_size(n_folds: int, heldout: float) -> int:
@@ -62,10 +66,42 @@ def check_probe(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a 
         listed = ", ".join(f"{c!r} has {n}" for c, n in small.items())
         raise InputError(f"dataset {spec.dataset}: class {listed} text(s); the probe needs at least {need} per class "
                          f"for {opts.n_folds} folds{split}: add texts or lower the folds (--folds)")
+    if opts.transfer:
+        from emoscope.datasets import load_dataset
+
+        other = load_dataset(opts.transfer)
+        shared = sorted(set(counts) & set(other.labels))
+        if len(shared) < 2:
+            raise InputError(f"transfer dataset {opts.transfer} shares {len(shared)} class(es) with {spec.dataset} "
+                             f"({', '.join(shared) or 'none'}); it needs at least 2 in common")
     groups = getattr(dataset, "groups", None)
     if groups is not None and len(set(groups)) < need:
         raise InputError(f"dataset {spec.dataset}: {len(set(groups))} groups cannot fill {opts.n_folds} folds{split} "
                          f"(needs {need}): add groups or lower the folds (--folds)")
+
+
+def transfer_control(train_X, train_y, test_X, test_y, *, source: str, target: str, seed: int = 0) -> Control:  # noqa: ANN001
+    """Generalisation: a probe fitted on ``source`` rows scored on ``target`` rows of the classes
+    both share; passed when the accuracy's bootstrap interval lies above the majority-class rate
+    of the shared classes in the target."""
+    import numpy as np
+
+    from emoscope.core.stats import bootstrap
+    from emoscope.probing import LayerProbe
+
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    shared = sorted(set(train_y.tolist()) & set(test_y.tolist()))
+    if len(shared) < 2:
+        raise InputError(f"transfer dataset {target} shares {len(shared)} class(es) with {source} "
+                         f"({', '.join(shared) or 'none'}); it needs at least 2 in common")
+    tr, te = np.isin(train_y, shared), np.isin(test_y, shared)
+    probe = LayerProbe(n_folds=2, seeds=(seed,), n_boot=0, seed=seed).fit(train_X[tr], train_y[tr])
+    correct = (probe.predict(test_X[te]) == test_y[te]).astype(float)
+    acc, lo, hi = bootstrap(correct, seed=seed)
+    chance = max(float(np.mean(test_y[te] == c)) for c in shared)
+    return Control(name="transfer", value=round(acc, 4), passed=bool(lo > chance), threshold=f"> chance {chance:.2f}",
+                   note=f"fitted on {source}, scored on {int(te.sum())} texts of {target} "
+                        f"({len(shared)} shared classes); 95% interval [{lo:.2f}, {hi:.2f}]")
 
 
 def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float = 0.05) -> Finding:
@@ -97,18 +133,26 @@ def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float =
                             passed=None if sd is None or math.isnan(sd) else bool(sd <= max_seed_sd),
                             threshold=f"sd <= {max_seed_sd}"))
     h = report.heldout_acc
+    n_layers = int(len(report.table))
     controls.append(Control(name="heldout_layer_choice", value=None if not h else round(float(h["acc"]), 4),
                             passed=None if not h else bool(h["lo"] > chance),
                             threshold=f"held-out interval above chance {chance:.2f}",
-                            note="" if not h else f"[{h['lo']:.2f}, {h['hi']:.2f}], n={h['n']}"))
-    return Finding(
-        kind="probe",
-        claim=f"{dataset} classes are linearly decodable from resid[{report.peak_layer}] of {model_name}",
-        observation=Observation(metric="accuracy", value=round(acc, 4),
-                                interval=(round(float(peak["acc_lo"]), 4), round(float(peak["acc_hi"]), 4)),
-                                n=int(report.meta.get("n", 0)) or None),
-        controls=controls,
-    )
+                            note="not run (heldout: 0)" if not h else
+                            f"layer chosen among {n_layers} on the dev rows (CV accuracy {acc:.3f}); "
+                            f"held-out [{h['lo']:.2f}, {h['hi']:.2f}], n={h['n']}"))
+    claim = f"{dataset} classes are linearly decodable from resid[{report.peak_layer}] of {model_name}"
+    if h:  # the value reported is the held-out one: the layer was chosen on the other rows
+        obs = Observation(metric=f"held-out accuracy at layer {report.peak_layer} (chosen among {n_layers} layers "
+                                 "on the dev rows)", value=round(float(h["acc"]), 4),
+                          interval=(round(float(h["lo"]), 4), round(float(h["hi"]), 4)),
+                          n=int(h.get("n_per_class_min", 0)) or None, unit="held-out texts per class",
+                          p_value=h.get("p"), n_searched=n_layers)
+    else:
+        obs = Observation(metric=f"CV accuracy at layer {report.peak_layer}, the best of {n_layers} layers",
+                          value=round(acc, 4), interval=(round(float(peak["acc_lo"]), 4), round(float(peak["acc_hi"]), 4)),
+                          n=int(report.meta.get("n_per_class_min", 0)) or None, unit="texts per class",
+                          p_value=perm.get("p"), n_searched=n_layers)
+    return Finding(kind="probe", claim=claim, observation=obs, controls=controls)
 
 
 @register_stage("probe", options_model=ProbeOptions, check=check_probe, description="per-layer probes with controls on by default")
@@ -124,12 +168,23 @@ def probe_stage(ctx: RunContext) -> StageResult:
                           controls=controls, probe=LayerProbe(n_folds=opts.n_folds, seeds=tuple(opts.seeds)),
                           seed=ctx.seed)
     report.meta.setdefault("n", len(data.labels))
+    report.meta.setdefault("n_per_class_min", min(Counter(data.labels).values()))
     report.meta.setdefault("confound_ratio", controls.confound_ratio)
     ctx.write_table("probe_layers", report.table)
     ctx.write_table("probe_baselines", _baselines_table(report))
     ctx.save_figure("probe_layer_curve", report.figure(title=f"{ctx.model.name} on {ctx.spec.dataset}"))
-    ctx.add_finding(probe_finding(report, model_name=ctx.model.name, dataset=ctx.spec.dataset,
-                                  max_seed_sd=opts.max_seed_sd))
+    finding = probe_finding(report, model_name=ctx.model.name, dataset=ctx.spec.dataset, max_seed_sd=opts.max_seed_sd)
+    if opts.transfer:
+        from emoscope.datasets import load_dataset
+
+        other = load_dataset(opts.transfer)
+        layer = int(report.peak_layer)
+        other_acts = ctx.activations(texts=list(other.texts), layers=[layer], progress=False)
+        control = transfer_control(acts.get(layer), data.labels, other_acts.get(layer), other.labels,
+                                   source=ctx.spec.dataset, target=opts.transfer, seed=ctx.seed)
+        finding = finding.with_updates(controls=[*finding.controls, control])
+        ctx.note(f"transfer to {opts.transfer} at layer {layer}: accuracy {control.value} ({control.note})")
+    ctx.add_finding(finding)
     for note in report.notes + [f"confounded: {r}" for r in report.confound_reasons]:
         ctx.note(note)
     peak = report.peak

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from emoscope import __version__
 from emoscope._io import atomic_write_text
-from emoscope.audit import Finding, verdict_counts
+from emoscope.audit import Finding, describe_counts, verdict_counts
+from emoscope.audit.checklist import checklist_version, rules_out
 from emoscope.core.manifest import Manifest, StageRecord, now
 from emoscope.core.rundir import RunDir
 from emoscope.report.render import badge, csv_table, data_table, esc, figure, findings_table, slug
@@ -27,6 +28,7 @@ def _css() -> str:
 
 def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
     claims = verdict_counts(findings, claims_only=True)
+    holds = sum(f.verdict == "holds" for f in findings if not f.is_claim)
     done = sum(r.status == "done" for r in m.stages.values())
     skipped = sum(r.status == "skipped" for r in m.stages.values())
     cards = [
@@ -35,6 +37,7 @@ def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
                        + f", {len(m.stages) - done - skipped} other")),
         ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claims)")),
         *((f"claims: {v}", badge(str(n), "v-" + slug(v))) for v, n in claims.items()),
+        ("observations that hold", badge(str(holds), "v-holds")),
     ]
     card_html = "".join(f'<div class="card"><span class="muted">{esc(k)}</span><b>{v}</b></div>' for k, v in cards)
     git = m.environment.get("git", {}) or {}
@@ -116,11 +119,26 @@ def _manifest(m: Manifest) -> str:
             + f"<details><summary>manifest.json</summary><pre>{esc(raw)}</pre></details>")
 
 
+def _controls_legend(findings: list[Finding]) -> str:
+    """One sentence per control that ran: what it rules out when it passes."""
+    seen: dict[str, str] = {}
+    for f in findings:
+        for c in f.controls:
+            text = rules_out(c.name)
+            if text and c.name not in seen:
+                seen[c.name] = text
+    if not seen:
+        return ""
+    items = "".join(f"<li><code>{esc(n)}</code>: {esc(t)}.</li>" for n, t in seen.items())
+    return f'<h4>What each control rules out</h4><ul class="legend" id="controls-legend">{items}</ul>'
+
+
 def render_report(run_dir: str | os.PathLike[str]) -> str:
     """The report of ``run_dir`` as one HTML string (see ``write_report``)."""
     rd = RunDir.open(run_dir)
     m = rd.read_manifest()
-    findings = rd.ledger.read()
+    run = rd.findings()
+    findings = run.findings
     spec_text = rd.spec_path.read_text(encoding="utf-8") if rd.spec_path.is_file() else "(spec.yaml missing)"
     description = ""
     try:
@@ -136,8 +154,11 @@ def render_report(run_dir: str | os.PathLike[str]) -> str:
         _nav(m),
         '<section id="findings"><h2>Findings</h2>'
         '<p class="muted">A finding is an observation (a number with its interval); a claim says what it means. '
-        "A claim ships only when every control its checklist requires ran and passed.</p>"
-        + findings_table(findings) + "</section>",
+        "A claim <b>ships</b> only when every control its checklist requires ran and passed, its n meets the "
+        "kind's minimum, and it survives the correction across the run's claims; an observation that passed "
+        f"its checks <b>holds</b> (nothing is claimed about what it means). {esc(describe_counts(findings, run.n_tested))}. "
+        f"Judged with checklist version {checklist_version()}.</p>"
+        + findings_table(findings) + _controls_legend(findings) + "</section>",
         f'<section id="stages"><h2>Stages</h2>{stages}</section>',
         f'<section id="other-outputs"><h2>Other outputs</h2>{other or "<p class=muted>none</p>"}</section>',
         f'<section id="manifest"><h2>Manifest</h2>{_manifest(m)}</section>',
