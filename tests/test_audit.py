@@ -92,7 +92,7 @@ def test_fails_takes_precedence_and_lists_every_failure():
                 controls=[Control(name="random_vectors", value=0.38, passed=False),
                           Control(name="fluency", value=3.1, passed=False, threshold=1.5, note="explosive")])
     assert f.verdict == "fails"
-    assert f.reasons[0] == "random vectors of the same norm give 0.38, matching the joy score 0.4"
+    assert f.reasons[0] == "random vectors of the same norm are not beaten (test 0.38, threshold ?): they match the joy score 0.4"
     assert "fluency 3.1" in f.reasons[1] and f.reasons[1].endswith("— explosive")
 
 

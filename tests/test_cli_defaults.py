@@ -31,12 +31,13 @@ COMMANDS = {
     "steer": (["--model", "m", "--emotion", "joy", "--out", "o"], ["steer"],
               {"steer": {"vector", "emotion", "baseline", "position", "layers", "strengths", "unit", "positions",
                          "mode", "prompts", "n_prompts", "chat", "max_new_tokens", "n_random", "seeds",
-                         "temperature", "top_k", "top_p", "scorers", "target", "batch_rows", "alpha"}},
+                         "temperature", "top_k", "top_p", "scorers", "target", "batch_rows", "alpha", "random_kind"}},
               {"steer": {"emotion": "joy"}}),
     "introspect": (["--model", "m", "--out", "o"], ["introspect"],
                    {"introspect": {"concepts", "baseline_words", "controls", "layers", "strengths", "window",
                                    "n_random", "free_text", "max_new_tokens", "temperature", "prefill",
-                                   "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "unit", "claim"}},
+                                   "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "unit", "claim",
+                                   "random_kind", "n_splits"}},
                    {}),
 }
 
@@ -89,12 +90,12 @@ def test_steer_defaults_match_the_stage_not_the_old_cli():
     """The old `emoscope steer` had its own defaults (strengths -8..8, 3 random vectors, 48 tokens)."""
     args = build_parser().parse_args(["steer", "--model", "m", "--emotion", "joy", "--out", "o"])
     assert getattr(args, "steer.strengths") == SteerOptions().strengths == [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
-    assert getattr(args, "steer.n_random") == SteerOptions().n_random == 2
+    assert getattr(args, "steer.n_random") == SteerOptions().n_random == 10
     assert getattr(args, "steer.max_new_tokens") == SteerOptions().max_new_tokens == 32
     assert args.dataset == DEFAULT_DATASET
     helps = {a.dest: a.help for a in _subparser("steer")._actions}
     assert helps["steer.strengths"].endswith("(default: -2,-1,-0.5,0,0.5,1,2)")
-    assert helps["steer.n_random"].endswith("(default: 2)") and helps["steer.chat"].endswith("(default: chat on)")
+    assert helps["steer.n_random"].endswith("(default: 10)") and helps["steer.chat"].endswith("(default: chat on)")
 
 
 def test_flags_reach_the_spec():

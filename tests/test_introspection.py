@@ -439,7 +439,8 @@ def test_sweep_tables_follow_the_definitions(tiny_sweep):
     model, res = tiny_sweep
     cells = res.cells
     n_trials = 1 + len(QUESTIONS)
-    assert len(cells) == n_trials * (1 + (3 + 2) * 2 * 2)
+    # 3 concepts, 2 isotropic and 2 covariance-matched random vectors, 2 layers x 2 strengths
+    assert len(cells) == n_trials * (1 + (3 + 2 + 2) * 2 * 2)
     base = cells[cells.condition == "baseline"]
     assert (base["shift"] == 0).all() and set(base.kind) == {"detection", "control"}
     # concept and random vectors are injected with exactly the same norm at each layer x strength
@@ -455,22 +456,23 @@ def test_sweep_tables_follow_the_definitions(tiny_sweep):
         ctrl = g[g.kind == "control"]["shift"].mean()
         assert abs(pv.loc[(vec, layer, strength)].score - (det - ctrl)) < 1e-6
     s = res.summary
-    assert set(s.condition) == {"concept", "random"}
-    assert (s[s.condition == "concept"].n == 3).all() and (s[s.condition == "random"].n == 2).all()
+    assert set(s.condition) == {"concept", "random", "random_cov"}
+    assert (s[s.condition == "concept"].n == 3).all() and (s[s.condition != "concept"].n == 2).all()
     assert (s.score_lo <= s.score).all() and (s.score <= s.score_hi).all()
+    assert (s.score_min <= s.score_lo).all() and (s.score_hi <= s.score_max).all()
     assert res.meta["focus_layer"] == 2 and res.meta["focus_strength"] == 4.0
     assert res.meta["window_text"].startswith(".\n\nTrial 1")
-    assert set(res.lens.condition) == {"baseline", "concept", "random"}
+    assert set(res.lens.condition) == {"baseline", "concept", "random", "random_cov"}
     assert len(res.heads) == model.n_layers * model.n_heads
 
 
 def test_sweep_saves_tables_and_figures(tiny_sweep, tmp_path):
     _, res = tiny_sweep
     root = res.save(tmp_path / "out")
-    for name in ("strength", "layers", "lens", "heads"):
+    for name in ("strength", "layers", "lens", "heads", "heldout"):
         for ext in ("png", "svg"):
             assert (root / "figures" / f"introspect_{name}.{ext}").stat().st_size > 1000
-    for name in ("cells", "per_vector", "summary", "lens", "heads", "norms"):
+    for name in ("cells", "per_vector", "summary", "lens", "heads", "norms", "heldout"):
         assert (root / "tables" / f"introspect_{name}.csv").exists()
         assert (root / "tables" / f"introspect_{name}.json").exists()
     assert (root / "introspect.json").exists()
@@ -565,9 +567,9 @@ def test_free_text_sweep_with_a_judge():
                     strengths=[2], n_random=1, heads=False, n_boot=100, free_text=2, max_new_tokens=4, judge=judge)
     ft = res.free_text
     # 2 samples per concept and random cell; the baseline gets 2 per concept (its false-alarm rate)
-    assert ft.condition.value_counts().to_dict() == {"baseline": 2 * 2, "concept": 2 * 2, "random": 2}
+    assert ft.condition.value_counts().to_dict() == {"baseline": 2 * 2, "concept": 2 * 2, "random": 2,
+                                                     "random_cov": 2}
     assert ft[ft.condition == "baseline"]["sample"].tolist() == [0, 1, 2, 3]
-    assert set(ft.condition) == {"baseline", "concept", "random"}
     assert ft[ft.condition != "concept"].success.isna().all()
     assert {"affirms", "names_concept", "affirms_first", "coherent", "perplexity", "judge"} <= set(ft.columns)
     assert len(seen) == len(ft) and np.isfinite(ft.perplexity).all()
@@ -588,11 +590,13 @@ def test_stage_runs_into_a_run_directory_with_findings(tmp_path):
     assert opts.concepts == ["ocean", "bread", "dog"] and opts.layers == [1, 2] and opts.strengths == [1.0, 4.0]
     rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: intro_model("llama", True))
     findings = RunDir.open(rd.root).ledger.read()
-    assert len(findings) == 2 and {f.kind for f in findings} == {"introspection"}
-    for f in findings:
-        names = {c.name for c in f.controls}
-        assert names == {"control_questions", "logit_difference", "random_vectors"}
-        assert f.claim is None and f.observation.n == 3 and "strength 4" in f.observation.metric
+    # one finding: the cell chosen on 2 concepts and reported on the third
+    assert len(findings) == 1 and findings[0].kind == "introspection"
+    f = findings[0]
+    names = {c.name for c in f.controls}
+    assert names == {"heldout_selection", "control_questions", "logit_difference", "random_vectors", "seed_spread"}
+    assert f.claim is None and f.observation.n == 1 and f.observation.unit == "concepts"
+    assert f.observation.n_searched == 4 and f.verdict not in ("holds", "ships")
     assert (rd.root / "tables" / "introspect_summary.csv").exists()
     assert (rd.root / "figures" / "introspect_strength.png").exists()
 

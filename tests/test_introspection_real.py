@@ -34,7 +34,8 @@ def test_smollm_small_sweep(smollm):
     res = run_sweep(smollm, concepts=["ocean", "justice"], controls=load_control_questions()[:2], layers=[0.5],
                     strengths=[4], n_random=1, heads=True, n_boot=200)
     s = res.summary
-    assert set(s.condition) == {"concept", "random"} and len(s) == 2
+    assert set(s.condition) == {"concept", "random", "random_cov"} and len(s) == 3
+    assert res.heldout.n == 2 and res.heldout.n_searched == 1  # one cell swept: nothing searched
     assert np.isfinite(s[["detection_shift", "control_shift", "score"]].to_numpy()).all()
     assert res.heads.shape[0] == smollm.n_layers * smollm.n_heads
     assert 0 <= res.heads.injected.min() and res.heads.injected.max() <= 1 + 1e-5

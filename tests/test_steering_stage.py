@@ -27,16 +27,22 @@ def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
                           " scorers: [nrc, vader, perplexity, repetition, script]}\n")
     rd = run_spec(spec, tmp_path / "run", model_loader=lambda name: model, dataset_loader=lambda name: small)
     out = pd.read_csv(rd.tables / "steer_outputs.csv")
-    assert set(out.kind) == {"baseline", "vector", "random"} and len(out) == 3 * (1 + 2 + 2 * 2)
+    # per prompt: baseline + vector at +-2 + 2 random vectors of each of 2 kinds at +-2
+    assert set(out.kind) == {"baseline", "vector", "random"} and len(out) == 3 * (1 + 2 + 2 * 2 * 2)
+    assert set(out.random_kind[out.kind == "random"]) == {"isotropic", "covariance"}
     assert (out.vector[out.kind == "vector"] == "gratitude").all()
     success = pd.read_csv(rd.tables / "steer_success.csv")
     assert sorted(success.strength) == [-2, 2]
+    assert {"rank", "rank_p", "effect_cov", "rank_p_cov"} <= set(success.columns) and (success.n_random == 2).all()
     for name in ("steer_dose_response", "steer_regime_map"):
         assert (rd.figures / f"{name}.png").stat().st_size > 1000
     findings = rd.ledger.read()
     assert [f.kind for f in findings] == ["steering", "steering"]
     names = {c.name for c in findings[0].controls}
-    assert names == {"random_vectors", "multi_token_outputs", "fluency"}
+    assert names == {"random_vectors", "heldout_selection", "multi_token_outputs", "fluency", "seed_spread"}
+    obs = findings[0].observation
+    assert obs.n == 1 and obs.unit == "prompts" and obs.n_searched == 2  # 3 prompts: chosen on 2, reported on 1
+    assert findings[0].verdict != "ships"
     m = rd.read_manifest()
     assert m.stages["steer"].status == "done"
     assert any("regime thresholds" in n for n in m.stages["steer"].notes)

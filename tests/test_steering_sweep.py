@@ -75,7 +75,8 @@ def test_batched_sweep_equals_each_configuration_alone(family):
     vec = _joy(model)
     norms = {0: 1.5, 1: 2.0, 2: 2.5}
     sweep = SteeringSweep(model, vec, [1, 2], [0, 1, 3], PROMPTS, max_new_tokens=10, n_random=1, norms=norms,
-                          scorers=CHEAP, target="valence", batch_rows=11, progress=False)  # 11: several chunks
+                          random_kind="isotropic", scorers=CHEAP, target="valence", batch_rows=11,
+                          progress=False)  # 11: several chunks
     res = sweep.run()
     t = res.table
     # the plan: baseline + (vector + 1 random) x 2 layers x 4 strengths (+-1, +-3) per prompt
@@ -151,16 +152,47 @@ def test_controls_random_vectors_match_the_norm_and_are_seeded():
     norms = {(r.kind, r.vector, r.strength): round(float(np.linalg.norm(deltas[i][1])), 5)
              for i, r in plan.iterrows() if r.kind != "baseline"}
     assert set(norms.values()) == {4.0}  # strength 2 x token norm 2, for the vector and every random one
-    assert sorted(plan.vector.unique()) == ["baseline", "joy", "random-0", "random-1", "random-2"]
+    assert sorted(plan.vector.unique()) == ["baseline", "joy", "random-0", "random-1", "random-2", "random-cov-0",
+                                            "random-cov-1", "random-cov-2"]
+    rnd = plan[plan.kind == "random"]
+    assert (rnd.groupby("random_kind").size() == 3 * 2).all() and set(rnd.random_kind) == {"isotropic", "covariance"}
+    assert (plan.random_kind[plan.kind != "random"] == "").all()
     again, deltas2, _ = sweep.plan()
     assert all(np.array_equal(deltas[i].get(1, 0), deltas2[i].get(1, 0)) for i in range(len(again)))
     raw = SteeringSweep(model, vec, [1], [2], PROMPTS[:1], max_new_tokens=2, n_random=2, unit="raw",
                         scorers=CHEAP, target="valence", progress=False)
     plan, deltas, _ = raw.plan()
     want = 2 * float(np.linalg.norm(vec[1]))
+    assert (plan.kind == "random").sum() == 2 * 2 * 2  # 2 kinds x 2 vectors x +-2
     for i, r in plan.iterrows():
         if r.kind == "random":
             assert np.linalg.norm(deltas[i][1]) == pytest.approx(want, rel=1e-6)
+
+
+def test_covariance_matched_random_vectors_follow_the_neutral_covariance():
+    """Covariance-matched draws are scaled exactly like isotropic ones and point where neutral
+    activations vary: their mean variance under the neutral covariance is higher."""
+    from emoscope.vectors.units import neutral_covariance
+
+    model = tiny_model("llama")
+    vec = _joy(model)
+    sweep = SteeringSweep(model, vec, [1], [1], PROMPTS[:1], max_new_tokens=2, n_random=10, norms={1: 3.0},
+                          scorers=CHEAP, target="valence", progress=False)
+    plan, deltas, _ = sweep.plan()
+    cov = neutral_covariance(model, [1])[1]
+    by_kind = {}
+    for kind in ("isotropic", "covariance"):
+        rows = plan.index[(plan.kind == "random") & (plan.random_kind == kind) & (plan.strength == 1)]
+        d = np.stack([deltas[i][1] for i in rows])  # (k, d_model)
+        assert len(rows) == 10 and np.allclose(np.linalg.norm(d, axis=1), 3.0)  # the same norm for both kinds
+        by_kind[kind] = float(np.mean(np.einsum("kd,de,ke->k", d, cov, d)))
+    assert by_kind["covariance"] > by_kind["isotropic"]
+    only = SteeringSweep(model, vec, [1], [1], PROMPTS[:1], max_new_tokens=2, n_random=2, norms={1: 3.0},
+                         random_kind="covariance", scorers=CHEAP, target="valence", progress=False).plan()[0]
+    assert set(only.random_kind[only.kind == "random"]) == {"covariance"}
+    with pytest.raises(InputError, match="random_kind"):
+        SteeringSweep(model, vec, [1], [1], PROMPTS[:1], random_kind="gaussian", norms={1: 3.0}, scorers=CHEAP,
+                      target="valence", progress=False)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -202,7 +234,8 @@ def test_cli_steer_writes_the_sweep(tiny_cli, tmp_path, capsys):
                "--n-random", "1", "--scorers", "vader,repetition,script,nrc", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     table = pd.read_csv(out / "tables" / "steer_outputs.csv")
-    assert set(table.kind) == {"baseline", "vector", "random"} and len(table) == 3 * (1 + 2 * 2 * 2)
+    # per prompt: baseline + (vector + 1 isotropic + 1 covariance random) x 2 layers x +-2
+    assert set(table.kind) == {"baseline", "vector", "random"} and len(table) == 3 * (1 + 3 * 2 * 2)
     assert {"text", "regime", "target_score", "valence", "rep4", "script_leakage"} <= set(table.columns)
     spec = (out / "spec.yaml").read_text()
     assert "layers:\n  - 1\n  - 2" in spec and "n_random: 1" in spec

@@ -2,6 +2,7 @@
 
     emoscope introspect --model smollm2-135m --concepts default --layers 0.3,0.5,0.67,0.8 \\
         --strengths 1,2,4,8,16 --out runs/intro1 [--free-text N] [--window before_trial] [--n-random K]
+        [--random-kind isotropic|covariance|both]
 
 The arguments become the ``introspect`` section of a one-stage spec, run like ``emoscope run``:
 the run directory gets the spec, a manifest, tables, figures, findings and ``report.html``.
@@ -51,7 +52,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="strengths in units of the mean residual norm at the layer")
     add_option(p, "introspect", O, "window", choices=["before_trial", "prompt_start", "generation_only"],
                help="where the vector is added (before_trial: from the blank line before 'Trial 1')")
-    add_option(p, "introspect", O, "n_random", type=int, metavar="K", help="random vectors of the same norm")
+    add_option(p, "introspect", O, "n_random", type=int, metavar="K", help="random vectors of the same norm, of each kind")
+    add_option(p, "introspect", O, "random_kind", choices=["isotropic", "covariance", "both"],
+               help="random directions: isotropic, covariance-matched (neutral text), or both (the finding is "
+                    "judged against isotropic)")
+    add_option(p, "introspect", O, "n_splits", type=int,
+               help="seeds of the concept split behind the seed-spread control (at least 3)")
     add_option(p, "introspect", O, "free_text", type=int, metavar="N",
                help="also sample N answers per detection cell and grade them by rules (slow)")
     add_option(p, "introspect", O, "max_new_tokens", type=int, help="free-text answer length")

@@ -66,7 +66,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, "steer", O, "chat", "--no-chat", action="store_false",
                help="do not wrap prompts in the chat template")
     add_option(p, "steer", O, "max_new_tokens", type=int, help="tokens generated per prompt")
-    add_option(p, "steer", O, "n_random", type=int, help="random matched-norm control vectors")
+    add_option(p, "steer", O, "n_random", type=int, help="random matched-norm control vectors (per kind)")
+    add_option(p, "steer", O, "random_kind", choices=["isotropic", "covariance", "both"],
+               help="random directions: isotropic, covariance-matched to neutral activations, or both")
     add_option(p, "steer", O, "seeds", type=ints, help="sampling seeds, comma-separated (greedy uses the first)")
     add_option(p, "steer", O, "temperature", type=float, help="0 = greedy")
     add_option(p, "steer", O, "top_p", type=float, help="nucleus sampling")
@@ -75,7 +77,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="comma-separated scorers; classifier:/path/to/model adds a text classifier")
     add_option(p, "steer", O, "target", shown="from the vector's name, e.g. nrc_joy", help="target score column")
     add_option(p, "steer", O, "batch_rows", type=int, help="rows per decode batch (memory)")
-    add_option(p, "steer", O, "alpha", type=float, help="family-wise level of the claim (Bonferroni over cells)")
+    add_option(p, "steer", O, "alpha", type=float, help="level of the held-out test behind the claim (the cell is chosen on the other prompts)")
     add_run_arguments(p, seed_flags=("--seed", "--random-state"))
     allow_negative_lists(p)
 
@@ -110,9 +112,11 @@ def _print_summary(rd) -> None:  # noqa: ANN001 - emoscope.core.rundir.RunDir
     print(f"{len(t)} generations ({m.get('decode_seconds', float('nan')):.1f} s decoding); target "
           f"{m.get('target', '?')}, baseline mean {base:.3f}")
     if len(s):
-        cols = [c for c in ("vector", "layer", "strength", "mean_change", "mean_change_random", "effect",
-                            "p_bonferroni", "success_rate", "share_surgical", "share_repetitive_collapse",
-                            "share_explosive") if c in s]
+        cols = [c for c in ("vector", "layer", "strength", "n", "mean_change", "mean_change_random", "effect",
+                            "p_value", "rank_p", "effect_cov", "success_rate", "share_surgical",
+                            "share_repetitive_collapse", "share_explosive") if c in s]
+        print("per cell, on all prompts (descriptive; the finding chooses its cell on half the prompts and "
+              "reports it on the other half):")
         with pd.option_context("display.width", 200, "display.max_rows", 200):
             print(s[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for line in regime_switches(t):

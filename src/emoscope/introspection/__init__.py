@@ -4,8 +4,11 @@ residual stream, beyond what the same injection does to unrelated yes/no questio
 The measure is the yes-minus-no logit difference at the answer position (probabilities are
 shown beside it, never instead). Every concept × layer × strength cell is run on the detection
 question and on the control questions at the same layer and strength, against the
-no-injection baseline and random vectors of the same norm; the introspection score is the
-detection shift minus the control shift, with a bootstrap interval over concepts.
+no-injection baseline and random vectors of the same norm (isotropic and covariance-matched,
+10 of each by default); the introspection score is the detection shift minus the control shift,
+with a bootstrap interval over concepts. The finding reports one (layer, strength) cell chosen
+on half the concepts and measured on the other half, tested against the random vectors as a
+distribution (``heldout.py``).
 ``InjectionSweep(...).run()`` has the shape of ``SteeringSweep``; ``stage.py`` is the
 ``introspect`` run stage. Injection hooks and KV-cache forks come from ``emoscope.models``.
 

@@ -6,7 +6,7 @@ A concept vector at layer ``l`` is ``resid[l]`` at the last token of the chat-fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,13 @@ def concept_vectors(model: Any, concepts: Any = "default", baseline: Any = "defa
     return out
 
 
-def random_vectors(d: int, layers: Sequence[int], k: int, *, seed: int = 0) -> list[ConceptVector]:
-    """``k`` isotropic Gaussian directions per layer (unit norm; the sweep scales them exactly
-    like the concept vectors, so their norms match), seeded.
+def random_vectors(d: int, layers: Sequence[int], k: int, *, seed: Any = 0,
+                   cov: Mapping[int, np.ndarray] | None = None, prefix: str = "random") -> list[ConceptVector]:
+    """``k`` random directions per layer (unit norm; the sweep scales them exactly like the
+    concept vectors, so their norms match), seeded: isotropic Gaussian draws, or
+    covariance-matched ones when ``cov`` maps each layer to an activation covariance (see
+    ``emoscope.core.directions``). ``seed``: an int, or a tuple of ints (a seed sequence, so
+    two kinds drawn for one run get independent streams). Named ``{prefix}:{j}``.
 
     >>> r = random_vectors(8, [0, 3], 2, seed=1)
     >>> [v.name for v in r], round(r[0].norms()[3], 6)
@@ -88,8 +92,10 @@ def random_vectors(d: int, layers: Sequence[int], k: int, *, seed: int = 0) -> l
     """
     from emoscope.core.directions import random_layer_directions
 
+    method = "isotropic gaussian" if cov is None else "covariance-matched gaussian (neutral-corpus covariance)"
     out = []
-    for j, draw in enumerate(random_layer_directions(d, layers, k, seed)):
+    for j, draw in enumerate(random_layer_directions(d, layers, k, seed, cov=cov)):
         vecs = {layer: v.astype(np.float32) for layer, v in draw.items()}
-        out.append(ConceptVector(f"random:{j}", vecs, {"method": "isotropic gaussian", "seed": seed}))
+        out.append(ConceptVector(f"{prefix}:{j}", vecs, {"method": method,
+                                                          "seed": list(seed) if isinstance(seed, tuple) else seed}))
     return out

@@ -1,9 +1,12 @@
 """Figures of a sweep (matplotlib ``Figure`` objects, Agg; no pyplot state).
 
 - ``introspect_strength``: shift against strength, one panel per layer, one line per
-  condition (concept detection, concept control, random detection, random control), with the
-  bootstrap interval over vectors as a band
+  condition (concept detection, concept control, random detection, random control, for isotropic
+  and covariance-matched random vectors); concepts carry the bootstrap interval of their mean as a
+  band, random vectors the min–max band over vectors (their spread, not just their mean)
 - ``introspect_layers``: the same against relative depth at the focus strength, plus the score
+- ``introspect_heldout``: at the reported cell, every vector's score as a dot (report and
+  selection concepts, each random vector of each kind), with the held-out mean and interval
 - ``introspect_lens``: logit lens of the yes-no difference across layers
 - ``introspect_heads``: attention from the answer position to the window per (layer, head)
 """
@@ -16,20 +19,42 @@ import numpy as np
 
 from emoscope.core.figures import new_figure
 
-__all__ = ["strength_figure", "layer_figure", "lens_figure", "heads_figure", "sweep_figures"]
+__all__ = ["strength_figure", "layer_figure", "heldout_figure", "lens_figure", "heads_figure", "sweep_figures"]
 
 _STYLE = {
     ("concept", "detection_shift"): ("#c4362b", "-", "concept: detection"),
     ("concept", "control_shift"): ("#3465a4", "-", "concept: control questions"),
     ("random", "detection_shift"): ("#c4362b", ":", "random: detection"),
     ("random", "control_shift"): ("#3465a4", ":", "random: control questions"),
+    ("random_cov", "detection_shift"): ("#c4362b", "-.", "random (cov.-matched): detection"),
+    ("random_cov", "control_shift"): ("#3465a4", "-.", "random (cov.-matched): control questions"),
 }
 
 
-def _band(ax: Any, x: Any, g: Any, col: str, color: str, ls: str, label: str) -> None:
-    ax.plot(x, g[col], color=color, ls=ls, marker="o", ms=3, label=label)
-    if f"{col}_lo" in g and g[f"{col}_lo"].notna().any():
-        ax.fill_between(x, g[f"{col}_lo"], g[f"{col}_hi"], color=color, alpha=0.12 if ls == "-" else 0.06)
+_SPREAD_COLOR = {"random": "#75507b", "random_cov": "#c17d11"}
+
+
+def _band(ax: Any, x: Any, g: Any, col: str, color: str, ls: str, label: str, cond: str = "concept") -> None:
+    """A mean line with a band: the bootstrap interval of the mean for concepts; for random
+    vectors the min–max over vectors (``*_min`` / ``*_max``: their spread is the point of the
+    control), drawn for the detection shift and the score (purple isotropic, ochre
+    covariance-matched), the control-question line alone."""
+    spread = cond in _SPREAD_COLOR
+    band = not spread or col in ("detection_shift", "score")
+    n = f" (mean; band min–max of {int(g.n.max())})" if spread and band and "n" in g else ""
+    ax.plot(x, g[col], color=color, ls=ls, marker="o", ms=3, label=label + n)
+    lo, hi = (f"{col}_min", f"{col}_max") if spread else (f"{col}_lo", f"{col}_hi")
+    if band and lo in g and g[lo].notna().any():
+        fill = _SPREAD_COLOR.get(cond, color)
+        ax.fill_between(x, g[lo], g[hi], color=fill, alpha=0.10 if spread else 0.12, lw=0)
+        if spread:
+            for edge in (lo, hi):
+                ax.plot(x, g[edge], color=fill, lw=0.6, alpha=0.6)
+
+
+def _legend(fig: Any, axes: Any) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7, frameon=False)
 
 
 def _strength_axis(ax: Any, strengths: list[float]) -> None:
@@ -45,44 +70,83 @@ def _strength_axis(ax: Any, strengths: list[float]) -> None:
 def strength_figure(summary: Any, title: str = "") -> Any:
     """Shift in the yes-no logit difference against strength, one panel per injected layer."""
     layers = sorted(summary.layer.unique())
-    fig = new_figure(3.2 * len(layers) + 0.6, 3.4, layout="constrained")
+    fig = new_figure(3.2 * len(layers) + 0.6, 4.6, layout="constrained")
     axes = fig.subplots(1, len(layers), sharey=True, squeeze=False)[0]
     for ax, layer in zip(axes, layers, strict=True):
         sub = summary[summary.layer == layer]
         for (cond, col), (color, ls, label) in _STYLE.items():
             g = sub[sub.condition == cond].sort_values("strength")
             if len(g):
-                _band(ax, g.strength, g, col, color, ls, label)
+                _band(ax, g.strength, g, col, color, ls, label, cond)
         ax.axhline(0, color="0.5", lw=0.8)
         _strength_axis(ax, sorted(summary.strength.unique()))
         ax.set_xlabel("strength (× mean residual norm)")
         ax.set_title(f"layer {layer} ({sub.relative_depth.iloc[0]:.2f})", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("shift in logit(yes) − logit(no)")
-    axes[-1].legend(frameon=False, fontsize=7)
+    _legend(fig, axes)
     fig.suptitle(title or "Concept injection: detection vs control vs random", fontsize=10)
     return fig
 
 
 def layer_figure(summary: Any, strength: float, title: str = "") -> Any:
-    """Shifts and the introspection score against relative depth at one strength."""
-    fig = new_figure(6.4, 3.6, layout="constrained")
-    ax = fig.add_subplot()
+    """Shifts (left) and the introspection score (right) against relative depth at one strength."""
+    fig = new_figure(9.6, 4.4, layout="constrained")
+    a1, a2 = fig.subplots(1, 2)
     sub = summary[summary.strength == strength]
     for (cond, col), (color, ls, label) in _STYLE.items():
         g = sub[sub.condition == cond].sort_values("relative_depth")
         if len(g):
-            _band(ax, g.relative_depth, g, col, color, ls, label)
-    for cond, ls in (("concept", "-"), ("random", ":")):
+            _band(a1, g.relative_depth, g, col, color, ls, label, cond)
+    for cond, ls in (("concept", "-"), ("random", ":"), ("random_cov", "-.")):
         g = sub[sub.condition == cond].sort_values("relative_depth")
         if len(g):
-            _band(ax, g.relative_depth, g, "score", "#4e9a06", ls, f"{cond}: score (detection − control)")
+            _band(a2, g.relative_depth, g, "score", "#4e9a06", ls, f"{cond}: score", cond)
+    for ax, name in ((a1, "shifts"), (a2, "score (detection − control)")):
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("relative depth of the injected layer")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1)
+    a1.set_ylabel("shift in logit(yes) − logit(no)")
+    a2.set_ylabel("score")
+    fig.suptitle(title or f"Layer sweep at strength {strength:g}", fontsize=10)
+    return fig
+
+
+def heldout_figure(per_vector: Any, heldout: Any, title: str = "") -> Any:
+    """Every vector's introspection score at the reported cell: the report concepts, the
+    selection concepts (shown hollow: they chose the cell), and each random vector of each kind,
+    with the held-out mean and its interval."""
+    fig = new_figure(6.4, 3.6, layout="constrained")
+    ax = fig.add_subplot()
+    at = per_vector[(per_vector.layer == heldout.layer) & (per_vector.strength == heldout.strength)]
+    concept = at[at.condition == "concept"].set_index("vector").score
+    groups = [("report concepts", concept.reindex(list(heldout.report)), "#c4362b", True)]
+    if heldout.select:
+        groups.append(("selection concepts", concept.reindex(list(heldout.select)), "#c4362b", False))
+    for cond, label, color in (("random", "random (isotropic)", "#75507b"),
+                               ("random_cov", "random (cov.-matched)", "#c17d11")):
+        g = at[at.condition == cond].score
+        if len(g):
+            groups.append((label, g, color, True))
+    jitter = np.random.default_rng(0)
+    for i, (_label, vals, color, filled) in enumerate(groups):
+        v = np.asarray(vals, dtype=float)
+        x = i + jitter.uniform(-0.15, 0.15, size=v.size)
+        ax.scatter(x, v, s=18, color=color if filled else "none", edgecolors=color, lw=0.8, zorder=3)
+        if v.size:
+            ax.hlines(np.nanmean(v), i - 0.3, i + 0.3, color=color, lw=1.5)
+    s = heldout.score
+    if s.lo == s.lo:
+        ax.errorbar([0.38], [s.point], yerr=[[s.point - s.lo], [s.hi - s.point]], fmt="o", color="k", ms=3,
+                    capsize=3, lw=1, zorder=4)
     ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("relative depth of the injected layer")
-    ax.set_ylabel("shift in logit(yes) − logit(no)")
-    ax.set_title(title or f"Layer sweep at strength {strength:g}", fontsize=10)
-    ax.legend(frameon=False, fontsize=7)
-    ax.grid(alpha=0.3)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{g[0]}\n(n={len(g[1])})" for g in groups], fontsize=7)
+    ax.set_ylabel("score: detection − control shift")
+    ax.set_title(title or f"Reported cell: layer {heldout.layer}, strength {heldout.strength:g}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     return fig
 
 
@@ -90,7 +154,7 @@ def lens_figure(lens: Any, title: str = "") -> Any:
     """Logit lens of the yes-no difference per layer for baseline, concept and random."""
     fig = new_figure(6.4, 3.6, layout="constrained")
     ax = fig.add_subplot()
-    colors = {"baseline": "0.3", "concept": "#c4362b", "random": "#75507b"}
+    colors = {"baseline": "0.3", "concept": "#c4362b", "random": "#75507b", "random_cov": "#c17d11"}
     for (cond, kind), g in lens.groupby(["condition", "kind"], sort=True):
         ax.plot(g.lens_layer, g.logit_diff, color=colors.get(cond, "k"), ls="-" if kind == "detection" else "--",
                 marker="o", ms=2.5, label=f"{cond}, {kind}")
@@ -140,6 +204,11 @@ def sweep_figures(result: Any) -> dict[str, Any]:
         "introspect_lens": lens_figure(result.lens, f"Logit lens, injection at layer {m['focus_layer']}, "
                                                     f"strength {m['focus_strength']:g} — {tag}"),
     }
+    h = getattr(result, "heldout", None)
+    if h is not None:
+        how = f"chosen on {len(h.select)} concepts, reported on {h.n}" if h.select else "fixed cell"
+        figs["introspect_heldout"] = heldout_figure(
+            result.per_vector, h, f"Layer {h.layer}, strength {h.strength:g} ({how}) — {tag}")
     if result.heads is not None:
         figs["introspect_heads"] = heads_figure(
             result.heads, f"Attention to the window, layer {m['focus_layer']}, strength {m['focus_strength']:g}")

@@ -1,14 +1,23 @@
 """The ``introspect`` stage: concept injection scored by yes-no logit differences.
 
 It runs ``emoscope.introspection.run_sweep`` on the spec's model, writes its tables
-(``introspect_*``) and figures, and records one ``introspection`` finding per injected layer at
-the focus strength. Each finding is an observation (no claim unless the spec gives one in
-``introspect.claim``) with its three controls judged:
+(``introspect_*``) and figures, and records one ``introspection`` finding: one (layer, strength)
+cell, chosen on a seeded half of the concepts by mean introspection score and reported on the
+other half (``emoscope.introspection.heldout``; when the spec fixes ``focus_layer`` and
+``focus_strength`` nothing is searched and every concept is reported). Its ``n`` counts report
+concepts. The finding is an observation (no claim unless the spec gives one in
+``introspect.claim``) with its controls judged on the report concepts:
 
+- held-out selection: chosen on N concepts, reported on M (or nothing searched);
 - control questions at the same strength: passed when the score's interval (detection shift
   minus control shift) lies above 0;
 - logit differences: passed when the detection shift's interval lies above 0;
-- random vectors: passed when the concept score's interval lies above the random-vector score.
+- random vectors: a one-sided Mann-Whitney test of the report concepts' scores against the
+  isotropic random vectors' scores at the same cell (one vector = one unit), passed at p < 0.05;
+  the note gives the covariance-matched comparison too, the rank floor of the design, and says
+  when the model has massive dimensions (then neither kind of random direction is neutral);
+- seed spread: the held-out score over ``n_splits`` seeds of the concept split and the
+  random-vector comparison over subsets of the random vectors: signs stable, sd < 0.5 × |score|.
 
 Spec section (all optional)::
 
@@ -17,7 +26,8 @@ Spec section (all optional)::
       layers: [0.3, 0.5, 0.67, 0.8]
       strengths: [1, 2, 4, 8, 16]
       window: before_trial         # prompt_start | generation_only
-      n_random: 4
+      n_random: 10                 # random vectors of each kind
+      random_kind: both            # isotropic | covariance | both
       free_text: 0                 # N sampled answers per cell, graded by rules
 """
 
@@ -31,9 +41,12 @@ from emoscope.audit import Control, Finding, Observation
 from emoscope.core.stages import StageResult, register_stage
 
 if TYPE_CHECKING:
+    from emoscope.introspection.heldout import HeldOutFinding
+    from emoscope.introspection.sweep import InjectionResult
     from emoscope.runs.context import RunContext
 
-__all__ = ["IntrospectOptions", "introspect_stage", "findings_from_summary", "check_introspect"]
+__all__ = ["IntrospectOptions", "introspect_stage", "introspection_finding", "findings_from_result",
+           "check_introspect"]
 
 
 class IntrospectOptions(BaseModel):
@@ -47,7 +60,9 @@ class IntrospectOptions(BaseModel):
     layers: str | list[int | float] = Field(default_factory=lambda: [0.3, 0.5, 0.67, 0.8])
     strengths: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1)
     window: Literal["before_trial", "prompt_start", "generation_only"] = "before_trial"
-    n_random: int = Field(default=4, ge=0)
+    n_random: int = Field(default=10, ge=0)
+    random_kind: Literal["isotropic", "covariance", "both"] = "both"
+    n_splits: int = Field(default=5, ge=3)
     prefill: str | None = None
     batch_size: int = Field(default=64, ge=1)
     focus_layer: int | None = None
@@ -61,35 +76,62 @@ class IntrospectOptions(BaseModel):
     claim: str | None = None
 
 
-def findings_from_summary(summary, *, strength: float, claim: str | None = None) -> list[Finding]:  # noqa: ANN001
-    """One ``introspection`` finding per injected layer at ``strength`` (see module doc)."""
-    out = []
-    concept = summary[(summary.condition == "concept") & (summary.strength == strength)]
-    rand = summary[(summary.condition == "random") & (summary.strength == strength)].set_index("layer")
-    for r in concept.itertuples():
-        interval = None if r.score_lo != r.score_lo else (float(r.score_lo), float(r.score_hi))
-        rr = rand.loc[r.layer] if r.layer in rand.index else None
-        controls = [
-            Control(name="control_questions", value=float(r.control_shift), threshold=0.0,
-                    passed=bool(r.score_lo > 0) if interval else None,
-                    note=f"score interval [{r.score_lo:.3g}, {r.score_hi:.3g}]"),
-            Control(name="logit_difference", value=float(r.detection_shift), threshold=0.0,
-                    passed=bool(r.detection_shift_lo > 0) if r.detection_shift_lo == r.detection_shift_lo else None,
-                    note="yes-minus-no logit difference (log-sum-exp over spellings), shift from no injection"),
-        ]
-        if rr is not None:
-            controls.append(Control(name="random_vectors", value=float(rr.score), threshold=float(rr.score),
-                                    passed=bool(r.score_lo > rr.score) if interval else None,
-                                    note=f"{int(rr.n)} random vectors of the same norm"))
-        out.append(Finding(
-            kind="introspection", claim=claim,
-            observation=Observation(
-                metric=f"introspection score (detection shift − control shift), layer {r.layer} "
-                       f"(depth {r.relative_depth:.2f}), strength {strength:g}",
-                value=float(r.score), interval=interval, n=int(r.n)),
-            controls=controls,
-        ))
-    return out
+def _random_note(h: HeldOutFinding, massive: dict[int, list[int]] | None, massive_share: float) -> str:
+    main = h.judged_against
+    other = h.random_cov if main is h.random else None
+    text = f"judged against {main.kind} random vectors: {main.describe()}"
+    if other is not None:
+        text += f". Covariance-matched (reported, not judged): {other.describe()}"
+    dims = (massive or {}).get(h.layer) or []
+    if dims:
+        text += (f". Layer {h.layer} has massive dimension(s) {dims} (each > {massive_share:.0%} of ||resid||^2 on "
+                 "neutral text): neither kind of random direction is neutral there; isotropic draws almost never "
+                 "point along them, covariance-matched ones almost always do")
+    return text
+
+
+def introspection_finding(h: HeldOutFinding, *, claim: str | None = None, massive: dict[int, list[int]] | None = None,
+                          massive_share: float = 0.05) -> Finding:
+    """The ``introspection`` finding of a sweep's reported cell (see the module doc)."""
+    score = h.score
+    interval = None if score.lo != score.lo else (float(score.lo), float(score.hi))
+    det = h.detection_shift
+    on = f"on the {h.n} report concept{'s' * (h.n != 1)}"
+    controls = [
+        Control(name="heldout_selection", value=float(score.point), passed=True, note=h.selection_note),
+        Control(name="control_questions", value=float(h.control_shift.point), threshold=0.0,
+                passed=bool(score.lo > 0) if interval else None,
+                note=f"{on}: score interval [{score.lo:.3g}, {score.hi:.3g}], control shift "
+                     f"{h.control_shift.point:+.3g} [{h.control_shift.lo:.3g}, {h.control_shift.hi:.3g}]"),
+        Control(name="logit_difference", value=float(det.point), threshold=0.0,
+                passed=bool(det.lo > 0) if det.lo == det.lo else None,
+                note=f"{on}: yes-minus-no logit difference (log-sum-exp over spellings), shift from no injection "
+                     f"{det.point:+.3g} [{det.lo:.3g}, {det.hi:.3g}]"),
+    ]
+    main = h.judged_against
+    if main is not None:
+        controls.append(Control(name="random_vectors", value=float(main.p_value), threshold=main.alpha,
+                                passed=main.passed, note=_random_note(h, massive, massive_share)))
+    controls.append(Control(name="seed_spread", value=float(h.spread_sd), threshold=float(h.spread_threshold),
+                            passed=h.spread_passed, note=h.spread_note))
+    return Finding(
+        kind="introspection", claim=claim,
+        observation=Observation(
+            metric=f"held-out introspection score (detection shift − control shift), layer {h.layer} "
+                   f"(depth {h.relative_depth:.2f}), strength {h.strength:g}",
+            value=float(score.point), interval=interval, n=h.n, unit="concepts",
+            p_value=None if h.p_value != h.p_value else float(h.p_value), n_searched=h.n_searched),
+        controls=controls,
+    )
+
+
+def findings_from_result(res: InjectionResult, *, claim: str | None = None) -> list[Finding]:
+    """The finding of a sweep result (one: the held-out cell)."""
+    if res.heldout is None:
+        return []
+    m = res.meta
+    return [introspection_finding(res.heldout, claim=claim, massive=m.get("massive_dims"),
+                                  massive_share=m.get("massive_share", 0.05))]
 
 
 def check_introspect(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.Spec; no dataset needed
@@ -116,14 +158,14 @@ def introspect_stage(ctx: RunContext) -> StageResult:
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
         batch_size=o.batch_size, focus_layer=o.focus_layer, focus_strength=o.focus_strength, heads=o.heads,
         n_boot=o.n_boot, free_text=o.free_text, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-        unit=o.unit, progress=not is_quiet(),
+        unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits, progress=not is_quiet(),
     )
     for name, df in res.tables().items():
         ctx.write_table(name, df)
     for name, fig in res.figures().items():
         ctx.save_figure(name, fig)
     m = res.meta
-    for f in findings_from_summary(res.summary, strength=m["focus_strength"], claim=o.claim):
+    for f in findings_from_result(res, claim=o.claim):
         ctx.add_finding(f)
     ctx.note(f"strength unit: {m['strength_unit']}")
     for r in res.norms.itertuples():
@@ -137,16 +179,29 @@ def introspect_stage(ctx: RunContext) -> StageResult:
     ctx.note(f"yes spellings {m['yes_tokens']}, no spellings {m['no_tokens']}")
     if not m["chat_template"]:
         ctx.note("the model has no chat template: trials use plain 'User: ... Assistant:' text")
-    f = res.focus()
-    r = res.focus("random") if o.n_random else None
-    summary = (f"layer {m['focus_layer']}, strength {m['focus_strength']:g}: detection shift "
-               f"{f.detection_shift:+.3f}, control shift {f.control_shift:+.3f}, score {f.score:+.3f} "
-               f"[{f.score_lo:+.3f}, {f.score_hi:+.3f}]"
-               + (f" vs random {r.score:+.3f}" if r is not None else " (no random vectors)"))
+    h = res.heldout
+    how = (f"chosen on {len(h.select)} of {len(h.select) + h.n} concepts among {h.n_searched} cells"
+           if h.select else "fixed, nothing searched")
+    summary = (f"layer {h.layer}, strength {h.strength:g} ({how}): held-out score {h.score.point:+.3f} "
+               f"[{h.score.lo:+.3f}, {h.score.hi:+.3f}] on {h.n} concepts, Wilcoxon p {h.p_value:.3g}")
     metrics = {"n_cells": m["n_cells"], "focus_layer": m["focus_layer"], "focus_strength": m["focus_strength"],
-               "score": round(float(f.score), 4)}
-    if r is not None:
-        metrics["random_score"] = round(float(r.score), 4)
+               "heldout_layer": h.layer, "heldout_strength": h.strength, "n_searched": h.n_searched,
+               "n_report": h.n, "score": round(float(h.score.point), 4), "p_value": h.p_value}
+    for cmp in (h.random, h.random_cov):
+        if cmp is not None:
+            summary += f"; vs {cmp.kind} random (n={cmp.n_random}) mean {cmp.random_mean:+.3f}, Mann-Whitney p {cmp.p_value:.3g}"
+            metrics[f"{cmp.condition}_score"] = round(cmp.random_mean, 4)
+            metrics[f"p_vs_{cmp.condition}"] = cmp.p_value
+    if h.random is None and h.random_cov is None:
+        summary += " (no random vectors)"
+    ctx.note(f"reported cell: {h.selection_note}; the logit lens and heads use the focus cell fixed before the data "
+             f"(layer {m['focus_layer']}, strength {m['focus_strength']:g})")
+    massive = {layer: dims for layer, dims in (m.get("massive_dims") or {}).items() if dims}
+    if massive:
+        ctx.note("massive dimensions on neutral text (layer: dims) "
+                 + ", ".join(f"{layer}: {dims}" for layer, dims in massive.items())
+                 + "; neither isotropic nor covariance-matched random directions are neutral there "
+                   "(the tables give both: conditions random and random_cov)")
     if res.free_text is not None:
         ft = res.free_text[res.free_text.condition == "concept"]
         metrics["free_text_success_rate"] = round(float(ft.success.astype(float).mean()), 4)

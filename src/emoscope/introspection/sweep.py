@@ -7,6 +7,19 @@ attention-sink norm is far above the rest). ``unit="token_norm"`` / ``"token_nor
 use steering's units instead (measured on neutral text; the robust one leaves out massive
 dimensions, so strengths compare across models); see ``emoscope.vectors.units``. Every injected vector is scaled to ``strength × mean norm``, so
 concept and random vectors have exactly the same norm.
+
+Random vectors (``n_random`` of each kind, default 10): ``random`` are isotropic draws,
+``random_cov`` covariance-matched ones (drawn from the covariance of ``resid[l]`` on
+``neutral-corpus``, ``emoscope.vectors.units.neutral_covariance``); ``random_kind`` picks
+``"isotropic"``, ``"covariance"`` or ``"both"`` (the default). The bank normalises every vector
+before scaling, so both kinds have the concept vectors' norm by construction.
+
+Cost: every (layer, strength) cell runs ``(n_concepts + n_random × kinds) × (1 + n_controls)``
+trial rows (defaults: (30 + 10 × 2) × 17 = 850 rows, against 578 with the former 4 isotropic
+vectors), plus one neutral-corpus extraction for the covariance and the massive dimensions.
+
+The reported cell (``InjectionResult.heldout``) is chosen on half the concepts and reported on
+the other half; see ``emoscope.introspection.heldout``.
 """
 
 from __future__ import annotations
@@ -24,17 +37,28 @@ import torch
 from emoscope.errors import InputError
 from emoscope.introspection.cells import Injection, score_cells
 from emoscope.introspection.concepts import concept_vectors, random_vectors
+from emoscope.introspection.heldout import N_SPLITS, HeldOutFinding, heldout_finding
 from emoscope.introspection.measure import answer_tokens
 from emoscope.introspection.tables import heads_table, lens_table, per_vector_table, summary_table
 from emoscope.introspection.trials import Trial, build_trials
 from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
-from emoscope.vectors.units import MASSIVE_SHARE, MEASURED, UNITS, measure_unit, norm_profile
+from emoscope.vectors.units import (
+    MASSIVE_SHARE,
+    MEASURED,
+    UNITS,
+    measure_unit,
+    neutral_covariance,
+    norm_profile,
+)
 
-__all__ = ["InjectionSweep", "InjectionResult", "run_sweep", "resid_norm_profile", "DEFAULT_LAYERS", "DEFAULT_STRENGTHS"]
+__all__ = ["InjectionSweep", "InjectionResult", "run_sweep", "resid_norm_profile", "DEFAULT_LAYERS",
+           "DEFAULT_STRENGTHS", "DEFAULT_N_RANDOM", "RANDOM_KINDS"]
 
 DEFAULT_LAYERS = (0.3, 0.5, 0.67, 0.8)
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
+DEFAULT_N_RANDOM = 10
+RANDOM_KINDS = ("isotropic", "covariance", "both")
 
 
 @dataclass
@@ -44,11 +68,15 @@ class InjectionResult:
     - ``cells``: one row per forward cell (condition, vector, kind, question, layer, strength,
       scale, logit_diff, shift, p_yes, p_no)
     - ``per_vector``: detection shift, control shift and score per vector × layer × strength
-    - ``summary``: means over vectors with bootstrap intervals, per condition × layer × strength
+    - ``summary``: means over vectors with bootstrap intervals and min/max over vectors, per
+      condition (``concept``, ``random`` isotropic, ``random_cov`` covariance-matched) × layer ×
+      strength
     - ``lens``: logit lens of the yes-no difference at the focus layer and strength
     - ``heads``: attention from the answer position to the window per (layer, head)
     - ``norms``: the mean residual norm per layer (the strength unit) and the share of it that its
       largest dimension carries (see ``resid_norm_profile``)
+    - ``heldout``: the reported cell, chosen on half the concepts and reported on the other
+      (``emoscope.introspection.heldout``); its table is ``introspect_heldout``
     """
 
     cells: pd.DataFrame
@@ -59,10 +87,13 @@ class InjectionResult:
     heads: pd.DataFrame | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     free_text: pd.DataFrame | None = None
+    heldout: HeldOutFinding | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         out = {"introspect_cells": self.cells, "introspect_per_vector": self.per_vector,
                "introspect_summary": self.summary, "introspect_lens": self.lens, "introspect_norms": self.norms}
+        if self.heldout is not None:
+            out["introspect_heldout"] = self.heldout.table()
         if self.heads is not None:
             out["introspect_heads"] = self.heads
         if self.free_text is not None:
@@ -169,10 +200,11 @@ def _check_vectors(vectors: Sequence[Any], layers: Sequence[int], d: int) -> Non
 def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, concepts: Any = "default",
               baseline: Any = "default", controls: Any = "control-questions",
               layers: Any = DEFAULT_LAYERS, strengths: Sequence[float] = DEFAULT_STRENGTHS,
-              n_random: int = 4, window: str = "before_trial", prefill: str | None = None, seed: int = 0,
+              n_random: int = DEFAULT_N_RANDOM, random_kind: str = "both", window: str = "before_trial",
+              prefill: str | None = None, seed: int = 0,
               batch_size: int = 64, focus_layer: int | None = None, focus_strength: float | None = None,
               heads: bool = True, n_boot: int = 2000, free_text: int = 0, max_new_tokens: int = 40,
-              temperature: float = 1.0, judge: Any = None, unit: str = "trial_norm",
+              temperature: float = 1.0, judge: Any = None, unit: str = "trial_norm", n_splits: int = N_SPLITS,
               progress: bool = False) -> InjectionResult:
     """Run the logit sweep. ``vectors``: ``ConceptVector``s to inject (default: built from
     ``concepts`` minus the mean over ``baseline`` words). ``controls``: a control-question set
@@ -180,7 +212,10 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     detection trial (and of the baseline and random vectors), graded by rules (``judge``: an
     optional extra grader, see ``run_free_text``). ``unit``: what strength 1 means, ``trial_norm``
     (the trial prompt's mean token norm, the default) or ``token_norm`` / ``token_norm_robust``
-    measured on neutral text (see ``emoscope.vectors.units``).
+    measured on neutral text (see ``emoscope.vectors.units``). ``n_random`` random vectors of each
+    ``random_kind`` (``isotropic``, ``covariance``-matched, or ``both``). The reported cell is
+    chosen on half the concepts unless ``focus_layer`` and ``focus_strength`` fix it; its seed
+    spread uses ``n_splits`` (>= 3) seeds of the concept split (see ``emoscope.introspection.heldout``).
 
     >>> res = run_sweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[4])  # doctest: +SKIP
     >>> res.summary[["condition", "layer", "strength", "score"]]                          # doctest: +SKIP
@@ -195,6 +230,10 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         raise InputError(f"strengths must be finite and non-negative, got {strengths}")
     if not isinstance(n_random, int) or n_random < 0:
         raise InputError(f"n_random must be a non-negative integer, got {n_random!r}")
+    if random_kind not in RANDOM_KINDS:
+        raise InputError(f"random_kind must be one of {RANDOM_KINDS}, got {random_kind!r}")
+    if not isinstance(n_splits, int) or n_splits < 3:
+        raise InputError(f"n_splits must be an integer >= 3 (seeds of the concept split), got {n_splits!r}")
     fl, fs = _focus(layer_list, strengths, model.n_layers, focus_layer, focus_strength)
     questions = load_control_questions(controls) if isinstance(controls, (str, os.PathLike)) else list(controls)
     if not questions:
@@ -205,7 +244,13 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         vectors = concept_vectors(model, concepts, baseline, layers=layer_list, progress=progress)
     vectors = list(vectors)
     _check_vectors(vectors, layer_list, model.d_model)
-    randoms = random_vectors(model.d_model, layer_list, n_random, seed=seed)
+    iso = random_vectors(model.d_model, layer_list, n_random, seed=seed) if (
+        n_random and random_kind in ("isotropic", "both")) else []
+    cov = []
+    if n_random and random_kind in ("covariance", "both"):
+        cov = random_vectors(model.d_model, layer_list, n_random, seed=(seed, 1),
+                             cov=neutral_covariance(model, layer_list), prefix="random_cov")
+    massive = measure_unit(model, layer_list, "token_norm_robust").massive_dims if n_random else {}
     norms_df = resid_norm_profile(model, trials[0], layer_list)
     norms = _unit_values(model, unit, norms_df, layer_list)
 
@@ -214,7 +259,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     for t in range(len(trials)):
         cells.append(Injection(t))
         labels.append(("baseline", "none", None, 0.0, 0.0))
-    for cond, group in (("concept", vectors), ("random", randoms)):
+    for cond, group in (("concept", vectors), ("random", iso), ("random_cov", cov)):
         for v in group:
             for layer in layer_list:
                 u = np.asarray(v[layer], dtype=np.float64)
@@ -241,6 +286,8 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     per_vector = per_vector_table(table)
     summary = summary_table(per_vector, n_boot=n_boot, seed=seed)
     lens = lens_table(table, scores.lens, model.n_layers, layer=fl, strength=fs)
+    heldout = heldout_finding(per_vector, focus_layer=focus_layer, focus_strength=focus_strength,
+                              fallback=(fl, fs), seed=seed, n_boot=n_boot, n_splits=n_splits)
 
     heads_df = None
     if heads:
@@ -252,12 +299,15 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
 
     free_df = None
     if free_text:
-        free_df = _free_text(model, trials[0], vectors, randoms, bank, cells, labels, free_text, seed=seed,
+        free_df = _free_text(model, trials[0], vectors, bank, cells, labels, free_text, seed=seed,
                              max_new_tokens=max_new_tokens, temperature=temperature, judge=judge,
                              batch_size=batch_size, progress=progress)
     meta = {
         "model": model.name, "n_layers": model.n_layers, "layers": layer_list, "strengths": strengths,
         "n_concepts": len(vectors), "concepts": [v.name for v in vectors], "n_random": n_random,
+        "random_kind": random_kind, "n_splits": n_splits, "random_conditions": [c for c, g in (("random", iso), ("random_cov", cov)) if g],
+        "massive_dims": {int(k): [int(i) for i in v] for k, v in massive.items()}, "massive_share": MASSIVE_SHARE,
+        "heldout": heldout.to_meta(),
         "n_controls": len(questions), "window": window, "prefill": prefill, "seed": seed,
         "window_text": trials[0].window_text(model.tokenizer), "window_start_token": trials[0].window_start,
         "prompt_tokens": len(trials[0].ids), "shared_prefix_tokens": scores.prefix_length,
@@ -267,11 +317,10 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         "detection_prompt": trials[0].text, "n_cells": len(cells),
         "baseline_detection_diff": float(base[0]), "baseline_control_diff_mean": float(base[1:].mean()),
     }
-    return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df)
+    return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df, heldout)
 
 
-def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], randoms: Sequence[Any],
-               bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
+def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
                seed: int, max_new_tokens: int, temperature: float, judge: Any, batch_size: int,
                progress: bool) -> pd.DataFrame:
     """Free-text samples for every detection-trial cell of the sweep. The no-injection baseline

@@ -4,8 +4,12 @@
   manager that adds / ablates / ablates-then-adds a vector at chosen layers and token windows,
   correct under the KV cache; ``patch(model, source, layers, positions)``: activation patching.
 - ``SteeringSweep(...).run()``: vectors x layers x strengths x prompts x seeds as a few batched
-  decodes with one delta per row, plus strength-0, negated and random matched-norm controls,
-  real scorers, regimes and success rates against the random control.
+  decodes with one delta per row, plus strength-0, negated and random matched-norm controls
+  (isotropic and covariance-matched), real scorers, regimes and success rates against the
+  random control.
+- Findings (``findings.py``): the best (layer, strength) cell chosen on half the prompts and
+  reported on the other half, with its random-vector, held-out, multi-token, fluency and
+  seed-spread controls.
 - Scorers in one registry (``register_scorer``): NRC lexicon, VADER valence, text classifiers,
   perplexity under the unsteered model, repetition, script leakage.
 - The ``steer`` run stage (``stage.py``). The hooks, windows and decode loop themselves live in

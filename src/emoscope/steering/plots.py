@@ -11,17 +11,21 @@ from typing import Any
 import numpy as np
 
 from emoscope.core.figures import new_figure
-from emoscope.steering.regimes import REGIMES
+from emoscope.steering.regimes import RANDOM_KINDS, REGIMES, random_rows
 
-__all__ = ["dose_response_figure", "regime_map_figure", "REGIME_COLORS"]
+__all__ = ["dose_response_figure", "regime_map_figure", "REGIME_COLORS", "RANDOM_COLORS"]
 
 REGIME_COLORS = {"no effect": "#d9d9d9", "surgical": "#1b9e77", "repetitive collapse": "#7570b3",
                  "explosive": "#d95f02"}
 
 
+RANDOM_COLORS = {"isotropic": "#7f7f7f", "covariance": "#9467bd"}
+
+
 def dose_response_figure(result: Any) -> Any:
     """Mean target score vs strength per layer: the vector, the negated vector (the vector at
-    ``-s``, drawn at ``s``), the random vectors (mean and range) and the unsteered baseline."""
+    ``-s``, drawn at ``s``), every random vector (one thin line each, per kind, with a band from
+    the lowest to the highest and their mean), and the unsteered baseline."""
     t = result.table
     layers = sorted(int(x) for x in t.loc[t["kind"] != "baseline", "layer"].unique())
     fig = new_figure(3.2 * max(1, len(layers)), 3.0, layout="constrained")
@@ -36,23 +40,31 @@ def dose_response_figure(result: Any) -> Any:
             xs = np.r_[0.0, m.index.to_numpy()]
             ys = np.r_[base.mean(), m.to_numpy()]
             o = np.argsort(xs)
-            ax.plot(xs[o], ys[o], "o-", label=name)
-            ax.plot(-xs[o], ys[o], "s--", alpha=0.7, label=f"negated {name}")
-        r = t[(t["kind"] == "random") & (t["layer"] == layer)]
-        if len(r):
-            per = r.groupby(["vector", "strength"])["target_score"].mean().unstack(0)
+            ax.plot(xs[o], ys[o], "o-", label=name, zorder=3)
+            ax.plot(-xs[o], ys[o], "s--", alpha=0.7, label=f"negated {name}", zorder=3)
+        for kind in RANDOM_KINDS:
+            r = random_rows(t, kind)
+            r = r[r["layer"] == layer]
+            if not len(r):
+                continue
+            per = r.groupby(["vector", "strength"])["target_score"].mean().unstack(0)  # (strengths, k)
             xs = np.r_[0.0, per.index.to_numpy()]
             o = np.argsort(xs)
-            mean = np.r_[base.mean(), per.mean(axis=1).to_numpy()][o]
+            color = RANDOM_COLORS[kind]
+            k = per.shape[1]
+            for j, col in enumerate(per.columns):
+                ax.plot(xs[o], np.r_[base.mean(), per[col].to_numpy()][o], "-", color=color, lw=0.6, alpha=0.45,
+                        label=f"{kind} random, each of {k}" if j == 0 else None)
             lo = np.r_[base.mean(), per.min(axis=1).to_numpy()][o]
             hi = np.r_[base.mean(), per.max(axis=1).to_numpy()][o]
-            ax.plot(xs[o], mean, "^-", color="grey", label="random (mean)")
-            ax.fill_between(xs[o], lo, hi, color="grey", alpha=0.2, label="random (range)")
+            ax.fill_between(xs[o], lo, hi, color=color, alpha=0.15, label=f"{kind} random, min to max")
+            ax.plot(xs[o], np.r_[base.mean(), per.mean(axis=1).to_numpy()][o], "^-", color=color, lw=1.2,
+                    label=f"{kind} random, mean")
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("strength")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(result.target)
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[-1].legend(fontsize=6, loc="best")
     return fig
 
 

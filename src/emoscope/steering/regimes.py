@@ -17,27 +17,44 @@ Each output gets exactly one regime, tested in this order:
 
 Success of a vector at a (layer, strength): an output succeeds when it is ``surgical`` and its
 target change beats the mean change of the random vectors on the same prompt and seed
-(in the intended direction). The rate gets a bootstrap interval over prompts (a cluster bootstrap: the seeds of one prompt are resampled together). The effect is
-the paired difference, per output, between the vector's target change and the mean change of
-the random vectors on the same prompt and seed (sign-flipped for negative strengths, so a
-positive effect always means "moved the intended way more than random did"); it gets a
-bootstrap interval and a one-sided Wilcoxon signed-rank test (``p_value``: the design is paired,
-each prompt is its own control, so prompt-to-prompt spread does not drown the effect). The
-unpaired Mann-Whitney test of vector against all random outputs is kept as ``p_unpaired``.
-p-values are also reported Bonferroni-corrected over every (vector, layer, strength) cell
-tested, since the best cell is chosen after the fact.
+(in the intended direction). The rate gets a bootstrap interval over prompts (a cluster
+bootstrap: the seeds of one prompt are resampled together). The effect is the paired
+difference between the vector's target change and the mean change of the random vectors on the
+same prompt and seed (sign-flipped for negative strengths, so a positive effect always means
+"moved the intended way more than random did"), averaged over the seeds of each prompt: the unit
+is the prompt. It gets a bootstrap interval over prompts and a one-sided Wilcoxon signed-rank
+test over prompts (``p_value``: the design is paired, each prompt is its own control, so
+prompt-to-prompt spread does not drown the effect). The unpaired Mann-Whitney test of vector
+against all random outputs is kept as ``p_unpaired``. A second, coarser number: the vector's
+``rank`` among the k random vectors' mean changes in the cell and ``rank_p = rank / (k + 1)``,
+which can never go below ``1 / (k + 1)`` (``core.stats.min_pvalue``), however strong the effect.
+
+Random vectors come in two kinds (``random_kind`` column of the sweep table): ``isotropic`` and
+``covariance`` (matched to the covariance of neutral activations). The unsuffixed columns are
+against isotropic ones when the sweep ran them (the conventional control), the ``_cov`` columns
+against covariance-matched ones. ``p_bonferroni`` corrects ``p_value`` over every cell tried; a
+finding does not use it: it chooses its cell on half the prompts and reports the other half
+(``emoscope.steering.findings``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from emoscope.core.stats import bonferroni, bootstrap, paired_test, unpaired_test
+from emoscope.core.stats import (
+    bonferroni,
+    bootstrap,
+    paired_test,
+    permutation_pvalue,
+    unpaired_test,
+)
 
-__all__ = ["RegimeThresholds", "REGIMES", "classify_regimes", "regime_switches", "success_table"]
+__all__ = ["RegimeThresholds", "REGIMES", "RANDOM_KINDS", "classify_regimes", "regime_switches", "success_table",
+           "random_rows", "judged_kind", "paired_effects", "prompt_effects"]
 
 REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
 
@@ -120,39 +137,133 @@ def regime_switches(df: pd.DataFrame, kind: str = "vector") -> list[str]:
     return out
 
 
+RANDOM_KINDS = ("isotropic", "covariance")
+_CELL = ["layer", "strength", "prompt_id", "seed"]
+
+
+def random_rows(df: pd.DataFrame, kind: str | None = None, vector: str | None = None) -> pd.DataFrame:
+    """The random-vector rows of a sweep table, of one ``random_kind`` (a table without that
+    column is all ``isotropic``) and belonging to ``vector`` (in raw units every vector draws its
+    own controls, named ``random-k:vector``; the others are shared).
+
+    >>> df = pd.DataFrame({"kind": ["random", "random", "vector"], "vector": ["random-0", "random-cov-0", "joy"],
+    ...                    "random_kind": ["isotropic", "covariance", ""]})
+    >>> random_rows(df, "covariance").vector.tolist()
+    ['random-cov-0']
+    """
+    r = df[df["kind"] == "random"]
+    if kind is not None:
+        rk = r["random_kind"].fillna("isotropic") if "random_kind" in r else pd.Series("isotropic", index=r.index)
+        r = r[rk.to_numpy() == kind]
+    if vector is not None and len(r):
+        names = r["vector"].astype(str)
+        r = r[(~names.str.contains(":", regex=False) | names.str.endswith(f":{vector}")).to_numpy()]
+    return r
+
+
+def judged_kind(df: pd.DataFrame) -> str | None:
+    """The random kind a vector is judged against: ``isotropic`` when the table has isotropic
+    random rows (the kind every published control uses, so effects compare across papers), else
+    ``covariance``, else ``None`` (no random control ran)."""
+    return next((k for k in RANDOM_KINDS if len(random_rows(df, k))), None)
+
+
+def paired_effects(df: pd.DataFrame, vector: str | None = None, against: str | None = "isotropic",
+                   random_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The steered vector rows (strength != 0) with two columns added: ``paired_random``, the mean
+    target change of the random vectors of kind ``against`` (only ``random_names`` when given) on
+    the same layer, strength, prompt and seed, and ``effect = sign(strength) * (target_change -
+    paired_random)`` (positive: moved the intended way more than random did). ``against=None``:
+    no random control, ``paired_random`` is 0 and the effect is the signed change from baseline."""
+    vec = df[(df["kind"] == "vector") & (df["strength"] != 0)]
+    if vector is not None:
+        vec = vec[vec["vector"] == vector]
+    parts = []
+    for name, g in vec.groupby("vector", sort=False):
+        if against is None:
+            paired = np.zeros(len(g))
+        else:
+            r = random_rows(df, against, str(name))
+            if random_names is not None:
+                r = r[r["vector"].isin(list(random_names))]
+            rmean = r.groupby(_CELL)["target_change"].mean()
+            paired = rmean.reindex(pd.MultiIndex.from_frame(g[_CELL])).to_numpy(float)
+        change = g["target_change"].to_numpy(float)
+        parts.append(g.assign(paired_random=paired, effect=np.sign(g["strength"].to_numpy(float)) * (change - paired)))
+    if not parts:
+        return vec.assign(paired_random=np.zeros(0), effect=np.zeros(0))
+    return pd.concat(parts)
+
+
+def prompt_effects(df: pd.DataFrame, vector: str, against: str | None = "isotropic",
+                   random_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """``(n_prompts, n_cells)``: the paired effect (:func:`paired_effects`) of ``vector`` per prompt
+    (mean over its seeds, so the unit is the prompt) and (layer, strength) cell; NaN where a prompt
+    has no value. Columns are a ``(layer, strength)`` MultiIndex, rows ``prompt_id``."""
+    e = paired_effects(df, vector, against, random_names)
+    return e.groupby(["prompt_id", "layer", "strength"])["effect"].mean().unstack(["layer", "strength"])
+
+
 def success_table(df: pd.DataFrame, target: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (vector, layer, strength != 0): the vector's target change against random vectors.
 
-    Columns: ``n``, ``mean_change`` (vector), ``mean_change_random``, ``effect`` (mean paired
-    difference, intended direction positive) with ``effect_lo``/``effect_hi``, ``p_value``
-    (Wilcoxon signed-rank on the paired differences, one-sided), ``p_unpaired`` (Mann-Whitney),
-    ``p_bonferroni``, ``success_rate`` with ``success_lo``/``success_hi``, and the share of each
+    Columns: ``n`` (prompts), ``n_outputs``, ``mean_change`` (vector), ``random_kind`` (the kind
+    the unsuffixed columns are against, :func:`judged_kind`), ``mean_change_random``, ``effect``
+    (mean over prompts of the paired difference, intended direction positive) with
+    ``effect_lo``/``effect_hi`` (bootstrap over prompts), ``p_value`` (one-sided Wilcoxon
+    signed-rank over prompts: per-prompt paired test of vector change minus mean random change,
+    unit: prompt), ``p_unpaired`` (Mann-Whitney, outputs), ``n_random`` (k, random vectors of that
+    kind), ``rank`` (1 + how many random vectors' mean change, intended way, reach the vector's)
+    and ``rank_p = rank / (k + 1)`` (a rank among k draws cannot go below ``1 / (k + 1)``), the
+    same against covariance-matched random vectors with the suffix ``_cov`` when the table has
+    both kinds, ``p_bonferroni`` (over every cell; for reference: a finding reports its best cell
+    held out instead), ``success_rate`` with ``success_lo``/``success_hi``, and the share of each
     regime among the vector's outputs.
     """
     vec = df[(df["kind"] == "vector") & (df["strength"] != 0)]
-    rnd = df[df["kind"] == "random"]
-    # mean random change per (layer, strength, prompt, seed): the paired control of each output
-    rmean = rnd.groupby(["layer", "strength", "prompt_id", "seed"])["target_change"].mean()
+    kinds = [k for k in RANDOM_KINDS if len(random_rows(df, k))]
+    main = kinds[0] if kinds else None
+    suffix = {k: ("" if k == main else "_cov") for k in kinds}
+    effects = {k: paired_effects(df, against=k) for k in kinds}
+    cells: dict[tuple[str, str], dict[tuple[int, float], pd.DataFrame]] = {}  # (kind, vector) -> cell -> rows
+
+    def random_cell(kind: str, name: str, layer: int, s: float) -> pd.DataFrame:
+        if (kind, name) not in cells:
+            cells[kind, name] = dict(tuple(random_rows(df, kind, name).groupby(["layer", "strength"])))
+        return cells[kind, name].get((layer, s), df.iloc[:0])
+
     rows = []
     for (name, layer, s), g in vec.groupby(["vector", "layer", "strength"], sort=True):
         sign = 1.0 if s > 0 else -1.0
-        r = rnd[(rnd["layer"] == layer) & (rnd["strength"] == s)]["target_change"].to_numpy(float)
         v = g["target_change"].to_numpy(float)
-        keys = list(zip(g["layer"], g["strength"], g["prompt_id"], g["seed"], strict=True))
-        paired = np.array([rmean.get(k, np.nan) for k in keys], dtype=float)
+        units = g["prompt_id"].to_numpy()  # intervals resample prompts (seeds of one prompt move together)
+        row = {"vector": name, "layer": int(layer), "strength": float(s), "n": int(g["prompt_id"].nunique()),
+               "n_outputs": len(v), "mean_change": float(v.mean()), "random_kind": main or ""}
+        paired = np.full(len(g), np.nan)
+        if main is None:
+            row.update({c: np.nan for c in ("mean_change_random", "effect", "effect_lo", "effect_hi", "p_value",
+                                            "p_unpaired", "rank", "rank_p")})
+            row["n_random"] = 0
+        for k in kinds:
+            sfx = suffix[k]
+            e = effects[k].loc[g.index]
+            if k == main:
+                paired = e["paired_random"].to_numpy(float)
+            r = random_cell(k, str(name), layer, s)
+            per_prompt = e.groupby("prompt_id")["effect"].mean().to_numpy(float)  # (prompts,)
+            row[f"mean_change_random{sfx}"] = float(r["target_change"].mean()) if len(r) else np.nan
+            row[f"effect{sfx}"], row[f"effect_lo{sfx}"], row[f"effect_hi{sfx}"] = bootstrap(
+                per_prompt, n_boot=n_boot, seed=seed)
+            row[f"p_value{sfx}"] = paired_test(per_prompt, "greater")
+            row[f"p_unpaired{sfx}"] = unpaired_test(v, r["target_change"].to_numpy(float),
+                                                    "greater" if sign > 0 else "less")
+            per_random = sign * r.groupby("vector")["target_change"].mean().to_numpy(float)  # (k,)
+            mine = sign * float(v.mean())
+            row[f"n_random{sfx}"] = int(per_random.size)
+            row[f"rank{sfx}"] = 1 + int(np.sum(per_random >= mine - 1e-12))
+            row[f"rank_p{sfx}"] = permutation_pvalue(mine, per_random, "greater")
         beats = sign * (v - np.nan_to_num(paired, nan=0.0)) > 0
         ok = (g["regime"].to_numpy() == "surgical") & beats
-        units = g["prompt_id"].to_numpy()  # intervals resample prompts (seeds of one prompt move together)
-        row = {"vector": name, "layer": int(layer), "strength": float(s), "n": len(v),
-               "mean_change": float(v.mean()), "mean_change_random": float(r.mean()) if len(r) else np.nan}
-        if len(r):
-            diff = sign * (v - np.nan_to_num(paired, nan=float(r.mean())))  # (n,) paired, intended way > 0
-            row["effect"] = float(diff.mean())
-            _, row["effect_lo"], row["effect_hi"] = bootstrap(diff, units, n_boot=n_boot, seed=seed)
-            row["p_value"] = paired_test(diff, "greater")
-            row["p_unpaired"] = unpaired_test(v, r, "greater" if sign > 0 else "less")
-        else:
-            row["effect"] = row["effect_lo"] = row["effect_hi"] = row["p_value"] = row["p_unpaired"] = np.nan
         row["success_rate"] = float(ok.mean())
         _, row["success_lo"], row["success_hi"] = bootstrap(ok.astype(float), units, n_boot=n_boot, seed=seed)
         for reg in REGIMES:

@@ -4,11 +4,13 @@ The vector is read from ``vector:`` (a ConceptVector file) or fitted here by dif
 means for ``emotion:`` on the spec's dataset (default emotion: ``joy``, else ``gratitude``, else
 the first class that is not the baseline) against ``baseline:`` (default: the ``neutral`` class
 when the dataset has one, else the mean of all classes). The sweep runs the vector, its negation
-(the symmetric strength grid) and ``n_random`` random matched-norm vectors in one batched decode,
-scores every output, classifies its regime, and records one ``steering`` finding per vector: the
-best (layer, strength) cell by effect over random vectors among the cells whose outputs mostly
-stay fluent, with the random-vector, multi-token and fluency controls, its p-value
-Bonferroni-corrected over every cell tried.
+(the symmetric strength grid) and ``n_random`` random matched-norm vectors of each
+``random_kind`` (isotropic, covariance-matched, or both) in one batched decode, scores every
+output, classifies its regime, and records one ``steering`` finding per vector
+(``emoscope.steering.findings``): the (layer, strength) cell chosen on half the prompts among the
+cells whose outputs mostly stay fluent there, its effect over random vectors, interval and
+p-value measured on the other half (``n`` = report prompts), with the random-vector, held-out,
+multi-token, fluency and seed-spread controls.
 
 Writes tables ``steer_outputs``, ``steer_success``, ``steer_regimes``, ``steer_dose_response``,
 figures ``steer_dose_response``, ``steer_regime_map`` and the vector it steered with
@@ -54,7 +56,8 @@ class SteerOptions(BaseModel):
     n_prompts: int | None = Field(default=8, ge=1)  # None: every prompt
     chat: bool = True  # wrap prompts in the model's chat template when it has one
     max_new_tokens: int = Field(default=32, ge=1)
-    n_random: int = Field(default=2, ge=0)
+    n_random: int = Field(default=10, ge=0)  # random vectors per kind: a rank among k cannot reach p < 1/(k+1)
+    random_kind: Literal["isotropic", "covariance", "both"] = "both"  # findings are judged against isotropic
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     temperature: float = Field(default=0.0, ge=0.0)
     top_k: int = Field(default=0, ge=0)
@@ -62,7 +65,7 @@ class SteerOptions(BaseModel):
     scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
     target: str | None = None
     batch_rows: int = Field(default=256, ge=1)
-    alpha: float = 0.05  # family-wise level for the claim (Bonferroni over cells)
+    alpha: float = 0.05  # level of the held-out test (the cell is chosen on other prompts: no correction)
 
     @field_validator("unit")
     @classmethod
@@ -164,6 +167,7 @@ def steer_stage(ctx: RunContext) -> StageResult:
     vector = _vector(ctx, opts, layers)
     sweep = SteeringSweep(model, vector, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
                           positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
+                          random_kind=opts.random_kind,
                           seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
                           chat="auto" if opts.chat else False, batch_rows=opts.batch_rows, scorers=opts.scorers,
                           target=opts.target, progress=not is_quiet())
@@ -192,57 +196,13 @@ def steer_stage(ctx: RunContext) -> StageResult:
 
 
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
-    import numpy as np
+    from emoscope.steering.findings import steering_findings
+    from emoscope.vectors.units import measure_unit
 
-    from emoscope.audit import Control, Finding, Observation
-
-    s = res.success
-    t = res.table
-    if not len(s):
-        return "no steered cells"
-    th = res.thresholds
-    summary = ""
-    for name, g in s.groupby("vector"):
-        # the claim needs fluent text, so the best cell is chosen among those where most outputs
-        # neither collapse nor explode (all cells when there is none)
-        intact = g[(g.share_repetitive_collapse + g.share_explosive) < 0.5]
-        best = (intact if len(intact) else g).sort_values(["effect", "share_surgical"], ascending=False).iloc[0]
-        layer, strength = int(best.layer), float(best.strength)
-        cell = t[(t.kind == "vector") & (t.vector == name) & (t.layer == layer) & (t.strength == strength)]
-        ppl = float(np.nanmedian(cell["ppl_ratio"])) if "ppl_ratio" in cell else float("nan")
-        broken = float(best.share_repetitive_collapse + best.share_explosive)
-        mean_tokens = float(cell.n_tokens.mean()) if len(cell) else 0.0
-        significant = bool(best.p_bonferroni < opts.alpha and best.effect_lo > 0)
-        fluent = bool(np.isfinite(ppl) and ppl < th.max_ppl_ratio and broken < 0.5)
-        controls = [
-            Control(name="random_vectors", value=float(best.p_bonferroni), passed=significant, threshold=opts.alpha,
-                    note=f"{opts.n_random} random matched-norm vectors: mean change {best.mean_change_random:.3g} vs "
-                         f"{best.mean_change:.3g}; paired Wilcoxon p Bonferroni-corrected over {len(s)} cells"),
-            Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
-                    passed=bool(opts.max_new_tokens > 1 and mean_tokens >= MIN_MEAN_TOKENS),
-                    note=f"mean generated tokens in the cell's outputs (up to {opts.max_new_tokens}); the effect "
-                         "must be seen in multi-token text, not one next-token step"),
-            Control(name="fluency", value=ppl, passed=fluent, threshold=th.max_ppl_ratio,
-                    note=f"median perplexity ratio to the unsteered output; {broken:.0%} collapsed or explosive"),
-        ]
-        direction = "raises" if strength > 0 else "lowers"
-        claim = (f"steering with {name} at layer {layer}, strength {strength:g} {direction} {res.target} more than "
-                 "random vectors of the same norm, with fluent text") if significant else None
-        ctx.add_finding(Finding(
-            kind="steering", claim=claim, controls=controls,
-            observation=Observation(metric=f"{res.target} change over random, {name} at layer {layer}, strength "
-                                           f"{strength:g} (best of {len(g)} cells)",
-                                    value=float(best.effect), interval=(float(best.effect_lo), float(best.effect_hi)),
-                                    n=int(best.n)),
-        ))
-        # v and -v at the same strength should move the target in opposite directions
-        pos = g[(g.layer == layer) & (g.strength == abs(strength))]
-        neg = g[(g.layer == layer) & (g.strength == -abs(strength))]
-        if len(pos) and len(neg):
-            gap = float(pos.mean_change.iloc[0] - neg.mean_change.iloc[0])
-            ctx.add_finding(Finding(kind="steering", observation=Observation(
-                metric=f"{res.target} change at +{abs(strength):g} minus at -{abs(strength):g}, {name} layer {layer}",
-                value=gap, n=int(pos.n.iloc[0]))))
-        summary = (f"{name}: best layer {layer} strength {strength:g}, effect {best.effect:.3g} over random "
-                   f"(p_bonf={best.p_bonferroni:.2g}), success {best.success_rate:.0%}")
+    layers = sorted(int(x) for x in res.meta.get("layers", []))
+    massive = measure_unit(ctx.model, layers, "token_norm_robust").massive_dims if layers and opts.n_random else {}
+    findings, summary = steering_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+                                          massive_dims=massive)
+    for f in findings:
+        ctx.add_finding(f)
     return summary

@@ -7,10 +7,15 @@ Controls run in the same batch, always:
 - strength 0: one unsteered row per (prompt, seed), the baseline every other row is compared to;
 - the negated vector: the strength grid is made symmetric (``s`` and ``-s``), and the vector at
   ``-s`` *is* the negated vector at ``s``;
-- ``n_random`` random directions per layer (seeded by ``seed``) at every strength, with the
-  same norm as the vector (in a measured unit every delta at strength ``s`` has norm
+- ``n_random`` random directions per layer and kind (seeded by ``seed``) at every strength,
+  with the same norm as the vector (in a measured unit every delta at strength ``s`` has norm
   ``s * unit[l]``, see ``emoscope.vectors.units``; in ``unit="raw"`` random vectors are scaled to
-  ``||v[l]||``).
+  ``||v[l]||``). ``random_kind`` picks the kinds: ``isotropic`` (every direction equally likely;
+  rows ``random-k``), ``covariance`` (drawn from the covariance of neutral activations,
+  ``emoscope.vectors.units.neutral_covariance``, so they fall where activations vary; rows
+  ``random-cov-k``) or ``both`` (the default). Rows carry ``kind="random"`` and the column
+  ``random_kind``. On a model with massive dimensions neither kind is neutral: isotropic draws
+  avoid those dimensions, covariance-matched ones land on them.
 
 >>> sweep = SteeringSweep(model, joy, layers=[10, 15], strengths=[2, 4], prompts=prompts,
 ...                       max_new_tokens=32)                       # doctest: +SKIP
@@ -39,11 +44,18 @@ from emoscope.models.batching import eos_ids
 from emoscope.models.decode import RowEdits, Sampling, decode_rows, stack_rows
 from emoscope.models.interventions import parse_window
 from emoscope.steering.hooks import MODES, _as_strength
-from emoscope.steering.regimes import RegimeThresholds, classify_regimes, success_table
+from emoscope.steering.regimes import (
+    RANDOM_KINDS,
+    RegimeThresholds,
+    classify_regimes,
+    success_table,
+)
 from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, words
 from emoscope.steering.units import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
 
-__all__ = ["SteeringSweep", "SteeringResult", "default_target"]
+__all__ = ["SteeringSweep", "SteeringResult", "default_target", "RANDOM_KIND_CHOICES"]
+
+RANDOM_KIND_CHOICES = (*RANDOM_KINDS, "both")
 
 
 @functools.cache
@@ -129,7 +141,8 @@ class SteeringSweep:
     def __init__(self, model: Any, vectors: Any, layers: Any, strengths: Sequence[float], prompts: Sequence[str],
                  seeds: Sequence[int] = (0,), max_new_tokens: int = 48, *, positions: str = "generated",
                  mode: str = "add", unit: str = "token_norm", norms: Mapping[int, float] | None = None,
-                 n_random: int = 3, seed: int = 0, negate: bool = True, temperature: float = 0.0,
+                 n_random: int = 10, random_kind: str = "both", seed: int = 0, negate: bool = True,
+                 temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, chat: bool | str = "auto", batch_rows: int = 256,
                  scorers: Sequence[str | tuple] = DEFAULT_SCORERS, target: str | None = None,
                  thresholds: RegimeThresholds | None = None, progress: bool = True) -> None:
@@ -168,6 +181,9 @@ class SteeringSweep:
         if n_random < 0:
             raise InputError(f"n_random must be >= 0, got {n_random}")
         self.n_random, self.seed, self.negate = int(n_random), int(seed), bool(negate)
+        if random_kind not in RANDOM_KIND_CHOICES:
+            raise InputError(f"random_kind must be one of {RANDOM_KIND_CHOICES}, got {random_kind!r}")
+        self.random_kind = random_kind
         self.sampling = Sampling(float(temperature), int(top_k), float(top_p))
         self.chat = model.has_chat_template if chat == "auto" else bool(chat)
         if batch_rows < 1:
@@ -194,28 +210,41 @@ class SteeringSweep:
     def run_seeds(self) -> list[int]:
         return self.seeds[:1] if self.sampling.greedy else self.seeds
 
+    @property
+    def random_kinds(self) -> list[str]:
+        """The kinds of random vectors run (none when ``n_random`` is 0)."""
+        if not self.n_random:
+            return []
+        return list(RANDOM_KINDS) if self.random_kind == "both" else [self.random_kind]
+
     def _unit_norms(self) -> dict[int, float] | None:
         return None if self.unit == "raw" else unit_norms(self.model, self.vectors[0][1], self.layers, self.unit, self.norms)
 
     def plan(self) -> tuple[pd.DataFrame, list[dict[int, np.ndarray]], list[dict[int, np.ndarray]]]:
-        """The rows to run: a table of (kind, vector, layer, strength, prompt_id, seed) and, per row,
-        its delta and direction ``{layer: (d,)}``."""
+        """The rows to run: a table of (kind, vector, layer, strength, prompt_id, seed, random_kind)
+        and, per row, its delta and direction ``{layer: (d,)}``."""
         norms = self._unit_norms()
         self.unit_norms_ = norms
         rows: list[dict[str, Any]] = []
         deltas: list[dict[int, np.ndarray]] = []
         dirs: list[dict[int, np.ndarray]] = []
 
-        def add(kind: str, name: str, layer: int, s: float, delta: np.ndarray | None, u: np.ndarray | None) -> None:
+        def add(kind: str, name: str, layer: int, s: float, delta: np.ndarray | None, u: np.ndarray | None,
+                rkind: str = "") -> None:
             for seed in self.run_seeds:
                 for p in range(len(self.prompts)):
                     rows.append({"kind": kind, "vector": name, "layer": layer, "strength": s, "prompt_id": p,
-                                 "seed": seed})
+                                 "seed": seed, "random_kind": rkind})
                     deltas.append({} if delta is None else {layer: s * delta})
                     dirs.append({} if u is None else {layer: u})
 
         add("baseline", "baseline", -1, 0.0, None, None)
-        randoms: dict[str, dict[int, np.ndarray]] = {}
+        randoms: dict[str, tuple[str, dict[int, np.ndarray]]] = {}
+        cov = None
+        if "covariance" in self.random_kinds:
+            from emoscope.vectors.units import neutral_covariance
+
+            cov = neutral_covariance(self.model, self.layers)
         for vi, (name, vec) in enumerate(self.vectors):
             vecs = layer_vectors(self.model, vec, self.layers)
             d1, u1 = unit_deltas(self.model, vec, self.layers, self.unit, norms)
@@ -224,17 +253,25 @@ class SteeringSweep:
                     add("vector", name, layer, s, d1[layer], u1[layer])
             # norm units: every vector's random control is the same, so run it once
             shared = self.unit != "raw"
-            draws = random_layer_directions(self.model.d_model, self.layers, self.n_random,
-                                      self.seed + (0 if shared else vi))
-            for k, draw in enumerate(draws):
-                key = f"random-{k}" if shared else f"random-{k}:{name}"
-                if key not in randoms:
-                    randoms[key] = {layer: draw[layer] * np.linalg.norm(vecs[layer]) for layer in self.layers}
-        for key, rvec in randoms.items():
+            for rkind in self.random_kinds:
+                base = self.seed + (0 if shared else vi)
+                # covariance draws come from their own stream: the same normals through the
+                # covariance factor would correlate them with the isotropic draws
+                draws = (random_layer_directions(self.model.d_model, self.layers, self.n_random, base)
+                         if rkind == "isotropic" else
+                         random_layer_directions(self.model.d_model, self.layers, self.n_random,
+                                                 np.random.default_rng([base, 1]), cov=cov))
+                stem = "random-" if rkind == "isotropic" else "random-cov-"
+                for k, draw in enumerate(draws):
+                    key = f"{stem}{k}" if shared else f"{stem}{k}:{name}"
+                    if key not in randoms:  # both unit directions scaled to the vector's norm
+                        randoms[key] = (rkind, {layer: draw[layer] * np.linalg.norm(vecs[layer])
+                                                for layer in self.layers})
+        for key, (rkind, rvec) in randoms.items():
             d1, u1 = unit_deltas(self.model, rvec, self.layers, self.unit, norms)
             for layer in self.layers:
                 for s in self.grid:
-                    add("random", key, layer, s, d1[layer], u1[layer])
+                    add("random", key, layer, s, d1[layer], u1[layer], rkind)
         return pd.DataFrame(rows), deltas, dirs
 
     def _prompt_ids(self) -> tuple[list[str], list[list[int]]]:
@@ -284,7 +321,8 @@ class SteeringSweep:
             "model": getattr(model, "name", ""), "weights_sha256": getattr(model, "weights_sha256", ""),
             "vectors": [n for n, _ in self.vectors], "layers": self.layers, "strengths": self.strengths,
             "grid": self.grid, "positions": self.window.spec, "mode": self.mode, "unit": self.unit,
-            "unit_norms": self.unit_norms_, "n_random": self.n_random, "seed": self.seed,
+            "unit_norms": self.unit_norms_, "n_random": self.n_random, "random_kinds": self.random_kinds,
+            "seed": self.seed,
             "seeds": self.run_seeds, "temperature": self.sampling.temperature, "top_k": self.sampling.top_k, "top_p": self.sampling.top_p,
             "max_new_tokens": self.max_new_tokens, "chat_template": self.chat, "target": self.target,
             "scorers": [str(s) for s in self.scorers], "n_rows": len(table), "decode_seconds": dec.seconds,
