@@ -155,3 +155,15 @@ def test_without_random_vectors_or_a_second_prompt_nothing_ships():
     one, _ = steering_findings(_result(planted(0.2, n_prompts=1), n_boot=0), n_boot=0)
     assert one[0].observation.n == 1 and "not held out" in one[0].observation.metric
     assert one[0].verdict != "ships" and one[0].claim is None
+
+
+def test_the_claim_must_beat_covariance_matched_random_vectors_too():
+    """A vector that beats isotropic random vectors but not covariance-matched ones (which, on a
+    model with massive dimensions, push where the activations vary) does not pass."""
+    df = planted(0.2, kinds=("isotropic", "covariance"))
+    cov_rows = (df["kind"] == "random") & (df["random_kind"] == "covariance") & (df["layer"] == 5)
+    df.loc[cov_rows, "target_change"] += np.sign(df.loc[cov_rows, "strength"]) * 0.2  # as strong as the vector
+    findings, _ = steering_findings(_result(df), alpha=0.05, seed=0, max_new_tokens=16)
+    rv = next(c for c in findings[0].controls if c.name == "random_vectors")
+    assert rv.passed is False and findings[0].claim is None and findings[0].verdict == "fails"
+    assert rv.value > 0.05  # the larger p of the two comparisons

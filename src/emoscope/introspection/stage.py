@@ -77,11 +77,9 @@ class IntrospectOptions(BaseModel):
 
 
 def _random_note(h: HeldOutFinding, massive: dict[int, list[int]] | None, massive_share: float) -> str:
-    main = h.judged_against
-    other = h.random_cov if main is h.random else None
-    text = f"judged against {main.kind} random vectors: {main.describe()}"
-    if other is not None:
-        text += f". Covariance-matched (reported, not judged): {other.describe()}"
+    comps = [c for c in (h.random, h.random_cov) if c is not None]
+    text = "the concepts must beat every kind of random vector that ran: " + "; ".join(
+        f"{c.kind}: {c.describe()}" for c in comps)
     dims = (massive or {}).get(h.layer) or []
     if dims:
         text += (f". Layer {h.layer} has massive dimension(s) {dims} (each > {massive_share:.0%} of ||resid||^2 on "
@@ -108,10 +106,12 @@ def introspection_finding(h: HeldOutFinding, *, claim: str | None = None, massiv
                 note=f"{on}: yes-minus-no logit difference (log-sum-exp over spellings), shift from no injection "
                      f"{det.point:+.3g} [{det.lo:.3g}, {det.hi:.3g}]"),
     ]
-    main = h.judged_against
-    if main is not None:
-        controls.append(Control(name="random_vectors", value=float(main.p_value), threshold=main.alpha,
-                                passed=main.passed, note=_random_note(h, massive, massive_share)))
+    comps = [c for c in (h.random, h.random_cov) if c is not None]
+    if comps:  # isotropic and covariance-matched: a reviewer asks for both, so the claim must beat both
+        verdicts = [c.passed for c in comps]
+        controls.append(Control(name="random_vectors", value=float(max(c.p_value for c in comps)),
+                                threshold=comps[0].alpha, passed=None if None in verdicts else all(verdicts),
+                                note=_random_note(h, massive, massive_share)))
     controls.append(Control(name="seed_spread", value=float(h.spread_sd), threshold=float(h.spread_threshold),
                             passed=h.spread_passed, note=h.spread_note))
     return Finding(
