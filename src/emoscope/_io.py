@@ -21,6 +21,10 @@ __all__ = [
     "sha256_file",
     "sha256_bytes",
     "sha256_json",
+    "load_yaml",
+    "compose_yaml",
+    "YAML_MAX_BYTES",
+    "YAML_MAX_NODES",
 ]
 
 
@@ -88,3 +92,63 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serialisable object with sorted keys (stable across runs)."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+YAML_MAX_BYTES = 1_000_000
+YAML_MAX_NODES = 50_000
+
+
+def _bounded_loader():  # noqa: ANN202 - a yaml.SafeLoader subclass, built lazily
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        """SafeLoader without aliases and with a node budget: a hostile file cannot make the
+        parser (or anything that walks the result) do exponential work. Anchors alone are
+        harmless; ``*alias`` references are refused."""
+
+        def compose_node(self, parent, index):  # noqa: ANN001, ANN202
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in emoscope files",
+                                                  mark)
+            self._emoscope_nodes = getattr(self, "_emoscope_nodes", 0) + 1
+            if self._emoscope_nodes > YAML_MAX_NODES:
+                raise yaml.composer.ComposerError(None, None, f"more than {YAML_MAX_NODES} YAML nodes",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    return BoundedLoader
+
+
+def _bounded(text: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what}: YAML text must be a string")
+    if len(text.encode("utf-8", "surrogatepass")) > YAML_MAX_BYTES:
+        import yaml
+
+        raise yaml.YAMLError(f"{what} is larger than {YAML_MAX_BYTES // 1_000_000} MB")
+    return text
+
+
+def load_yaml(text: str, what: str = "YAML") -> Any:
+    """``yaml.safe_load`` with bounds: at most ``YAML_MAX_BYTES`` of text and ``YAML_MAX_NODES``
+    nodes, no aliases, no Python tags. Raises ``yaml.YAMLError`` (callers turn it into one line).
+
+    >>> load_yaml("a: [1, 2]")
+    {'a': [1, 2]}
+    >>> try:
+    ...     load_yaml("a: &x [1]" + chr(10) + "b: *x")
+    ... except Exception as e:
+    ...     print(str(e).splitlines()[0])
+    aliases (*name) are not allowed in emoscope files
+    """
+    import yaml
+
+    return yaml.load(_bounded(text, what), Loader=_bounded_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+def compose_yaml(text: str, what: str = "YAML") -> Any:
+    """The node graph of ``text`` (for line numbers), with the bounds of :func:`load_yaml`."""
+    import yaml
+
+    return yaml.compose(_bounded(text, what), Loader=_bounded_loader())

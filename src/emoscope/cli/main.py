@@ -21,6 +21,16 @@ from emoscope.errors import EmoscopeError
 __all__ = ["main", "build_parser"]
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters a user typed (newlines, carriage returns,
+    escapes) are shown escaped, so an error is always exactly one line.
+
+    >>> one_line("bad value 'a\\rb'")
+    "bad value 'a\\\\rb'"
+    """
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(message))
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; we print the error alone, on one line.
 
@@ -46,7 +56,7 @@ class _OneLineParser(argparse.ArgumentParser):
         return super().format_usage()
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except EmoscopeError as e:
-        print(f"emoscope: error: {e}", file=sys.stderr)
+        print(f"emoscope: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emoscope: interrupted", file=sys.stderr)

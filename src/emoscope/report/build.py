@@ -142,9 +142,9 @@ def render_report(run_dir: str | os.PathLike[str]) -> str:
     spec_text = rd.spec_path.read_text(encoding="utf-8") if rd.spec_path.is_file() else "(spec.yaml missing)"
     description = ""
     try:
-        import yaml
+        from emoscope._io import load_yaml
 
-        description = str((yaml.safe_load(spec_text) or {}).get("description") or "")
+        description = str((load_yaml(spec_text, "spec.yaml") or {}).get("description") or "")
     except Exception:  # noqa: BLE001 - the report still renders the raw text below
         pass
     stages = "".join(_stage(n, r, rd, findings) for n, r in m.ordered_stages())

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from emoscope._io import sha256_json
+from emoscope._io import compose_yaml, load_yaml, sha256_json
 from emoscope.core.stages import get_stage, known_stages
 from emoscope.errors import SpecError
 
@@ -127,7 +127,7 @@ def _line_map(text: str) -> dict[tuple[Any, ...], int]:
                 walk(item, (*path, i))
 
     try:
-        root = yaml.compose(text)
+        root = compose_yaml(text)
     except yaml.YAMLError:
         return lines
     if root is not None:
@@ -236,7 +236,7 @@ def spec_from_yaml(text: str, source: str = "<spec>") -> Spec:
     emoscope.errors.SpecError: <spec>:4: seed: Input should be a valid integer, unable to parse string as an integer (got 'x')
     """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
