@@ -46,10 +46,13 @@ def describe_counts(findings: Sequence[Finding], n_tested: int | None = None) ->
     claims = [f for f in findings if f.is_claim]
     obs = [f for f in findings if not f.is_claim]
     c = verdict_counts(claims, claims_only=True)
-    text = (f"{len(claims)} claims (" + ", ".join(f"{n} {v}" for v, n in c.items()) + f"); {len(obs)} observations "
-            f"({sum(f.verdict == 'holds' for f in obs)} hold)")
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    text = (f"{count(len(claims), 'claim')} (" + ", ".join(f"{n} {v}" for v, n in c.items()) + f"); "
+            f"{count(len(obs), 'observation')} ({sum(f.verdict == 'holds' for f in obs)} hold)")
     if n_tested is not None:
-        text += f"; {n_tested} claims tested, Holm across them"
+        text += f"; {count(n_tested, 'claim')} tested, Holm across them"
     return text
 
 

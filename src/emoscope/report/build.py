@@ -35,7 +35,8 @@ def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
         ("run status", badge(m.status, "s-" + ("done" if m.status == "done" else "failed" if m.status == "failed" else "pending"))),
         ("stages", esc(f"{done} done" + (f", {skipped} skipped" if skipped else "")
                        + f", {len(m.stages) - done - skipped} other")),
-        ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claims)")),
+        ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claim"
+                         + ("" if sum(f.is_claim for f in findings) == 1 else "s") + ")")),
         *((f"claims: {v}", badge(str(n), "v-" + slug(v))) for v, n in claims.items()),
         ("observations that hold", badge(str(holds), "v-holds")),
     ]
