@@ -469,10 +469,10 @@ def test_sweep_tables_follow_the_definitions(tiny_sweep):
 def test_sweep_saves_tables_and_figures(tiny_sweep, tmp_path):
     _, res = tiny_sweep
     root = res.save(tmp_path / "out")
-    for name in ("strength", "layers", "lens", "heads", "heldout"):
+    for name in ("strength", "layers", "lens", "heads", "heldout", "flips"):
         for ext in ("png", "svg"):
             assert (root / "figures" / f"introspect_{name}.{ext}").stat().st_size > 1000
-    for name in ("cells", "per_vector", "summary", "lens", "heads", "norms", "heldout"):
+    for name in ("cells", "per_vector", "summary", "lens", "heads", "norms", "heldout", "flips"):
         assert (root / "tables" / f"introspect_{name}.csv").exists()
         assert (root / "tables" / f"introspect_{name}.json").exists()
     assert (root / "introspect.json").exists()

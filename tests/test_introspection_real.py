@@ -38,5 +38,7 @@ def test_smollm_small_sweep(smollm):
     assert res.heldout.n == 2 and res.heldout.n_searched == 1  # one cell swept: nothing searched
     assert np.isfinite(s[["detection_shift", "control_shift", "score"]].to_numpy()).all()
     assert res.heads.shape[0] == smollm.n_layers * smollm.n_heads
-    assert 0 <= res.heads.injected.min() and res.heads.injected.max() <= 1 + 1e-5
+    for col in ("detection_injected", "control_injected", "detection_baseline", "random_detection_injected"):
+        assert 0 <= res.heads[col].min() and res.heads[col].max() <= 1 + 1e-5
+    assert set(res.flips.condition) == {"concept", "random", "random_cov"} and len(res.flips) == 4
     assert res.meta["shared_prefix_tokens"] == res.meta["window_start_token"] > 100

@@ -2,7 +2,7 @@
 
     emoscope introspect --model smollm2-135m --concepts default --layers 0.3,0.5,0.67,0.8 \\
         --strengths 1,2,4,8,16 --out runs/intro1 [--free-text N] [--window before_trial] [--n-random K]
-        [--random-kind isotropic|covariance|both]
+        [--random-kind isotropic|covariance|both] [--ablate refusal.safetensors]
 
 The arguments become the ``introspect`` section of a one-stage spec, run like ``emoscope run``:
 the run directory gets the spec, a manifest, tables, figures, findings and ``report.html``.
@@ -73,6 +73,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, "introspect", O, "batch_size", type=int, help="trials per forward pass")
     add_option(p, "introspect", O, "unit", choices=["trial_norm", "token_norm", "token_norm_robust"],
                help="strength unit: the trial prompt's mean token norm, or steering's units (emoscope.vectors.units)")
+    add_option(p, "introspect", O, "ablate", metavar="FILE",
+               help="a ConceptVector .safetensors file (e.g. a refusal direction): every cell also runs with its "
+                    "projection removed at the injected layer (conditions '+ablated', table introspect_ablation)")
     add_option(p, "introspect", O, "claim", help="a claim to record with the findings (the audit judges it)")
     add_run_arguments(p)
     allow_negative_lists(p)

@@ -6,13 +6,21 @@ the yes-minus-no logit difference, the yes/no probabilities beside it, and the l
 the difference at every layer (final norm and unembedding applied to ``resid[l]``). With
 ``attention=True`` a second pass in eager attention records, per layer and head, the share of
 attention that the answer position pays to the injection window.
+
+Ablation (``Injection.ablate`` with ``score_cells(..., ablate={layer: u})``): at the cell's layer,
+over the same window as the injection, the projection on the unit direction ``u`` is removed
+*after* the vector is added, ``h' = (h + delta) - ((h + delta) . u) u``; at that layer only, so
+later blocks may write the direction back (the ablation removes what reaches them from the
+injected layer, not what they compute). A cell with ``ablate=True`` and ``scale=0`` is the
+ablated baseline at that layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,18 +30,25 @@ from emoscope.errors import InputError, LayerError
 from emoscope.introspection.measure import AnswerTokens, yes_no_diff
 from emoscope.introspection.trials import Trial
 from emoscope.models.batching import pad_batch
-from emoscope.models.interventions import Injector, eager_attention, replay_blocks
+from emoscope.models.interventions import (
+    Injector,
+    eager_attention,
+    replace_block_output,
+    replay_blocks,
+)
 from emoscope.models.kvcache import cache_kwargs, common_prefix_length, fork_cache, prefix_cache
-from emoscope.models.standard import StandardModel
+from emoscope.models.standard import StandardModel, block_output
 
-__all__ = ["Injection", "CellScores", "score_cells", "shared_prefix_length", "logits_from_final"]
+__all__ = ["Injection", "CellScores", "score_cells", "shared_prefix_length", "logits_from_final",
+           "ablation_directions"]
 
 
 @dataclass(frozen=True)
 class Injection:
     """One cell: ``trial`` (index into the trials), and what is added: row ``vector`` of the
     bank times ``scale`` at block ``layer``, over the trial's window. ``layer=None``: no
-    injection (the baseline).
+    injection (the baseline). ``ablate``: then remove the projection on ``score_cells``'s
+    ablation direction at ``layer`` over the same window (see the module doc).
 
     >>> Injection(trial=0).layer is None, Injection(1, layer=12, vector=3, scale=40.0).scale
     (True, 40.0)
@@ -43,12 +58,15 @@ class Injection:
     layer: int | None = None
     vector: int | None = None
     scale: float = 0.0
+    ablate: bool = False
 
 
 @dataclass
 class CellScores:
     """Per cell: ``logit_diff`` (n,), ``p_yes``/``p_no`` (n,), ``lens`` (n, n_layers) and, when
-    asked, ``attention`` (n, n_layers, n_heads): attention mass from the answer to the window."""
+    asked, ``attention`` (n, n_layers, n_heads): attention mass from the answer to the window;
+    with ``keep_resid``, ``resid`` (n, n_layers, d_model): ``resid[l]`` at the answer position
+    (after any injection and ablation)."""
 
     logit_diff: np.ndarray
     p_yes: np.ndarray
@@ -56,6 +74,7 @@ class CellScores:
     lens: np.ndarray
     attention: np.ndarray | None = None
     prefix_length: int = 0
+    resid: np.ndarray | None = None
 
 
 def shared_prefix_length(trials: Sequence[Trial]) -> int:
@@ -77,7 +96,8 @@ def logits_from_final(model: StandardModel, h: torch.Tensor, rows: torch.Tensor 
     return out
 
 
-def _check(model: StandardModel, trials: Sequence[Trial], cells: Sequence[Injection], bank: torch.Tensor) -> None:
+def _check(model: StandardModel, trials: Sequence[Trial], cells: Sequence[Injection], bank: torch.Tensor,
+           ablate: dict[int, torch.Tensor]) -> None:
     if not trials or not cells:
         raise InputError("nothing to score: no trials or no cells")
     for c in cells:
@@ -88,14 +108,49 @@ def _check(model: StandardModel, trials: Sequence[Trial], cells: Sequence[Inject
                 raise LayerError(f"layer {c.layer} is out of range for {model.name} (0..{model.n_layers - 1})")
             if c.vector is None or not 0 <= c.vector < bank.shape[0]:
                 raise InputError(f"cell at layer {c.layer} needs a vector index in 0..{bank.shape[0] - 1}")
+        if c.ablate and (c.layer is None or c.layer not in ablate):
+            raise InputError(f"an ablated cell needs a layer with an ablation direction (given for layers "
+                             f"{sorted(ablate)}), got layer {c.layer}")
+
+
+def ablation_directions(vector: Any, layers: Sequence[int], d_model: int,
+                        name: str = "ablate") -> dict[int, np.ndarray]:
+    """Unit ``(d_model,)`` directions per layer from a ``ConceptVector`` (or ``{layer: array}``),
+    checked: width ``d_model``, every one of ``layers`` present and non-zero. One-line
+    ``InputError`` otherwise.
+
+    >>> ablation_directions({1: np.array([3.0, 4.0])}, [1], 2)[1].astype(float).round(3).tolist()
+    [0.6, 0.8]
+    """
+    vecs = getattr(vector, "vectors", vector)
+    label = getattr(vector, "name", name)
+    if not isinstance(vecs, dict) or not vecs:
+        raise InputError(f"{name} vector must be a ConceptVector (one direction per layer), got {type(vector).__name__}")
+    out = {}
+    for layer in layers:
+        if int(layer) not in vecs:
+            raise InputError(f"{name} vector {label!r} has no layer {int(layer)} (it has {sorted(vecs)}); "
+                             f"build it with the swept layers {list(layers)}")
+        u = np.asarray(vecs[int(layer)], dtype=np.float64)
+        if u.ndim != 1 or u.shape[0] != d_model:
+            raise InputError(f"{name} vector {label!r} has width {u.shape[-1] if u.ndim else 0} at layer {int(layer)}, "
+                             f"the model has d_model={d_model}; use a vector fitted on this model")
+        norm = np.linalg.norm(u)
+        if not np.isfinite(norm) or norm == 0:
+            raise InputError(f"{name} vector {label!r} is zero or not finite at layer {int(layer)}")
+        out[int(layer)] = (u / norm).astype(np.float32)
+    return out
 
 
 @torch.inference_mode()
 def score_cells(model: StandardModel, trials: Sequence[Trial], cells: Sequence[Injection],
                 bank: torch.Tensor | np.ndarray | None, tokens: AnswerTokens, *, batch_size: int = 64,
                 share_prefix: bool = True, skip_early: bool = True, attention: bool = False,
-                progress: bool = False) -> CellScores:
+                ablate: Any = None, keep_resid: bool = False, progress: bool = False) -> CellScores:
     """Score ``cells`` in batches. ``bank``: ``(n_vectors, d_model)`` rows the cells index.
+    ``ablate``: ``{layer: (d_model,) direction}`` (normalised here) for the cells with
+    ``ablate=True`` (see the module doc). ``keep_resid``: also return ``resid[l]`` at the answer
+    position of every cell (``CellScores.resid``; memory ``n × n_layers × d_model``).
 
     Two exact shortcuts, both on by default:
 
@@ -117,16 +172,21 @@ def score_cells(model: StandardModel, trials: Sequence[Trial], cells: Sequence[I
     bank = bank.to(device=model.device, dtype=torch.float32)
     if bank.dim() != 2 or bank.shape[1] != model.d_model:
         raise InputError(f"vector bank must be (n, {model.d_model}), got {tuple(bank.shape)}")
-    _check(model, trials, cells, bank)
+    dirs = {int(k): torch.as_tensor(v, dtype=torch.float32, device=model.device)
+            for k, v in ablation_directions(ablate, getattr(ablate, "layers", None) or sorted(ablate),
+                                            model.d_model).items()} if ablate is not None else {}
+    _check(model, trials, cells, bank, dirs)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
 
     plen = shared_prefix_length(trials) if share_prefix else 0
     run = _Run(model, trials, bank, tokens, plen, prefix_cache(model, trials[0].ids[:plen]), attention)
+    run.ablation = _Ablation(dirs)
     n = len(cells)
     out = CellScores(np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32),
                      np.empty((n, model.n_layers), np.float32),
-                     np.empty((n, model.n_layers, model.n_heads), np.float32) if attention else None, plen)
+                     np.empty((n, model.n_layers, model.n_heads), np.float32) if attention else None, plen,
+                     np.empty((n, model.n_layers, model.d_model), np.float32) if keep_resid else None)
     skip = skip_early and not attention
     # one layer per batch when skipping; cells of the same prompt together (little padding)
     key = (lambda i: (-1 if cells[i].layer is None else cells[i].layer, len(trials[cells[i].trial].ids),
@@ -139,7 +199,10 @@ def score_cells(model: StandardModel, trials: Sequence[Trial], cells: Sequence[I
             batches[-1].append(i)
         else:
             batches.append([i])
-    with Injector(model) as inj, (eager_attention(model) if attention else contextlib.nullcontext()):
+    # the ablation hooks go on before the Injector's, so they run first and the Injector's capture
+    # (the logit lens) sees the ablated residual
+    with run.ablation.installed(model), Injector(model) as inj, (
+            eager_attention(model) if attention else contextlib.nullcontext()):
         if skip:
             run.cache_residuals(inj)
         for batch in _progress(batches, desc="introspect", unit="batch") if progress else batches:
@@ -157,6 +220,7 @@ class _Run:
         self.rows = torch.tensor(tokens.ids, device=model.device)
         self.resid: list[list[torch.Tensor]] = []   # [layer][trial] -> (suffix_len, d), uninjected
         self.forms: dict[int, int] = {}
+        self.ablation = _Ablation({})
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> object:
         B = ids.shape[0]
@@ -186,17 +250,20 @@ class _Run:
         pos = torch.arange(S, device=dev)
         window = ((pos[None] >= start[:, None]) & (pos[None] < length[:, None])).float()   # (B, S)
         deltas = _deltas(rows, self.bank, window)
+        masks = _ablation_masks(rows, window)
         inj.captured = [None] * model.n_layers
         inj.gather = ans
         layer = rows[0].layer
         if skip and layer is not None:
-            # blocks 0..layer are the uninjected pass plus, at `layer`, the injection
+            # blocks 0..layer are the uninjected pass plus, at `layer`, the injection (and ablation)
             dtype = self.resid[layer][0].dtype
             value = torch.zeros(B, S, model.d_model, device=dev, dtype=dtype)
             for r, c in enumerate(rows):
                 value[r, :len(suffix[r])] = self.resid[layer][c.trial]
             value = value + deltas[layer].to(dtype)
-            inj.deltas = {}
+            if layer in masks:
+                value = _ablate(value, self.ablation.dirs[layer], masks[layer])
+            inj.deltas, self.ablation.state = {}, {}
             with replay_blocks(model, layer, value, self.forms):
                 o = self.forward(ids, mask)
             for i in range(layer):
@@ -204,7 +271,9 @@ class _Run:
             inj.captured[layer] = value[torch.arange(B, device=dev), ans]
         else:
             inj.deltas = deltas
+            self.ablation.state = {layer: (deltas.get(layer), m) for layer, m in masks.items()}
             o = self.forward(ids, mask)
+            self.ablation.state = {}
         final = o.last_hidden_state[torch.arange(B, device=dev), ans]          # (B, d)
         logp = logits_from_final(model, final).float().log_softmax(-1)
         sub = logp[:, self.rows]
@@ -217,6 +286,54 @@ class _Run:
         out.lens[where] = yes_no_diff(lens_logits, _local(self.tokens)).cpu().numpy()
         if out.attention is not None:
             out.attention[where] = _window_attention(o.attentions, ans, start, plen).cpu().numpy()
+        if out.resid is not None:
+            out.resid[where] = resid.float().cpu().numpy()
+
+
+def _ablation_masks(rows: Sequence[Injection], window: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{layer: (B, S)}``: the window of the rows ablated at ``layer``, zeros elsewhere."""
+    out = {}
+    for layer in sorted({c.layer for c in rows if c.ablate}):
+        flag = torch.tensor([float(c.ablate and c.layer == layer) for c in rows], device=window.device)
+        out[layer] = window * flag[:, None]
+    return out
+
+
+def _ablate(h: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``h - ((h . u) u)`` where ``mask`` (``(B, S)``) is 1; ``h`` unchanged elsewhere."""
+    u = u.to(h.dtype)
+    return h - ((h * u).sum(-1, keepdim=True) * mask[..., None].to(h.dtype)) * u
+
+
+class _Ablation:
+    """Forward hooks that ablate ``dirs[layer]`` for the rows of the current forward (``state``:
+    ``{layer: (delta or None, (B, S) mask)}``). They run before the Injector adds ``delta``, so
+    they remove ``((h + delta) . u) u``: the same as adding first, then ablating."""
+
+    def __init__(self, dirs: dict[int, torch.Tensor]) -> None:
+        self.dirs = dirs
+        self.state: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+
+    def _hook(self, layer: int):  # noqa: ANN202
+        def hook(_module, _inputs, output):  # noqa: ANN001, ANN202
+            if layer not in self.state:
+                return None
+            delta, mask = self.state[layer]
+            h = block_output(output)
+            u = self.dirs[layer].to(h.dtype)
+            full = h if delta is None else h + delta.to(h.dtype)
+            return replace_block_output(output, h - ((full * u).sum(-1, keepdim=True) * mask[..., None].to(h.dtype)) * u)
+        return hook
+
+    @contextlib.contextmanager
+    def installed(self, model: StandardModel) -> Iterator[None]:
+        handles = [model.blocks[layer].register_forward_hook(self._hook(layer)) for layer in self.dirs]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self.state = {}
 
 
 def _deltas(rows: Sequence[Injection], bank: torch.Tensor, window: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -7,8 +7,15 @@
 - ``introspect_layers``: the same against relative depth at the focus strength, plus the score
 - ``introspect_heldout``: at the reported cell, every vector's score as a dot (report and
   selection concepts, each random vector of each kind), with the held-out mean and interval
-- ``introspect_lens``: logit lens of the yes-no difference across layers
-- ``introspect_heads``: attention from the answer position to the window per (layer, head)
+- ``introspect_lens``: logit lens of the yes-no difference across layers, one panel per injected
+  layer at its lens strength (where detection flips and the controls do not, else the focus one)
+- ``introspect_heads``: attention from the answer position to the window per (layer, head):
+  detection with injection, and its differences from detection without injection, from the
+  control questions with injection and from random vectors
+- ``introspect_flips``: per layer, each vector's detection flip strength against its control
+  flip strength (the diagonal: both flip together)
+- ``introspect_ablation`` (with an ablation direction): the score against strength with and
+  without the ablation, one panel per layer
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import numpy as np
 
 from emoscope.core.figures import new_figure
 
-__all__ = ["strength_figure", "layer_figure", "heldout_figure", "lens_figure", "heads_figure", "sweep_figures"]
+__all__ = ["strength_figure", "layer_figure", "heldout_figure", "lens_figure", "heads_figure", "flips_figure",
+           "ablation_figure", "sweep_figures"]
 
 _STYLE = {
     ("concept", "detection_shift"): ("#c4362b", "-", "concept: detection"),
@@ -150,46 +158,123 @@ def heldout_figure(per_vector: Any, heldout: Any, title: str = "") -> Any:
     return fig
 
 
+_LENS_COLORS = {"baseline": "0.3", "concept": "#c4362b", "random": "#75507b", "random_cov": "#c17d11",
+                "baseline+ablated": "0.6", "concept+ablated": "#e9967a"}
+
+
 def lens_figure(lens: Any, title: str = "") -> Any:
-    """Logit lens of the yes-no difference per layer for baseline, concept and random."""
-    fig = new_figure(6.4, 3.6, layout="constrained")
-    ax = fig.add_subplot()
-    colors = {"baseline": "0.3", "concept": "#c4362b", "random": "#75507b", "random_cov": "#c17d11"}
-    for (cond, kind), g in lens.groupby(["condition", "kind"], sort=True):
-        ax.plot(g.lens_layer, g.logit_diff, color=colors.get(cond, "k"), ls="-" if kind == "detection" else "--",
-                marker="o", ms=2.5, label=f"{cond}, {kind}")
-    injected = lens.injected_layer.dropna()
-    if len(injected):
-        ax.axvline(float(injected.iloc[0]), color="#c4362b", lw=0.8, alpha=0.5)
-    ax.axhline(0, color="0.5", lw=0.8)
+    """Logit lens of the yes-no difference per layer for baseline, concept and random (and the
+    ablated baseline and concepts when they ran), one panel per injected layer at its strength."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer read by the lens (final norm + unembedding)")
-    ax.set_ylabel("logit(yes) − logit(no)")
-    ax.set_title(title or "Logit lens of the answer", fontsize=10)
-    ax.legend(frameon=False, fontsize=7)
-    ax.grid(alpha=0.3)
+    layers = sorted(int(x) for x in lens.injected_layer.dropna().unique())
+    fig = new_figure(max(6.4, 3.6 * len(layers) + 0.6), 4.2, layout="constrained")
+    axes = fig.subplots(1, max(1, len(layers)), sharey=True, squeeze=False)[0]
+    for ax, layer in zip(axes, layers or [None], strict=True):
+        sub = lens[(lens.condition == "baseline") | (lens.injected_layer == layer)]
+        for (cond, kind), g in sub.groupby(["condition", "kind"], sort=True):
+            if cond not in _LENS_COLORS:
+                continue
+            ax.plot(g.lens_layer, g.logit_diff, color=_LENS_COLORS[cond], ls="-" if kind == "detection" else "--",
+                    marker="o", ms=2.5, label=f"{cond}, {kind}")
+        if layer is not None:
+            ax.axvline(layer, color="#c4362b", lw=0.8, alpha=0.5)
+            at = sub[~sub.condition.str.startswith("baseline")]
+            if len(at):
+                how = at.strength_choice.iloc[0] if "strength_choice" in at else "focus"
+                ax.set_title(f"injected at layer {layer}, strength {at.strength.iloc[0]:g} "
+                             f"({'detection flips, control not' if how == 'flip' else 'focus strength'})", fontsize=8)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer read by the lens (final norm + unembedding)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("logit(yes) − logit(no)")
+    _legend(fig, axes)
+    fig.suptitle(title or "Logit lens of the answer", fontsize=10)
     return fig
 
 
 def heads_figure(heads: Any, title: str = "") -> Any:
-    """Heatmaps (layer × head) of attention mass from the answer to the window: injected
-    (mean over concepts) and injected minus baseline."""
+    """Heatmaps (layer × head) of attention mass from the answer to the window: detection with
+    concept injection (mean over concepts), and its differences from detection without
+    injection, from the control questions with injection, and from random vectors."""
     H = int(heads["head"].max()) + 1
-    inj = heads.pivot(index="layer", columns="head", values="injected").to_numpy()
-    diff = heads.pivot(index="layer", columns="head", values="difference").to_numpy()
-    fig = new_figure(3.0 + 0.7 * H, 2.0 + 0.16 * inj.shape[0], layout="constrained")
-    a1, a2 = fig.subplots(1, 2)
-    im1 = a1.imshow(inj, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
-    lim = float(np.nanmax(np.abs(diff))) or 1.0
-    im2 = a2.imshow(diff, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
-    for ax, im, name in ((a1, im1, "injected"), (a2, im2, "injected − baseline")):
+    panels = [("detection_injected", "detection, injected"),
+              ("detection_minus_baseline", "detection: injected − not injected"),
+              ("detection_minus_control", "injected: detection − control"),
+              ("concept_minus_random", "detection: concept − random")]
+    mats = {col: heads.pivot(index="layer", columns="head", values=col).to_numpy() for col, _ in panels}
+    L = mats["detection_injected"].shape[0]
+    fig = new_figure(2.0 + 1.5 * len(panels) + 0.45 * H * len(panels) / 2, 2.0 + 0.16 * L, layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (col, name) in zip(axes, panels, strict=True):
+        m = mats[col]
+        if col == "detection_injected":
+            im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
+        else:
+            lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 0.0
+            lim = lim or 1.0
+            im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.05)
     fig.suptitle(title or "Attention from the answer position to the injection window", fontsize=10)
+    return fig
+
+
+def flips_figure(flips: Any, title: str = "") -> Any:
+    """Per injected layer, every vector's detection flip strength (x) against its control flip
+    strength (y); vectors that never flip in the grid sit on the edge (marked ∞)."""
+    layers = sorted(flips.layer.unique())
+    fig = new_figure(3.2 * max(1, len(layers)) + 0.6, 3.8, layout="constrained")
+    axes = fig.subplots(1, max(1, len(layers)), squeeze=False)[0]
+    finite = flips[["detection_flip", "control_flip"]].to_numpy(float)
+    finite = finite[np.isfinite(finite)]
+    top = float(finite.max()) if finite.size else 1.0
+    edge = top * 1.25 if top > 0 else 1.0
+    colors = {"concept": "#c4362b", "random": "#75507b", "random_cov": "#c17d11"}
+    for ax, layer in zip(axes, layers, strict=True):
+        sub = flips[flips.layer == layer]
+        for cond, color in colors.items():
+            g = sub[sub.condition == cond]
+            if len(g):
+                x = np.where(np.isinf(g.detection_flip), edge, g.detection_flip)
+                y = np.where(np.isinf(g.control_flip), edge, g.control_flip)
+                ax.scatter(x, y, s=16, color=color, alpha=0.8, label=cond)
+        ax.plot([0, edge], [0, edge], color="0.5", lw=0.8, ls=":")
+        ax.set_xlim(-0.05 * edge, edge * 1.05)
+        ax.set_ylim(-0.05 * edge, edge * 1.05)
+        ax.set_xlabel("detection flips at strength")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("control flips at strength (edge: never)")
+    _legend(fig, axes)
+    fig.suptitle(title or "Where the yes-no difference crosses 0: detection vs control", fontsize=10)
+    return fig
+
+
+def ablation_figure(ablation: Any, title: str = "") -> Any:
+    """Concept score against strength with and without the ablated direction, one panel per
+    layer; the band is the bootstrap interval of the difference, drawn around the ablated line."""
+    sub = ablation[ablation.condition == "concept"]
+    layers = sorted(sub.layer.unique())
+    fig = new_figure(3.2 * max(1, len(layers)) + 0.6, 4.0, layout="constrained")
+    axes = fig.subplots(1, max(1, len(layers)), sharey=True, squeeze=False)[0]
+    for ax, layer in zip(axes, layers, strict=True):
+        g = sub[sub.layer == layer].sort_values("strength")
+        ax.plot(g.strength, g.score, color="#4e9a06", marker="o", ms=3, label="score")
+        ax.plot(g.strength, g.score_ablated, color="#4e9a06", ls="--", marker="o", ms=3, label="score, ablated")
+        ax.fill_between(g.strength, g.score + g.difference_lo, g.score + g.difference_hi, color="#4e9a06",
+                        alpha=0.12, lw=0)
+        ax.axhline(0, color="0.5", lw=0.8)
+        _strength_axis(ax, sorted(sub.strength.unique()))
+        ax.set_xlabel("strength")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score (detection − control shift)")
+    _legend(fig, axes)
+    fig.suptitle(title or "Introspection score with and without the ablated direction", fontsize=10)
     return fig
 
 
@@ -201,9 +286,15 @@ def sweep_figures(result: Any) -> dict[str, Any]:
         "introspect_strength": strength_figure(result.summary, f"Concept injection — {tag}"),
         "introspect_layers": layer_figure(result.summary, m["focus_strength"],
                                           f"Layer sweep at strength {m['focus_strength']:g} — {tag}"),
-        "introspect_lens": lens_figure(result.lens, f"Logit lens, injection at layer {m['focus_layer']}, "
-                                                    f"strength {m['focus_strength']:g} — {tag}"),
+        "introspect_lens": lens_figure(result.lens, f"Logit lens of the answer — {tag}"),
     }
+    flips = getattr(result, "flips", None)
+    if flips is not None and len(flips):
+        figs["introspect_flips"] = flips_figure(flips, f"Flip strengths — {tag}")
+    ablation = getattr(result, "ablation", None)
+    if ablation is not None and len(ablation):
+        figs["introspect_ablation"] = ablation_figure(
+            ablation, f"Score with and without ablating {m.get('ablate')!r} at the injected layer — {tag}")
     h = getattr(result, "heldout", None)
     if h is not None:
         how = f"chosen on {len(h.select)} concepts, reported on {h.n}" if h.select else "fixed cell"

@@ -29,6 +29,12 @@ Spec section (all optional)::
       n_random: 10                 # random vectors of each kind
       random_kind: both            # isotropic | covariance | both
       free_text: 0                 # N sampled answers per cell, graded by rules
+      ablate: refusal.safetensors  # a ConceptVector whose direction is also ablated at the injected
+                                   # layer in every cell (conditions "+ablated", table introspect_ablation)
+
+Besides the finding, the stage writes ``introspect_flips`` (per concept and layer, the strength at
+which the detection question's yes-minus-no difference crosses 0, the control questions' mean
+crosses 0, and the gap) and notes, per layer, the strength its logit lens is drawn at.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class IntrospectOptions(BaseModel):
     max_new_tokens: int = Field(default=40, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
     unit: Literal["trial_norm", "token_norm", "token_norm_robust"] = "trial_norm"  # see emoscope.vectors.units
+    ablate: str | None = None  # a ConceptVector .safetensors file: its direction is ablated at the injected layer
     claim: str | None = None
 
 
@@ -143,6 +150,14 @@ def check_introspect(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.
     load_words(opts.concepts, "concepts")
     load_words(opts.baseline_words, "baseline-words")
     load_control_questions(opts.controls)
+    if opts.ablate:
+        from pathlib import Path
+
+        from emoscope.errors import InputError
+
+        if not Path(opts.ablate).is_file():
+            raise InputError(f"introspect: ablate vector file {opts.ablate} not found; give a ConceptVector "
+                             ".safetensors file")
 
 
 @register_stage("introspect", options_model=IntrospectOptions, check=check_introspect,
@@ -158,7 +173,7 @@ def introspect_stage(ctx: RunContext) -> StageResult:
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
         batch_size=o.batch_size, focus_layer=o.focus_layer, focus_strength=o.focus_strength, heads=o.heads,
         n_boot=o.n_boot, free_text=o.free_text, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-        unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits, progress=not is_quiet(),
+        unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits, ablate=o.ablate, progress=not is_quiet(),
     )
     for name, df in res.tables().items():
         ctx.write_table(name, df)
@@ -194,8 +209,28 @@ def introspect_stage(ctx: RunContext) -> StageResult:
             metrics[f"p_vs_{cmp.condition}"] = cmp.p_value
     if h.random is None and h.random_cov is None:
         summary += " (no random vectors)"
-    ctx.note(f"reported cell: {h.selection_note}; the logit lens and heads use the focus cell fixed before the data "
+    ctx.note(f"reported cell: {h.selection_note}; the heads use the focus cell fixed before the data "
              f"(layer {m['focus_layer']}, strength {m['focus_strength']:g})")
+    ctx.note(m["lens_note"] + " (" + ", ".join(
+        f"layer {layer}: {s:g} ({m['lens_strength_choice'][layer]})" for layer, s in m["lens_strengths"].items()) + ")")
+    for r in m["flips"]:
+        if r["condition"] in ("concept", "random"):
+            ctx.note(f"flips, {r['condition']} at layer {r['layer']} (median over {r['n']}): detection "
+                     f"{r['median_detection_flip']}, control {r['median_control_flip']}, gap {r['median_gap']}; "
+                     f"detection flips in the grid for {r['detection_flips_share']:.0%}, control for "
+                     f"{r['control_flips_share']:.0%}")
+    if m.get("ablate"):
+        ctx.note(f"ablated direction {m['ablate']!r}: {m['ablate_layers']}; the ablated conditions' shifts are "
+                 "measured from the ablated baseline at the same layer (table introspect_ablation)")
+        if res.ablation is not None and len(res.ablation):
+            a = res.ablation[(res.ablation.condition == "concept") & (res.ablation.layer == h.layer)
+                             & (res.ablation.strength == h.strength)]
+            if len(a):
+                r = a.iloc[0]
+                metrics["score_ablated"] = round(float(r.score_ablated), 4)
+                ctx.note(f"ablation at the reported cell: score {r.score:+.3f} -> {r.score_ablated:+.3f} "
+                         f"(difference {r.difference:+.3f} [{r.difference_lo:+.3f}, {r.difference_hi:+.3f}] over "
+                         f"{int(r.n)} concepts)")
     massive = {layer: dims for layer, dims in (m.get("massive_dims") or {}).items() if dims}
     if massive:
         ctx.note("massive dimensions on neutral text (layer: dims) "

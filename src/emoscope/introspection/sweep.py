@@ -20,6 +20,29 @@ vectors), plus one neutral-corpus extraction for the covariance and the massive 
 
 The reported cell (``InjectionResult.heldout``) is chosen on half the concepts and reported on
 the other half; see ``emoscope.introspection.heldout``.
+
+Heads (``introspect_heads``): one eager-attention pass at the focus cell over the detection
+question and every control question, with and without concept injection, and with isotropic
+random vectors (covariance-matched ones when no isotropic ones ran): the attention from the
+answer position to the window per (layer, head) in the replication's three conditions (control
+question with injection, detection question with injection, detection question without) side by
+side, the random vectors' mean and spread beside them (``tables.heads_table``).
+
+Flip strengths (``introspect_flips``): per vector and layer, where the detection question's
+yes-minus-no difference crosses 0, where the control questions' mean does, and the gap
+(``tables.flips_table``). The logit lens is drawn per swept layer at the smallest grid strength
+where, for most concepts, detection has flipped and the controls have not
+(``tables.flip_lens_strengths``); a layer without one keeps the focus strength (the meta says so).
+
+Ablation (``ablate=``, a ``ConceptVector`` or its ``.safetensors`` path, e.g. a refusal
+direction): every injected cell also runs with that direction's projection removed at the
+injected layer only, over the injection window, after the concept is added (``cells`` module
+doc), as condition ``<condition>+ablated``; ``baseline+ablated`` is the uninjected prompt with the
+direction ablated at each swept layer, the zero its ablated conditions' shifts are measured from.
+``introspect_ablation`` compares the score with and without ablation (``tables.ablation_table``).
+A single layer is the choice: the same place the concept enters, exact under the early-block
+replay, and it needs the vector only at the swept layers; later blocks can write the direction
+back, which the lens of the ablated cells shows. Ablation doubles the injected cells.
 """
 
 from __future__ import annotations
@@ -35,11 +58,20 @@ import pandas as pd
 import torch
 
 from emoscope.errors import InputError
-from emoscope.introspection.cells import Injection, score_cells
+from emoscope.introspection.cells import Injection, ablation_directions, score_cells
 from emoscope.introspection.concepts import concept_vectors, random_vectors
 from emoscope.introspection.heldout import N_SPLITS, HeldOutFinding, heldout_finding
 from emoscope.introspection.measure import answer_tokens
-from emoscope.introspection.tables import heads_table, lens_table, per_vector_table, summary_table
+from emoscope.introspection.tables import (
+    ABLATED,
+    ablation_table,
+    flip_lens_strengths,
+    flips_table,
+    heads_table,
+    lens_table,
+    per_vector_table,
+    summary_table,
+)
 from emoscope.introspection.trials import Trial, build_trials
 from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
@@ -71,8 +103,13 @@ class InjectionResult:
     - ``summary``: means over vectors with bootstrap intervals and min/max over vectors, per
       condition (``concept``, ``random`` isotropic, ``random_cov`` covariance-matched) × layer ×
       strength
-    - ``lens``: logit lens of the yes-no difference at the focus layer and strength
-    - ``heads``: attention from the answer position to the window per (layer, head)
+    - ``lens``: logit lens of the yes-no difference per swept layer, at the strength where
+      detection flips and the controls do not (else the focus strength; ``strength_choice``)
+    - ``heads``: attention from the answer position to the window per (layer, head): detection
+      and control questions with concept injection, detection without, random vectors beside
+    - ``flips``: per vector and layer, the strength where detection flips, where the control
+      flips, and the gap
+    - ``ablation``: with ``ablate``, the score with and without the ablated direction
     - ``norms``: the mean residual norm per layer (the strength unit) and the share of it that its
       largest dimension carries (see ``resid_norm_profile``)
     - ``heldout``: the reported cell, chosen on half the concepts and reported on the other
@@ -88,10 +125,16 @@ class InjectionResult:
     meta: dict[str, Any] = field(default_factory=dict)
     free_text: pd.DataFrame | None = None
     heldout: HeldOutFinding | None = None
+    flips: pd.DataFrame | None = None
+    ablation: pd.DataFrame | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         out = {"introspect_cells": self.cells, "introspect_per_vector": self.per_vector,
                "introspect_summary": self.summary, "introspect_lens": self.lens, "introspect_norms": self.norms}
+        if self.flips is not None:
+            out["introspect_flips"] = self.flips
+        if self.ablation is not None:
+            out["introspect_ablation"] = self.ablation
         if self.heldout is not None:
             out["introspect_heldout"] = self.heldout.table()
         if self.heads is not None:
@@ -205,7 +248,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
               batch_size: int = 64, focus_layer: int | None = None, focus_strength: float | None = None,
               heads: bool = True, n_boot: int = 2000, free_text: int = 0, max_new_tokens: int = 40,
               temperature: float = 1.0, judge: Any = None, unit: str = "trial_norm", n_splits: int = N_SPLITS,
-              progress: bool = False) -> InjectionResult:
+              ablate: Any = None, progress: bool = False) -> InjectionResult:
     """Run the logit sweep. ``vectors``: ``ConceptVector``s to inject (default: built from
     ``concepts`` minus the mean over ``baseline`` words). ``controls``: a control-question set
     name, path or list of questions. ``free_text=N``: also N sampled answers per cell of the
@@ -216,6 +259,8 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     ``random_kind`` (``isotropic``, ``covariance``-matched, or ``both``). The reported cell is
     chosen on half the concepts unless ``focus_layer`` and ``focus_strength`` fix it; its seed
     spread uses ``n_splits`` (>= 3) seeds of the concept split (see ``emoscope.introspection.heldout``).
+    ``ablate``: a ``ConceptVector`` (or its ``.safetensors`` path) whose direction is also ablated
+    at the injected layer in every cell, beside the same cells without ablation (module doc).
 
     >>> res = run_sweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[4])  # doctest: +SKIP
     >>> res.summary[["condition", "layer", "strength", "score"]]                          # doctest: +SKIP
@@ -244,6 +289,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         vectors = concept_vectors(model, concepts, baseline, layers=layer_list, progress=progress)
     vectors = list(vectors)
     _check_vectors(vectors, layer_list, model.d_model)
+    ablate_name, dirs = _ablation(ablate, layer_list, model.d_model)
     iso = random_vectors(model.d_model, layer_list, n_random, seed=seed) if (
         n_random and random_kind in ("isotropic", "both")) else []
     cov = []
@@ -272,7 +318,19 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
                     for t in range(len(trials)):
                         cells.append(Injection(t, layer, len(bank) - 1, scale))
                         labels.append((cond, v.name, layer, s, scale))
-    scores = score_cells(model, trials, cells, np.stack(bank), tokens, batch_size=batch_size, progress=progress)
+    if dirs:
+        # the ablated baseline per layer, then every injected cell again with the ablation
+        n_plain = len(cells)
+        for layer in layer_list:
+            for t in range(len(trials)):
+                cells.append(Injection(t, layer, 0, 0.0, True))
+                labels.append(("baseline" + ABLATED, "none", layer, 0.0, 0.0))
+        for i in range(len(trials), n_plain):
+            c, lab = cells[i], labels[i]
+            cells.append(Injection(c.trial, c.layer, c.vector, c.scale, True))
+            labels.append((lab[0] + ABLATED, *lab[1:]))
+    scores = score_cells(model, trials, cells, np.stack(bank), tokens, batch_size=batch_size,
+                         ablate=dirs or None, progress=progress)
 
     table = pd.DataFrame(labels, columns=["condition", "vector", "layer", "strength", "scale"])
     table.insert(1, "kind", [trials[c.trial].kind for c in cells])
@@ -281,21 +339,27 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     table["layer"] = table.layer.astype("Int64")
     table["logit_diff"] = scores.logit_diff
     base = scores.logit_diff[: len(trials)]
-    table["shift"] = scores.logit_diff - base[[c.trial for c in cells]]
+    table["shift"] = scores.logit_diff - _zero(cells, labels, scores.logit_diff)
     table["p_yes"], table["p_no"] = scores.p_yes, scores.p_no
     per_vector = per_vector_table(table)
     summary = summary_table(per_vector, n_boot=n_boot, seed=seed)
-    lens = lens_table(table, scores.lens, model.n_layers, layer=fl, strength=fs)
+    flips = flips_table(table)
+    lens, lens_meta = _flip_lens(table, scores.lens, model.n_layers, layer_list, fs)
     heldout = heldout_finding(per_vector, focus_layer=focus_layer, focus_strength=focus_strength,
                               fallback=(fl, fs), seed=seed, n_boot=n_boot, n_splits=n_splits)
+    ablation_df = ablation_table(per_vector, n_boot=n_boot, seed=seed) if dirs else None
 
-    heads_df = None
+    heads_df, heads_random = None, None
     if heads:
-        rows = [0] + [i for i, c in enumerate(cells) if labels[i][0] == "concept" and c.trial == 0
-                      and c.layer == fl and labels[i][3] == fs]
+        heads_random = "random" if iso else ("random_cov" if cov else None)
+        keep = ("concept", heads_random)
+        rows = list(range(len(trials))) + [
+            i for i, c in enumerate(cells) if labels[i][0] in keep and c.layer == fl and labels[i][3] == fs]
         att = score_cells(model, trials, [cells[i] for i in rows], np.stack(bank), tokens,
                           batch_size=batch_size, attention=True).attention
-        heads_df = heads_table(att, np.arange(len(rows)) == 0)
+        group = ["baseline" if labels[i][0] == "baseline" else
+                 "concept" if labels[i][0] == "concept" else "random" for i in rows]
+        heads_df = heads_table(att, group, [trials[cells[i].trial].kind for i in rows], [labels[i][1] for i in rows])
 
     free_df = None
     if free_text:
@@ -316,8 +380,102 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         "focus_layer": fl, "focus_strength": fs, "chat_template": model.has_chat_template,
         "detection_prompt": trials[0].text, "n_cells": len(cells),
         "baseline_detection_diff": float(base[0]), "baseline_control_diff_mean": float(base[1:].mean()),
+        "heads_random": heads_random, "flips": _flip_summary(flips), **lens_meta,
+        "ablate": ablate_name, "ablate_layers": "the injected layer only, over the injection window, after the concept"
+        if dirs else None,
     }
-    return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df, heldout)
+    if dirs:
+        meta["ablation_baseline"] = _ablation_baseline(table)
+    return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df, heldout,
+                           flips, ablation_df)
+
+
+def _ablation(ablate: Any, layers: Sequence[int], d: int) -> tuple[str | None, dict[int, np.ndarray]]:
+    """The ablation vector's name and its unit direction per swept layer (checked)."""
+    if ablate is None:
+        return None, {}
+    if isinstance(ablate, (str, os.PathLike)):
+        from emoscope.vectors import ConceptVector
+
+        if not Path(ablate).is_file():
+            raise InputError(f"ablate: vector file {ablate} not found; give a ConceptVector .safetensors file")
+        ablate = ConceptVector.load(ablate)
+    return str(getattr(ablate, "name", "ablate")), ablation_directions(ablate, layers, d)
+
+
+def _zero(cells: Sequence[Injection], labels: Sequence[tuple], diff: np.ndarray) -> np.ndarray:
+    """Per cell, the logit difference its shift is measured from: the trial's baseline; for an
+    ablated condition the ablated baseline at the same layer (for ``baseline+ablated`` itself,
+    the plain baseline: its shift is the ablation's own effect)."""
+    ablated_base = {(c.trial, c.layer): diff[i] for i, (c, lab) in enumerate(zip(cells, labels, strict=True))
+                    if lab[0] == "baseline" + ABLATED}
+    return np.array([ablated_base[(c.trial, c.layer)] if lab[0].endswith(ABLATED) and lab[0] != "baseline" + ABLATED
+                     else diff[c.trial] for c, lab in zip(cells, labels, strict=True)], dtype=diff.dtype)
+
+
+def _flip_lens(table: pd.DataFrame, lens: np.ndarray, n_layers: int, layers: Sequence[int],
+               focus_strength: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The logit lens per swept layer at the strength where detection flips and the controls do
+    not (``flip_lens_strengths``), or at the focus strength where no grid strength does."""
+    chosen = flip_lens_strengths(table)
+    parts, strengths, choice, missing = [], {}, {}, []
+    for layer in layers:
+        s = chosen.get(int(layer))
+        how = "flip" if s is not None else "focus"
+        if s is None:
+            s = focus_strength
+            missing.append(int(layer))
+        part = lens_table(table, lens, n_layers, layer=int(layer), strength=s)
+        part["strength_choice"] = np.where(part.condition.str.startswith("baseline"), "none", how)
+        parts.append(part)
+        strengths[int(layer)], choice[int(layer)] = float(s), how
+    out = pd.concat(parts, ignore_index=True)
+    out = out[~((out.condition == "baseline") & out.duplicated(["condition", "kind", "lens_layer"]))]
+    note = ("logit lens per layer at the smallest strength where detection > 0 and the control mean < 0 for most "
+            "concepts")
+    if missing:
+        note += (f"; no strength of the grid does that at layer(s) {missing}: their lens is at the focus strength "
+                 f"{focus_strength:g}")
+    return out.reset_index(drop=True), {"lens_strengths": strengths, "lens_strength_choice": choice,
+                                        "lens_note": note}
+
+
+def _json_number(x: float) -> float | str | None:
+    """A float for JSON: ``None`` for nan, ``"inf"`` / ``"-inf"`` for infinities."""
+    if np.isnan(x):
+        return None
+    return float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _flip_summary(flips: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (condition, layer): medians of the flip strengths and the gap (``inf``: never flips in
+    the grid), and the share of vectors whose detection / control flips within the grid."""
+    out = []
+    for (cond, layer), g in flips.groupby(["condition", "layer"], sort=True):
+        row: dict[str, Any] = {"condition": cond, "layer": int(layer), "n": len(g)}
+        for col in ("detection_flip", "control_flip", "gap"):
+            x = g[col].to_numpy(float)
+            x = x[~np.isnan(x)]
+            row[f"median_{col}"] = _json_number(float(np.median(x))) if x.size else None
+        row["detection_flips_share"] = float(np.isfinite(g.detection_flip.to_numpy(float)).mean())
+        row["control_flips_share"] = float(np.isfinite(g.control_flip.to_numpy(float)).mean())
+        out.append(row)
+    return out
+
+
+def _ablation_baseline(table: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """Per swept layer: the uninjected detection difference and control mean, with and without
+    the ablation at that layer."""
+    base = table[table.condition == "baseline"]
+    out = {}
+    for layer, g in table[table.condition == "baseline" + ABLATED].groupby("layer", sort=True):
+        out[int(layer)] = {
+            "detection_diff": float(base[base.kind == "detection"].logit_diff.mean()),
+            "detection_diff_ablated": float(g[g.kind == "detection"].logit_diff.mean()),
+            "control_diff_mean": float(base[base.kind == "control"].logit_diff.mean()),
+            "control_diff_mean_ablated": float(g[g.kind == "control"].logit_diff.mean()),
+        }
+    return out
 
 
 def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
@@ -332,7 +490,7 @@ def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], bank:
     words = {v.name: WordEntry(v.name, v.meta.get("kind"), tuple(v.meta.get("synonyms", ()))) for v in vectors}
     conditions = []
     for c, (cond, name, layer, strength, scale) in zip(cells, labels, strict=True):
-        if c.trial != 0:
+        if c.trial != 0 or c.ablate:
             continue
         conditions.append({"condition": cond, "vector": None if c.layer is None else bank[c.vector],
                            "name": name, "layer": layer, "strength": strength, "scale": scale,
