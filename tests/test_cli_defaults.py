@@ -11,14 +11,20 @@ import pytest
 from emoscope.activations.stage import ExtractOptions
 from emoscope.cli._stage_cmd import field_default, make_spec, section
 from emoscope.cli.main import build_parser
+from emoscope.heads.stage import HeadsOptions
 from emoscope.introspection.stage import IntrospectOptions
+from emoscope.patching.stage import PatchOptions
 from emoscope.probing.stage import ProbeOptions
 from emoscope.runs.spec import Spec
 from emoscope.steering.stage import DEFAULT_DATASET, SteerOptions
 from emoscope.vectors.stage import VectorOptions
 
 OPTIONS = {"extract": ExtractOptions, "vectors": VectorOptions, "probe": ProbeOptions, "steer": SteerOptions,
-           "introspect": IntrospectOptions}
+           "introspect": IntrospectOptions, "patch": PatchOptions, "heads": HeadsOptions}
+_HEADS_SCREEN = {"vector", "emotion", "baseline", "fit_position", "vector_layers", "layers", "direction_layer", "position",
+                 "n_permutations", "alternative", "screen_batch_size"}
+_HEADS_RUN = {"heads", "from_run", "n_random", "random_match", "prompts", "n_prompts", "chat", "max_new_tokens", "seeds",
+              "temperature", "top_k", "top_p", "scorers", "target", "probe_layer", "metrics", "batch_rows", "alpha"}
 
 COMMANDS = {
     # command: (required args, stages, fields that must have a flag, options set by the required args)
@@ -37,15 +43,30 @@ COMMANDS = {
                    {"introspect": {"concepts", "baseline_words", "controls", "layers", "strengths", "window",
                                    "n_random", "free_text", "max_new_tokens", "temperature", "prefill",
                                    "focus_layer", "focus_strength", "heads", "n_boot", "batch_size", "unit", "claim",
-                                   "random_kind", "n_splits"}},
+                                   "random_kind", "n_splits", "ablate"}},
                    {}),
+    "patch": (["--model", "m", "--source", "emotions-basic:anger", "--out", "o"], ["patch"],
+              {"patch": {"source", "pairing", "n_sources", "neutral", "targets", "n_targets", "layers", "positions",
+                         "generated", "chat", "max_new_tokens", "n_random", "self_rows", "scorers", "target_score",
+                         "batch_rows", "alpha"}},
+              {"patch": {"source": "emotions-basic:anger"}}),
+    # subcommands of `emoscope heads`: "heads MODE" (one stage, its `modes` set by the subcommand)
+    "heads screen": (["--model", "m", "--emotion", "anger", "--out", "o"], ["heads"], {"heads": _HEADS_SCREEN},
+                     {"heads": {"emotion": "anger", "modes": ["screen"]}}),
+    "heads ablate": (["--model", "m", "--from", "r", "--out", "o"], ["heads"],
+                     {"heads": _HEADS_SCREEN | _HEADS_RUN | {"methods", "positions", "mean_texts"}},
+                     {"heads": {"from_run": "r", "modes": ["ablate"]}}),
+    "heads patch": (["--model", "m", "--from", "r", "--source", "emotions-basic:anger", "--out", "o"], ["heads"],
+                    {"heads": _HEADS_SCREEN | _HEADS_RUN | {"source", "patch_tokens"}},
+                    {"heads": {"from_run": "r", "source": "emotions-basic:anger", "modes": ["patch"]}}),
 }
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    p = sub.choices[command]
+    p = build_parser()
+    for word in command.split():  # "heads ablate": a subcommand of a subcommand
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[word]
     p.format_help()  # adds the (lazily added) arguments
     return p
 
@@ -53,7 +74,7 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_unset_flags_equal_the_stage_defaults(command):
     required, stages, must_have, set_by_required = COMMANDS[command]
-    args = build_parser().parse_args([command, *required])
+    args = build_parser().parse_args([*command.split(), *required])
     flagged: dict[str, set[str]] = {}
     for dest, value in vars(args).items():
         stage, _, field = dest.partition(".")
@@ -69,7 +90,7 @@ def test_unset_flags_equal_the_stage_defaults(command):
     sections = {s: section(args, s) for s in stages}
     for stage, extra in set_by_required.items():
         sections[stage].update(extra)
-    spec = make_spec(args, command, stages, sections, model="m")
+    spec = make_spec(args, command.replace(" ", "-"), stages, sections, model="m")
     for stage in stages:
         want = OPTIONS[stage](**set_by_required.get(stage, {})).model_dump()
         assert spec.options(stage).model_dump() == want, stage
@@ -107,3 +128,21 @@ def test_flags_reach_the_spec():
     assert (o.strengths, o.n_random, o.chat, o.top_k, o.seeds, o.baseline, o.n_prompts, o.emotion) == (
         [-4.0, -2.0, 0.0, 2.0, 4.0], 3, False, 5, [0, 1], "all", None, "praise")
     assert spec.seed == 7 and spec.dataset == "x.csv"
+
+
+@pytest.mark.parametrize("argv, modes", [
+    (["heads", "screen", "--model", "m", "--emotion", "anger", "--out", "o"], ["screen"]),
+    (["heads", "ablate", "--model", "m", "--from", "r", "--out", "o"], ["ablate"]),
+    (["heads", "ablate", "--model", "m", "--heads", "1.2,3:4", "--out", "o"], ["ablate"]),
+    (["heads", "ablate", "--model", "m", "--emotion", "anger", "--out", "o"], ["screen", "ablate"]),
+    (["heads", "patch", "--model", "m", "--source", "emotions-basic:anger", "--emotion", "anger", "--out", "o"],
+     ["screen", "patch"]),
+])
+def test_heads_subcommands_set_the_stage_modes(argv, modes):
+    from emoscope.cli.cmd_heads import build_sections
+
+    args = build_parser().parse_args(argv)
+    sections = build_sections(args)
+    assert sections["heads"]["modes"] == modes
+    spec = make_spec(args, "heads-x", ["heads"], sections, model="m")
+    assert spec.options("heads").modes == modes

@@ -183,14 +183,14 @@ def test_every_catalogued_stage_exists_and_the_yaml_lists_nothing_else():
     from emoscope.core.stages import stage_catalog
 
     catalog = stage_catalog()
-    assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect"]
+    assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect", "heads", "patch"]
     for name, entry in catalog.items():
         info = get_stage(name)
         assert info is not None and info.fn.__module__ == entry["module"], name
         assert info.options_model is not None and info.check is not None, name
-    assert get_stage("heads") is None  # not built yet, so not listed: a spec naming it is refused
-    with pytest.raises(SpecError, match="unknown stage 'heads'"):
-        parse_spec({"name": "t", "model": "m", "stages": ["heads"]})
+    assert get_stage("no-such-stage") is None  # not listed: a spec naming it is refused
+    with pytest.raises(SpecError, match="unknown stage 'no-such-stage'"):
+        parse_spec({"name": "t", "model": "m", "stages": ["no-such-stage"]})
 
 
 def test_run_writes_a_complete_run_dir(tmp_path, fake_stages):

@@ -1,7 +1,11 @@
 """A lean batched decode loop where every row carries its own residual edit.
 
-Shared by steering sweeps (``emoscope.steering``) and free-text concept injection
-(``emoscope.introspection.freetext``); the edits are ``emoscope.models.interventions.EditHook``.
+Shared by steering sweeps (``emoscope.steering``), free-text concept injection
+(``emoscope.introspection.freetext``) and activation patching (``emoscope.patching``); the edits
+are ``emoscope.models.interventions.EditHook`` (add / ablate, inside ``window``) and, for patching,
+``ReplaceHook`` (per-row replacement values aligned to the end of the prompt, and optionally one
+state per row written at every generated position). On a block with both, the additive edit runs
+first and the replacement second.
 
 Why not ``generate``: a sweep needs one delta per row (a different vector, layer and strength on
 each row), the prompt's KV cache shared across rows when only generated tokens are steered,
@@ -17,7 +21,7 @@ so greedy outputs agree with ``generate`` under the same hooks.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +35,14 @@ from emoscope.models.batching import (
     pad_token_id,
     positions_from_mask,
 )
-from emoscope.models.interventions import EditHook, PositionTracker, Window, installed
+from emoscope.models.interventions import (
+    EditHook,
+    PositionTracker,
+    ReplaceHook,
+    Window,
+    chain_hooks,
+    installed,
+)
 from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache
 
 __all__ = ["Sampling", "RowEdits", "Decoded", "decode_rows", "stack_rows"]
@@ -63,20 +74,48 @@ class Sampling:
 @dataclass
 class RowEdits:
     """Per-row edits: ``delta[l]`` ``(rows, d)``; with ablation also ``direction[l]`` ``(rows, d)``
-    and ``ablate[l]`` ``(rows,)`` of 0/1. Rows not steered at layer ``l`` hold zeros there."""
+    and ``ablate[l]`` ``(rows,)`` of 0/1. Rows not steered at layer ``l`` hold zeros there.
+
+    Replacement (activation patching, ``ReplaceHook``): ``replace[l]`` ``(rows, V, d)`` with
+    ``replace_mask[l]`` ``(rows, V)`` bool, aligned to the end of the prompt (``[:, -1]`` is the
+    last prompt token); ``replace_generated[l]`` ``(rows, d)`` written at every generated position
+    of the rows where ``replace_generated_mask[l]`` ``(rows,)`` is True. These may stay on the CPU."""
 
     delta: dict[int, torch.Tensor] = field(default_factory=dict)
     direction: dict[int, torch.Tensor] = field(default_factory=dict)
     ablate: dict[int, torch.Tensor] = field(default_factory=dict)
+    replace: dict[int, torch.Tensor] = field(default_factory=dict)
+    replace_mask: dict[int, torch.Tensor] = field(default_factory=dict)
+    replace_generated: dict[int, torch.Tensor] = field(default_factory=dict)
+    replace_generated_mask: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def take(self, idx: torch.Tensor) -> RowEdits:
-        return RowEdits({k: v[idx] for k, v in self.delta.items()},
-                        {k: v[idx] for k, v in self.direction.items()},
-                        {k: v[idx] for k, v in self.ablate.items()})
+        def sub(d: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {k: v[idx.to(v.device)] for k, v in d.items()}
+
+        return RowEdits(sub(self.delta), sub(self.direction), sub(self.ablate), sub(self.replace),
+                        sub(self.replace_mask), sub(self.replace_generated), sub(self.replace_generated_mask))
 
     @property
     def layers(self) -> list[int]:
-        return sorted(set(self.delta) | set(self.direction))
+        return sorted(set(self.delta) | set(self.direction) | set(self.replace) | set(self.replace_generated))
+
+    @property
+    def replaces_prompt(self) -> bool:
+        """Whether any row's prompt is patched (then the prompt cannot be prefilled once for all rows)."""
+        return bool(self.replace)
+
+    def hook(self, tracker: PositionTracker, window: Window, layer: int):  # noqa: ANN201
+        """The forward hook of block ``layer``: the additive edit, then the replacement."""
+        edit = None
+        if layer in self.delta or layer in self.direction:
+            edit = EditHook(tracker, window, delta=self.delta.get(layer), direction=self.direction.get(layer),
+                            ablate=self.ablate.get(layer, 0.0))
+        repl = None
+        if layer in self.replace or layer in self.replace_generated:
+            repl = ReplaceHook(tracker, self.replace.get(layer), self.replace_mask.get(layer) if layer in self.replace
+                               else None, self.replace_generated.get(layer), self.replace_generated_mask.get(layer))
+        return chain_hooks(edit, repl)
 
 
 @dataclass
@@ -123,12 +162,27 @@ class _Chooser:
 @torch.inference_mode()
 def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[int], edits: RowEdits, window: Window, *,
                 max_new_tokens: int, sampling: Sampling = Sampling(), row_seeds: Sequence[int] | None = None,
-                batch_rows: int = 256, share_prefill: bool | None = None, progress=None) -> Decoded:
+                batch_rows: int = 256, share_prefill: bool | None = None, progress=None,
+                first_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                shared_prefix: Sequence[int] | None = None) -> Decoded:
     """Generate for every row ``r`` from ``prompts[row_prompt[r]]`` with its own edits.
 
-    ``prompts``: token ids per unique prompt. When the window is ``generated`` the prompts are
-    prefilled once, unsteered, and their KV cache is forked to every row that uses them
-    (``share_prefill``, on by default there). Rows are run ``batch_rows`` at a time.
+    ``prompts``: token ids per unique prompt. When the window is ``generated`` (and no row's
+    prompt is patched) the prompts are prefilled once, unsteered, and their KV cache is forked to
+    every row that uses them (``share_prefill``, on by default there). Rows are run ``batch_rows``
+    at a time. ``first_step(rows, logits)``, when given, is called once per chunk with the chunk's
+    row indices ``(rows,)`` and the float32 logits of the first generated token ``(rows, vocab)``
+    (the next-token view of the same edited forward).
+
+    ``shared_prefix[r]``, when given, promises that no edit of row ``r`` touches the first
+    ``shared_prefix[r]`` tokens of its prompt (activation patching that writes only the last few
+    prompt tokens). Rows are then grouped by the length ``W`` of the prompt tail they must run
+    (``len(prompt) - shared_prefix``, at least 1, at most the shared head: rows with a longer tail
+    are prefilled in full); for each group the heads ``prompt[:-W]`` of its
+    prompts are prefilled once, unedited, their KV cache is forked to the group's rows, and only
+    the last ``W`` tokens of each prompt run under the edits. The real tokens stay contiguous
+    (left padding only), so positions, sliding windows and greedy outputs are those of a full
+    prefill. Rows whose tail would be the whole prompt are prefilled as usual.
 
     >>> dec = decode_rows(model, [[1, 2, 3]], [0, 0], edits, Window("generated"),
     ...                   max_new_tokens=8)                                   # doctest: +SKIP
@@ -139,9 +193,15 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
         raise InputError("every prompt needs at least one token")
     n_rows = len(row_prompt)
     if share_prefill is None:
-        share_prefill = window.kind == "generated"
+        share_prefill = window.kind == "generated" and not edits.replaces_prompt
     if share_prefill and window.kind != "generated":
         raise InputError("share_prefill needs positions='generated' (the prompt must be unsteered)")
+    if share_prefill and edits.replaces_prompt:
+        raise InputError("share_prefill cannot be used when prompts are patched (the prompt must be unedited)")
+    if shared_prefix is not None and share_prefill:
+        raise InputError("shared_prefix and share_prefill cannot be combined")
+    if shared_prefix is not None and len(shared_prefix) != n_rows:
+        raise InputError(f"shared_prefix has {len(shared_prefix)} entries for {n_rows} rows")
     seeds = list(row_seeds) if row_seeds is not None else [0] * n_rows
     device, pad, stop = model.device, pad_token_id(model), eos_ids(model)
     keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
@@ -156,35 +216,52 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
         out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                        **cache_kwargs(model.hf, new_cache(model)), **keep)
         shared = (output_cache(out), out.logits[:, -1].float(), mask)
+    chunks, heads = _chunks(prompts, row_prompt, shared_prefix, batch_rows)
+    prefixes: dict[int, tuple] = {}
+    for tail, uniq in heads.items():  # unedited prefills of the prompt heads, one per tail length
+        ids, mask, pos, _ = pad_batch([prompts[p][: len(prompts[p]) - tail] for p in uniq], pad, "left", device)
+        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       **cache_kwargs(model.hf, new_cache(model)), **keep)
+        prefixes[tail] = (output_cache(out), mask, {p: i for i, p in enumerate(uniq)})
     batches = 0
-    for lo in range(0, n_rows, batch_rows):
-        idx = torch.arange(lo, min(lo + batch_rows, n_rows))
+    for idx, tail in chunks:
+        rows = idx.tolist()
         sub = row_prompt_t[idx]
-        tracker = PositionTracker()
+        tracker = PositionTracker(continues_prompt=tail > 0)
         chunk_edits = edits.take(idx)
-        hooks = {layer: EditHook(tracker, window, delta=chunk_edits.delta.get(layer),
-                                 direction=chunk_edits.direction.get(layer),
-                                 ablate=chunk_edits.ablate.get(layer, 0.0))
-                 for layer in chunk_edits.layers}
-        choose = _Chooser(sampling, [seeds[i] for i in idx.tolist()])
+        hooks = {layer: chunk_edits.hook(tracker, window, layer) for layer in chunk_edits.layers}
+        choose = _Chooser(sampling, [seeds[i] for i in rows])
         with installed(model, hooks, tracker):
             if shared is not None:  # this chunk's rows of the shared prompt cache (the source stays intact)
                 cache = fork_cache(shared[0], sub.to(device))
                 logits, mask = shared[1][sub.to(device)], shared[2][sub.to(device)]
+            elif tail > 0:  # the shared heads from the cache, then each prompt's last `tail` tokens under the edits
+                pre_cache, pre_mask, at = prefixes[tail]
+                which = torch.as_tensor([at[p] for p in sub.tolist()], device=device)
+                cache = fork_cache(pre_cache, which)
+                ids = torch.as_tensor([list(prompts[p][len(prompts[p]) - tail:]) for p in sub.tolist()],
+                                      dtype=torch.long, device=device)  # (rows, tail)
+                mask = torch.cat([pre_mask[which], torch.ones_like(ids)], dim=1)
+                pos = positions_from_mask(mask)[:, -tail:]
+                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                               **cache_kwargs(model.hf, cache), **keep)
+                cache, logits = output_cache(out), out.logits[:, -1].float()
             else:
                 ids, mask, pos, _ = pad_batch([prompts[i] for i in sub.tolist()], pad, "left", device)
                 out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                **cache_kwargs(model.hf, new_cache(model)), **keep)
                 cache, logits = output_cache(out), out.logits[:, -1].float()
+            if first_step is not None:
+                first_step(idx, logits)
             pos = positions_from_mask(mask)[:, -1:]  # (rows, 1)
             done = torch.zeros(len(idx), dtype=torch.bool, device=device)
             for step in range(max_new_tokens):
                 nxt, gap = choose(logits)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                for j, (tok, g, d) in enumerate(zip(nxt.tolist(), gap.tolist(), done.tolist(), strict=True)):
+                for r, tok, g, d in zip(rows, nxt.tolist(), gap.tolist(), done.tolist(), strict=True):
                     if not d:
-                        tokens[lo + j].append(tok)
-                        gaps[lo + j].append(g)
+                        tokens[r].append(tok)
+                        gaps[r].append(g)
                 done = done | torch.as_tensor([t in stop for t in nxt.tolist()], device=device)
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
@@ -199,6 +276,30 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     return Decoded(tokens=tokens, gaps=[np.asarray(g, dtype=np.float32) for g in gaps],
                    seconds=time.perf_counter() - t0,
                    prefill_rows=len(prompts) if share_prefill else n_rows, batches=batches)
+
+
+def _chunks(prompts: Sequence[Sequence[int]], row_prompt: Sequence[int], shared_prefix: Sequence[int] | None,
+            batch_rows: int) -> tuple[list[tuple[torch.Tensor, int]], dict[int, list[int]]]:
+    """The chunks of rows to decode, each ``(row indices, tail)`` (``tail`` 0: a full prefill),
+    and per tail length the prompts whose heads are prefilled once."""
+    n_rows = len(row_prompt)
+    if shared_prefix is None:
+        return [(torch.arange(lo, min(lo + batch_rows, n_rows)), 0) for lo in range(0, n_rows, batch_rows)], {}
+    groups: dict[int, list[int]] = {}
+    for r in range(n_rows):
+        n = len(prompts[row_prompt[r]])
+        keep = min(max(int(shared_prefix[r]), 0), n - 1)  # at least the last token runs under the edits
+        # share only a head at least as long as the tail: every tail length is a group of its own
+        # (one more decode loop), which pays only when most of the prompt is shared
+        groups.setdefault(n - keep if 0 < n - keep <= keep else 0, []).append(r)
+    chunks, heads = [], {}
+    for tail in sorted(groups):
+        rows = groups[tail]
+        if tail:
+            heads[tail] = sorted({int(row_prompt[r]) for r in rows})
+        chunks += [(torch.as_tensor(rows[lo: lo + batch_rows], dtype=torch.long), tail)
+                   for lo in range(0, len(rows), batch_rows)]
+    return chunks, heads
 
 
 def stack_rows(per_row: Sequence[Mapping[int, np.ndarray]], layers: Sequence[int], d: int, model) -> dict[int, torch.Tensor]:

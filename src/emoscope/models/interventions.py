@@ -10,6 +10,10 @@ injection (``emoscope.introspection``).
   ``generated``, ``from:K``), and ``PositionTracker``: where the current forward sits in its
   sequence, so windows stay right under the KV cache.
 - ``EditHook`` + ``installed``: a windowed edit on chosen blocks for a ``with`` body.
+- ``replace_residual`` / ``ReplaceHook``: the replacement edit of activation patching,
+  ``h = where(mask, value, h)`` with a per-row ``(rows, seq, d)`` value aligned to the end of the
+  prompt, and optionally one ``(rows, d)`` state written at every generated position;
+  ``chain_hooks``: several hooks on one block, applied in order.
 - ``Injector``: one delta per row and column on every block, with capture for the logit lens.
 - ``replay_blocks``: skip blocks whose output is already known; ``eager_attention``: switch to
   eager attention (for attention weights) and back.
@@ -24,7 +28,10 @@ decoder stack (``model.base``) therefore records, for every forward, the absolut
 first token (the length of the KV cache it was given), the attention mask (for left padding), and
 the prompt length (the width of the first forward of a sequence). A forward without a cache
 that re-reads a longer copy of the same sequence (``generate(use_cache=False)``) is recognised
-as the same sequence, so "generated" means the same columns with and without the cache.
+as the same sequence, so "generated" means the same columns with and without the cache. A tracker
+made with ``continues_prompt=True`` is for a prompt whose head was prefilled without it (the
+decode loop's shared prompt heads): the first forward it sees is the prompt's tail, so the prompt
+ends with that forward.
 
 Windows: ``all``; ``prompt`` (columns before the prompt length); ``generated`` (columns from
 the prompt length on); ``from:K`` (tokens from the K-th real token of each row on, counting from
@@ -46,7 +53,8 @@ from emoscope.models.kvcache import input_cache, past_length
 from emoscope.models.standard import StandardModel, block_output
 
 __all__ = ["Window", "parse_window", "PositionTracker", "replace_block_output", "edit_residual", "EditHook",
-           "installed", "Injector", "eager_attention", "replay_blocks"]
+           "installed", "Injector", "eager_attention", "replay_blocks", "replace_residual", "ReplaceHook",
+           "chain_hooks"]
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,12 @@ def parse_window(spec: str | Window) -> Window:
 class PositionTracker:
     """Forward pre-hook on the decoder stack: where the current forward sits in its sequence."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, continues_prompt: bool = False) -> None:
         self.offset = 0  # absolute column of the current forward's first token
         self.prompt_len = 0  # width of the first forward of the sequence
+        # the first forward seen continues a prompt whose head was prefilled without this tracker:
+        # the prompt ends with that forward (decode_rows with shared_prefix)
+        self.continues_prompt = continues_prompt
         self._ids: torch.Tensor | None = None  # (batch, seen) token ids of the sequence so far
         self._mask: torch.Tensor | None = None  # (batch, seen + width) attention mask, if given
         self.calls = 0
@@ -122,7 +133,10 @@ class PositionTracker:
         width = int(x.shape[1])
         past_len = past_length(input_cache(kwargs))
         if past_len > 0:  # a cached continuation
-            if self.calls == 0 or self._ids is None:
+            if self.continues_prompt:
+                if self.calls == 0:
+                    self.prompt_len = past_len + width  # the prompt's tail: the prompt ends here
+            elif self.calls == 0 or self._ids is None:
                 self.prompt_len = past_len  # entered mid-sequence: what is cached is the prompt
             self.offset = past_len
             if ids is not None and self._ids is not None and self._ids.shape[1] == past_len \
@@ -206,6 +220,94 @@ class EditHook:
         if m is not None:
             new = torch.where(m[..., None], new, h)
         return replace_block_output(output, new)
+
+
+def replace_residual(h: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``where(mask, value, h)``: the replacement edit. ``h`` and ``value`` ``(batch, seq, d)``
+    (``value`` may broadcast), ``mask`` ``(batch, seq)`` bool. Returns ``h`` itself when the mask
+    is empty, so a replacement that touches nothing is a bitwise no-op."""
+    if not bool(mask.any()):
+        return h
+    return torch.where(mask[..., None], value.to(device=h.device, dtype=h.dtype), h)
+
+
+class ReplaceHook:
+    """Forward hook on one block: activation patching by replacement, correct under the KV cache.
+
+    ``value`` ``(rows, V, d)`` and ``mask`` ``(rows, V)`` (bool) are aligned to the **end of the
+    prompt**: ``value[:, -1]`` is written at the prompt's last column, ``value[:, -2]`` one before,
+    and so on; columns where ``mask`` is False are left alone. Under left padding (the decode loop,
+    ``generate`` with ``padding_side="left"``) the prompt's last column is every row's last prompt
+    token, so the alignment does not depend on how much padding a batch carries.
+    ``generated`` ``(rows, d)`` is written at every generated column (from the prompt length on)
+    of the rows where ``generated_mask`` ``(rows,)`` is True. Prompt length and the offset of
+    the current forward come from the ``PositionTracker``, so a cached decode step (one column)
+    and a recomputation without cache (``generate(use_cache=False)``) edit the same columns.
+
+    The tensors may live on the CPU: they are moved to the forward's device and dtype when used
+    (the prompt values once per prefill, the generated states once).
+    """
+
+    def __init__(self, tracker: PositionTracker, value: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 generated: torch.Tensor | None = None, generated_mask: torch.Tensor | None = None) -> None:
+        if (value is None) != (mask is None):
+            raise InputError("ReplaceHook needs both value and mask, or neither")
+        if value is not None and (value.dim() != 3 or mask.shape != value.shape[:2]):
+            raise InputError(f"ReplaceHook value {tuple(value.shape)} and mask {tuple(mask.shape)} must be "
+                             "(rows, V, d) and (rows, V)")
+        if generated is not None and generated.dim() != 2:
+            raise InputError(f"ReplaceHook generated states must be (rows, d), got {tuple(generated.shape)}")
+        self.tracker = tracker
+        self.value, self.mask = value, None if mask is None else mask.bool()
+        self.generated = generated
+        self.generated_mask = None
+        if generated is not None:
+            gm = torch.ones(generated.shape[0], dtype=torch.bool) if generated_mask is None else generated_mask.bool()
+            self.generated_mask = gm
+        self._gen_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, _module: Any, _inputs: Any, output: Any) -> Any:
+        h = block_output(output)  # (batch, width, d)
+        batch, width = h.shape[0], h.shape[1]
+        off, plen = self.tracker.offset, self.tracker.prompt_len
+        cols = torch.arange(off, off + width, device=h.device)  # (width,) absolute columns
+        new = h
+        if self.value is not None and off < plen:
+            if self.value.shape[0] != batch:
+                raise InputError(f"patch values have {self.value.shape[0]} rows but the forward has {batch}")
+            n_val = self.value.shape[1]
+            idx = cols - (plen - n_val)  # (width,) index into value, end-aligned
+            ok = (cols < plen) & (idx >= 0)
+            if bool(ok.any()):
+                sel = idx.clamp(0, n_val - 1)
+                mask = self.mask.to(h.device)[:, sel] & ok[None, :]  # (batch, width)
+                val = self.value.to(device=h.device, dtype=h.dtype)[:, sel]  # (batch, width, d)
+                new = replace_residual(new, val, mask)
+        if self.generated is not None and off + width > plen:
+            if self._gen_cache is None or self._gen_cache[0].device != h.device or self._gen_cache[0].dtype != h.dtype:
+                self._gen_cache = (self.generated.to(device=h.device, dtype=h.dtype),
+                                   self.generated_mask.to(h.device))
+            gen, gmask = self._gen_cache
+            if gen.shape[0] != batch:
+                raise InputError(f"generated patch states have {gen.shape[0]} rows but the forward has {batch}")
+            mask = (cols >= plen)[None, :] & gmask[:, None]  # (batch, width)
+            new = replace_residual(new, gen[:, None, :], mask)
+        return output if new is h else replace_block_output(output, new)
+
+
+def chain_hooks(*hooks: Any) -> Any:
+    """One forward hook that applies ``hooks`` in order, each seeing the output of the one before
+    (``installed`` takes one hook per block)."""
+    hooks = tuple(h for h in hooks if h is not None)
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def hook(module: Any, inputs: Any, output: Any) -> Any:
+        for h in hooks:
+            out = h(module, inputs, output)
+            output = output if out is None else out
+        return output
+    return hook
 
 
 @contextlib.contextmanager

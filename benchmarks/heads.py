@@ -1,0 +1,220 @@
+"""Benchmark: head screening and a batched head-ablation sweep on smollm2-135m.
+
+(1) Screening every head: ``emoscope.heads.head_projections`` (a pre-hook on every block's
+    ``o_proj`` reading all heads along the block's vector at the last token) on the anger and
+    neutral texts of emotions-basic, against a bare decoder forward of the same texts in the same
+    batches (no hooks, no LM head); texts/s of each and their ratio. The full ``screen_heads``
+    (with its permutation null and Holm) is timed too.
+(2) An ablation sweep of k = 8 configurations (8 heads zero-ablated each) x ``--n-prompts`` chat
+    prompts x ``--max-new-tokens`` greedy tokens: one batched decode with per-row head masks
+    (``emoscope.heads.sweep.decode_configs``) against running the configurations one at a time
+    (the same loop, one configuration's prompts per decode) and, for ``positions=all``, against
+    ``transformers.generate`` per configuration under plain o_proj pre-hooks that zero the heads'
+    slices. Two windows: ``all`` (prompt and generated tokens ablated, so every row prefills its own
+    prompt) and ``generated`` (the unedited prompts prefilled once and shared by all rows). Greedy outputs
+    must agree row by row; a difference counts only when the first differing step is a near-tie
+    (logit gap < 1e-3 in the configuration run alone).
+
+    python benchmarks/heads.py --out bench-results/heads.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median_time, pin_threads, write_json  # noqa: E402
+
+NEAR_TIE = 1e-3
+
+
+def _say(msg: str) -> None:
+    print(f"[heads bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _load_avg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32, help="texts per screening forward")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the screening passes")
+    ap.add_argument("--sweep-repeats", type=int, default=2, help="interleaved repeats of each ablation timing (min kept)")
+    ap.add_argument("--k", type=int, default=8, help="ablation configurations")
+    ap.add_argument("--heads-per-config", type=int, default=8)
+    ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--skip-generate", action="store_true", help="skip the transformers.generate comparison")
+    ap.add_argument("--positions", nargs="+", default=["all", "generated"], choices=["all", "generated"],
+                    help="ablation windows to time (all: every row prefills its prompt; generated: shared prefill)")
+    ap.add_argument("--out", default="bench-results/heads.json")
+    args = ap.parse_args()
+    pin_threads(args.threads)
+
+    import numpy as np
+    import torch
+
+    from emoscope.activations import extract
+    from emoscope.datasets import load_dataset
+    from emoscope.heads import head_projections, random_head_sets, screen_heads
+    from emoscope.heads.screen import screen_directions
+    from emoscope.heads.sweep import HeadConfig, decode_configs
+    from emoscope.models import load_model
+    from emoscope.models.batching import eos_ids, pad_batch
+    from emoscope.models.heads import head_shape
+    from emoscope.vectors import ConceptVector, DiffMeans
+
+    load_start = _load_avg()
+    model = load_model(args.model)
+    tok = model.tokenizer
+    n_heads, hd = head_shape(model, 0)
+    ds = load_dataset("emotions-basic")
+    keep = [i for i, y in enumerate(ds.labels) if y in ("anger", "neutral")]
+    texts, labels = [ds.texts[i] for i in keep], [ds.labels[i] for i in keep]
+    layers = list(range(model.n_layers))
+    acts = extract(model, texts, layers, position="mean_from:1", progress=False)
+    anger = ConceptVector("anger", {x: DiffMeans("anger", "neutral").fit(acts.get(x), labels).vector_ for x in layers})
+    dirs = {b: u for b, (_, u) in screen_directions(model, anger).items()}
+    ids = [list(x) for x in tok(texts)["input_ids"]]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [order[i: i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    pad = tok.pad_token_id
+
+    def bare():
+        with torch.inference_mode():
+            for b in batches:
+                x, mask, pos, _ = pad_batch([ids[i] for i in b], pad, "right", model.device)
+                model.base(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=False)
+
+    def screen():
+        head_projections(model, ids, dirs, position="last", batch_size=args.batch_size)
+
+    _, tb = median_time(bare, args.repeats)
+    _, ts = median_time(screen, args.repeats)
+    t_bare, t_screen = min(tb), min(ts)  # min of the repeats: robust to other work on the machine
+    t0 = time.perf_counter()
+    res = screen_heads(model, anger, texts, labels, "anger", "neutral", seed=0, batch_size=args.batch_size)
+    t_full = time.perf_counter() - t0
+    _say(f"screen: {t_screen:.2f} s vs bare forward {t_bare:.2f} s; full screen with null {t_full:.2f} s")
+    screening = {"texts": len(ids), "heads": int(len(res.table)), "mean_tokens": float(np.mean([len(s) for s in ids])),
+                 "bare_forward_seconds": t_bare, "screen_seconds": t_screen,
+                 "bare_texts_per_s": len(ids) / t_bare, "screen_texts_per_s": len(ids) / t_screen,
+                 "screen_over_bare_time": t_screen / t_bare, "full_screen_seconds": t_full,
+                 "full_screen_permutations": res.meta["n_permutations"],
+                 "top_heads": [f"{int(r.layer)}.{int(r['head'])}" for _, r in res.table.sort_values("rank").head(8).iterrows()]}
+
+    # (2) k configurations of 8 heads: the screen's top 8 and k - 1 random sets of the same layers
+    chosen = res.top(args.heads_per_config)
+    randoms, _ = random_head_sets(chosen, args.k - 1, n_layers=model.n_layers, n_heads=n_heads, seed=0)
+    configs = [HeadConfig("chosen", "chosen", "zero", tuple(chosen))]
+    configs += [HeadConfig("random", f"random-{j}", "zero", s) for j, s in enumerate(randoms)]
+    prompts = load_dataset("neutral-starts").texts[: args.n_prompts]
+    pids = [list(tok(model.chat(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+    n, P, stop = args.max_new_tokens, len(pids), eos_ids(model)
+
+    def trim(seq):
+        out = []
+        for t in seq:
+            out.append(int(t))
+            if int(t) in stop:
+                break
+        return out
+
+    def agreement(got_rows, ref_rows, ref_gaps):
+        same = near = 0
+        bad = []
+        for r, (g, ref) in enumerate(zip(got_rows, ref_rows, strict=True)):
+            g, ref = trim(g), trim(ref)
+            if g == ref:
+                same += 1
+                continue
+            step = next((i for i, (a, b) in enumerate(zip(g, ref, strict=False)) if a != b), min(len(g), len(ref)))
+            gap = float(ref_gaps[r][step]) if ref_gaps is not None and step < len(ref_gaps[r]) else float("nan")
+            if gap < NEAR_TIE:
+                near += 1
+            else:
+                bad.append({"row": r, "step": step, "gap": gap})
+        return {"rows": len(got_rows), "identical": same, "near_tie": near, "mismatch": len(bad), "mismatches": bad[:10]}
+
+    rows = [c for c in range(len(configs)) for _ in range(P)]
+    ablation: dict = {"configurations": len(configs), "heads_per_configuration": args.heads_per_config, "prompts": P,
+                      "rows": len(rows), "max_new_tokens": n, "prompt_tokens": [len(x) for x in pids],
+                      "chosen": [f"{a}.{b}" for a, b in chosen]}
+    for positions in args.positions:
+        times_b, times_a = [], []
+        for _ in range(args.sweep_repeats):  # interleaved, min of each: robust to other work on the machine
+            t0 = time.perf_counter()
+            batched = decode_configs(model, configs, pids, rows, [p for _ in configs for p in range(P)],
+                                     max_new_tokens=n, batch_rows=len(rows), positions=positions)
+            times_b.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            alone = [decode_configs(model, [c], pids, [0] * P, list(range(P)), max_new_tokens=n, positions=positions)
+                     for c in configs]
+            times_a.append(time.perf_counter() - t0)
+            _say(f"positions={positions}: batched sweep ({len(rows)} rows) {times_b[-1]:.1f} s, one configuration "
+                 f"at a time {times_a[-1]:.1f} s")
+        t_batched, t_alone = min(times_b), min(times_a)
+        ref_tokens = [t for a in alone for t in a.tokens]
+        ref_gaps = [g for a in alone for g in a.gaps]
+        ablation[positions] = {
+            "batched_seconds": t_batched, "one_at_a_time_seconds": t_alone, "speedup_vs_one_at_a_time": t_alone / t_batched,
+            "batched_seconds_all": times_b, "one_at_a_time_seconds_all": times_a,
+            "prefill": "one per row" if positions != "generated" else "unique prompts once, KV cache shared by the rows",
+            "agreement_batched_vs_alone": agreement(batched.tokens, ref_tokens, ref_gaps)}
+        if positions == "all":
+            all_ref_tokens, all_ref_gaps, all_batched = ref_tokens, ref_gaps, t_batched
+    if not args.skip_generate and "all" in args.positions:
+        side, tok.padding_side = tok.padding_side, "left"
+        enc = tok([model.chat(p) for p in prompts], add_special_tokens=False, return_tensors="pt", padding=True)
+        tok.padding_side = side
+
+        def zero(heads):
+            def hook(_m, a):
+                x = a[0].clone()
+                for h in heads:
+                    x[..., h * hd:(h + 1) * hd] = 0.0
+                return (x,)
+            return hook
+
+        t0 = time.perf_counter()
+        gen = []
+        for c in configs:
+            by_layer: dict[int, list[int]] = {}
+            for a, b in c.heads:
+                by_layer.setdefault(a, []).append(b)
+            hs = [model.attn_out(a).register_forward_pre_hook(zero(b)) for a, b in by_layer.items()]
+            try:
+                with torch.inference_mode():
+                    o = model.hf.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            finally:
+                for h in hs:
+                    h.remove()
+            gen += o[:, enc["input_ids"].shape[1]:].tolist()
+        t_gen = time.perf_counter() - t0
+        _say(f"transformers.generate, one configuration at a time: {t_gen:.1f} s")
+        ablation["all"].update({"hf_generate_one_at_a_time_seconds": t_gen, "speedup_vs_hf_generate": t_gen / all_batched,
+                                "agreement_hf_generate_vs_emoscope_alone": agreement(gen, all_ref_tokens, all_ref_gaps)})
+    payload = {
+        "benchmark": "heads", "model": args.model, "n_layers": model.n_layers, "n_heads": n_heads,
+        "screening": screening, "ablation": ablation, "greedy": True, "near_tie_threshold": NEAR_TIE,
+        "targets": {"ablation_speedup_vs_one_at_a_time": 2.5},
+        "speedup": {p: ablation[p]["speedup_vs_one_at_a_time"] for p in args.positions},
+        "load_average_start": load_start, "load_average_end": _load_avg(), "machine": machine(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    write_json(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

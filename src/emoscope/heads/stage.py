@@ -1,0 +1,535 @@
+"""Stage ``heads``: screen attention heads against a vector, then ablate or patch them.
+
+One stage with ``modes`` (any of ``screen``, ``ablate``, ``patch``, run in that order), so a spec
+can screen and ablate in one go (``modes: [screen, ablate]``, the default) and the CLI's
+``emoscope heads screen|ablate|patch`` each run it with one mode (``ablate`` / ``patch`` add
+``screen`` when they need a ``top:K`` and no ``--from`` run has one).
+
+- **screen** (``emoscope.heads.screen``): each head's direct contribution to the vector's
+  direction at the read ``position`` on the ``emotion`` texts of the spec's dataset minus the
+  ``baseline`` texts, label-permutation p, Holm across heads. Table ``heads_screen``, figure
+  ``heads_screen`` (layer x head heatmap), one observation. Writes ``heads/screen.json`` and
+  ``heads/vector.safetensors`` so a later run can take its heads and vector (``from_run``).
+- **ablate** (``emoscope.heads.sweep``): the chosen heads (``heads``: ``top:K`` of the screen,
+  or ``L.H,...``) zero- and/or mean-ablated (``methods``) while generating ``max_new_tokens`` on
+  ``prompts``, and ``n_random`` seeded random sets of the same size (same number per layer,
+  never a chosen head) in the same batched decode. Mean ablation uses each head's mean output
+  over ``mean_texts`` (``neutral-corpus``; every token but each text's first, averaged over
+  positions). Tables ``heads_ablate_outputs``, ``heads_ablate_effects``, ``heads_random_sets``;
+  figure ``heads_ablate_effects``; findings (``emoscope.heads.findings``).
+- **patch**: the chosen heads' outputs recorded on ``source`` prompts (``DATASET:CLASS``, e.g.
+  ``emotions-basic:anger``, or any text list) written into the target ``prompts`` at the last
+  ``patch_tokens`` prompt tokens, aligned from the end (the last prompt token takes the source's
+  last token; both are chat-wrapped when ``chat``, so that is the same template token reading a
+  different message). Target ``i`` takes source ``perm[i mod n_sources]`` (seeded permutation).
+  Random-head patching from the same sources is the control. Tables ``heads_patch_outputs``,
+  ``heads_patch_effects``; figure ``heads_patch_effects``; findings.
+
+The vector: ``vector`` (a ConceptVector file), else a difference of means fitted here for
+``emotion`` against ``baseline`` on the spec's dataset at ``vector_layers`` (position
+``fit_position``, as the steer stage fits), else the vector of the ``from_run`` screen. The probe
+projections of ablation and patching read ``resid[probe_layer]`` (default: the vector's deepest
+layer) along the vector's unit direction there.
+
+Input is checked before any model loads (``check_heads``): malformed ``heads``, a ``from_run``
+without a screen or screened on another model, a head out of range (from the screen's record, or
+the layer count of an embedded model; otherwise right after the model loads, before any forward),
+a missing or foreign vector (metadata ``model`` / ``weights_sha256``, width), an unknown source
+dataset or class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from emoscope.core.stages import StageResult, register_stage, require_classes
+from emoscope.errors import InputError
+
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["HeadsOptions", "heads_stage", "check_heads_stage", "DEFAULT_DATASET", "MODES"]
+
+DEFAULT_DATASET = "emotions-basic"
+MODES = ("screen", "ablate", "patch")
+
+
+class HeadsOptions(BaseModel):
+    """Options of the ``heads`` section. Defaults: screen every head against the vector, then
+    zero- and mean-ablate the top 8 against 20 random sets on 20 prompts x 32 tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modes: list[Literal["screen", "ablate", "patch"]] = Field(default_factory=lambda: ["screen", "ablate"],
+                                                              min_length=1)
+    # the vector
+    vector: str | None = None  # a ConceptVector .safetensors file
+    emotion: str | None = None  # class of the dataset: the screened class, and the class a vector is fitted for
+    baseline: str | None = None  # contrast class, or "all"; default neutral if present, else "all"
+    fit_position: str = "mean_from:1"  # extraction position when fitting the vector here
+    vector_layers: str | int | float | list[int | float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # screening
+    layers: str | int | float | list[int | float] = "all"  # blocks whose heads are screened
+    direction_layer: int | None = None  # one vector layer for every head; None: the head's block (or next above)
+    position: str = "last"  # read position of the screen: last, token:I, mean, mean_from:K
+    n_permutations: int | None = Field(default=None, ge=1)  # None: enough for Holm over the heads to reach alpha/2
+    alternative: Literal["greater", "less", "two-sided"] = "greater"  # screen test and ranking
+    screen_batch_size: int = Field(default=32, ge=1)
+    # which heads, and the random-head control
+    heads: str = "top:8"  # top:K, L.H,L.H or L:H
+    from_run: str | None = None  # a run directory with a heads screen (its table and vector)
+    n_random: int = Field(default=20, ge=1)  # random head sets; a rank among k cannot reach p < 1/(k+1)
+    random_match: Literal["layer", "any"] = "layer"
+    # generation
+    prompts: str = "neutral-starts"  # generation prompts (the patch targets)
+    n_prompts: int | None = Field(default=20, ge=1)  # None: every prompt
+    chat: bool = True
+    max_new_tokens: int = Field(default=32, ge=1)
+    methods: list[Literal["zero", "mean"]] = Field(default_factory=lambda: ["zero", "mean"], min_length=1)
+    positions: str = "all"  # ablation window: all | prompt | generated | from:K
+    mean_texts: str = "neutral-corpus"  # texts whose mean head outputs mean ablation writes
+    source: str | None = None  # patch source: DATASET:CLASS, a dataset or a text file
+    patch_tokens: int = Field(default=1, ge=1)  # last prompt tokens patched, aligned from the end
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
+    target: str | None = None  # target score column; default from the emotion, e.g. nrc_anger
+    probe_layer: int | None = None  # layer of the probe projection; default the vector's deepest layer
+    metrics: list[str] = Field(default_factory=lambda: ["proj_gen", "target_score"], min_length=1)
+    batch_rows: int = Field(default=256, ge=1)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, v: str) -> str:
+        from emoscope.heads.select import parse_heads
+
+        try:
+            return parse_heads(v).spec
+        except InputError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("modes", "methods", "metrics")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("list each entry once")
+        return v
+
+    @field_validator("positions")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        from emoscope.models.interventions import parse_window
+
+        try:
+            return parse_window(v).spec
+        except InputError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("position", "fit_position")
+    @classmethod
+    def _position(cls, v: str) -> str:
+        from emoscope.activations.positions import parse_position
+
+        try:
+            return parse_position(v).spec
+        except InputError as e:
+            raise ValueError(str(e)) from None
+
+
+# -- input checks (no model) ---------------------------------------------------------------------
+def _prompts(opts: HeadsOptions) -> list[str]:
+    from emoscope.datasets import load_texts
+
+    prompts = [t for t in load_texts(opts.prompts) if t.strip()]
+    if not prompts:
+        raise InputError(f"heads: no prompts in {opts.prompts}; give a dataset name or a file with one prompt per line")
+    return prompts[: opts.n_prompts] if opts.n_prompts else prompts
+
+
+def _source_texts(source: str) -> tuple[list[str], str]:
+    """Texts of ``DATASET:CLASS`` (a class of a dataset) or of a dataset / text file."""
+    from emoscope.datasets import load_dataset, load_texts
+    from emoscope.datasets._catalog import builtin_names
+
+    text = str(source).strip()
+    name, sep, cls = text.rpartition(":")
+    if sep and name and cls and (name in builtin_names() or Path(name).suffix in (".jsonl", ".csv")):
+        data = load_dataset(name)
+        classes = sorted(set(map(str, data.labels)))
+        if cls not in classes:
+            raise InputError(f"heads: source class {cls!r} is not a class of {name} (classes: {', '.join(classes)})")
+        texts = [t for t, y in zip(data.texts, data.labels, strict=True) if str(y) == cls]
+        return texts, f"{name}:{cls}"
+    texts = [t for t in load_texts(text) if t.strip()]
+    if not texts:
+        raise InputError(f"heads: no source texts in {text}")
+    return texts, text
+
+
+def _model_shape(model: str) -> dict[str, int | None] | None:
+    """``{n_layers, n_heads, d_model}`` known without loading ``model``: an embedded alias's
+    catalogue entry (no head count there), or a local directory's ``config.json``; else ``None``."""
+    import json
+
+    from emoscope.models import embedded_models
+
+    entry = next((m for m in embedded_models() if m["alias"] == model), None)
+    if entry is not None:
+        return {"n_layers": int(entry["n_layers"]), "n_heads": None, "d_model": int(entry["d_model"])}
+    cfg_path = Path(model) / "config.json"
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        cfg = cfg.get("text_config") or cfg
+
+        def first(*keys: str) -> int | None:
+            return next((int(cfg[k]) for k in keys if isinstance(cfg.get(k), int)), None)
+
+        return {"n_layers": first("num_hidden_layers", "n_layer", "num_layers"),
+                "n_heads": first("num_attention_heads", "n_head", "num_heads"),
+                "d_model": first("hidden_size", "n_embd", "d_model")}
+    return None
+
+
+def _check_vector_file(path: str, spec_model: str) -> Any:
+    from emoscope.vectors import ConceptVector
+
+    if not Path(path).is_file():
+        raise InputError(f"heads: vector file {path} not found; give a ConceptVector .safetensors file")
+    vector = ConceptVector.load(path)
+    fitted = str(vector.meta.get("model") or "")
+    if fitted and fitted != spec_model:
+        raise InputError(f"heads: vector {path} was fitted on {fitted}, not {spec_model}; use a vector fitted on "
+                         f"{spec_model} (or --model {fitted})")
+    shape = _model_shape(spec_model)
+    if shape is not None:
+        if shape["d_model"] is not None and vector.d != shape["d_model"]:
+            raise InputError(f"heads: vector {path} has d_model={vector.d} but {spec_model} has "
+                             f"d_model={shape['d_model']}; use a vector fitted on this model")
+        n = shape["n_layers"]
+        bad = [x for x in vector.layers if n is not None and not 0 <= x < n]
+        if bad:
+            raise InputError(f"heads: vector {path} has layers {bad}; {spec_model} has layers 0..{n - 1}")
+    return vector
+
+
+def _screen_class(opts: HeadsOptions, vector: Any, dataset: Any, dataset_name: str | None) -> tuple[str, str]:
+    from emoscope.vectors.fit import resolve_baseline
+
+    classes = list(require_classes(dataset, "heads", dataset_name))
+    baseline = resolve_baseline(classes, opts.baseline, what="heads: baseline", source=dataset_name or "")
+    emotion = opts.emotion or (vector.name if vector is not None else None)
+    if emotion is None:
+        raise InputError("heads: say which class to screen with `emotion:` (--emotion)")
+    if emotion not in classes:
+        raise InputError(f"heads: class {emotion!r} is not a class of {dataset_name} (classes: {', '.join(classes)})"
+                         + ("; name the class with --emotion" if opts.emotion is None else ""))
+    if emotion == baseline:
+        raise InputError(f"heads: class {emotion!r} is also the baseline; choose another --baseline or 'all'")
+    return emotion, baseline
+
+
+def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a Dataset
+    """Before any model loads (see the module docstring)."""
+    from emoscope.heads.screen import load_screen
+    from emoscope.heads.select import check_heads, parse_heads
+
+    opts: HeadsOptions = spec.options("heads")
+    modes = set(opts.modes)
+    intervene = bool(modes & {"ablate", "patch"})
+    hs = parse_heads(opts.heads)
+    screen_meta = None
+    if opts.from_run:
+        table, screen_meta = load_screen(opts.from_run)
+        screened_on = str(screen_meta.get("spec_model") or screen_meta.get("model") or "")
+        if screened_on and screened_on != spec.model:
+            raise InputError(f"heads: {opts.from_run} screened heads of {screened_on}, not {spec.model}; run the screen "
+                             f"on {spec.model} or use --model {screened_on}")
+        if intervene and hs.top and "screen" not in modes and hs.top > len(table):
+            raise InputError(f"heads: top:{hs.top} asks for more heads than the {len(table)} screened in {opts.from_run}")
+        if intervene and hs.heads:
+            check_heads(hs.heads, int(screen_meta["n_layers"]), int(screen_meta["n_heads"]), spec.model)
+    if intervene and hs.top and "screen" not in modes and screen_meta is None:
+        raise InputError(f"heads: heads top:{hs.top} needs a screen: add 'screen' to modes or give a run with one "
+                         "(--from RUN)")
+    shape = _model_shape(spec.model)
+    if intervene and hs.heads and shape is not None and shape["n_layers"] is not None:
+        if shape["n_heads"] is not None:
+            check_heads(hs.heads, shape["n_layers"], shape["n_heads"], spec.model)
+        bad = [h for h in hs.heads if not 0 <= h[0] < shape["n_layers"]]
+        if bad:
+            raise InputError(f"head {bad[0][0]}.{bad[0][1]} is out of range for {spec.model}: it has layers "
+                             f"0..{shape['n_layers'] - 1}")
+    vector = _check_vector_file(opts.vector, spec.model) if opts.vector else None
+    if opts.direction_layer is not None and vector is not None and opts.direction_layer not in vector.layers:
+        raise InputError(f"heads: direction layer {opts.direction_layer} is not a layer of the vector "
+                         f"(it has {vector.layers})")
+    if "screen" in modes:
+        if vector is None and not opts.emotion:
+            raise InputError("heads: the screen needs a vector: give `vector: FILE` (--vector) or `emotion: CLASS` "
+                             "(--emotion) to fit one on the dataset")
+        if dataset is None:
+            raise InputError("heads: the screen needs a labelled dataset; add `dataset: NAME` (--dataset)")
+        _screen_class(opts, vector, dataset, spec.dataset)
+    elif vector is None and opts.emotion:
+        if dataset is None:
+            raise InputError("heads: fitting a vector for `emotion:` needs a dataset; add `dataset: NAME` (--dataset)")
+        _screen_class(opts, None, dataset, spec.dataset)
+    if intervene:
+        _prompts(opts)
+    if "patch" in modes:
+        if not opts.source:
+            raise InputError("heads: patching needs source prompts: `source: DATASET:CLASS` (--source), e.g. "
+                             "emotions-basic:anger")
+        _source_texts(opts.source)
+    if "ablate" in modes and "mean" in opts.methods:
+        from emoscope.datasets import load_texts
+
+        if not [t for t in load_texts(opts.mean_texts) if t.strip()]:
+            raise InputError(f"heads: no texts in {opts.mean_texts} for mean ablation")
+
+
+# -- the stage -----------------------------------------------------------------------------------
+def _check_loaded_vector(vector: Any, model: Any, where: str) -> None:
+    fitted_sha = str(vector.meta.get("weights_sha256") or "")
+    model_sha = str(getattr(model, "weights_sha256", "") or "")
+    fitted = str(vector.meta.get("model") or "")
+    if fitted_sha and model_sha and fitted_sha != model_sha:
+        raise InputError(f"heads: vector {where} was fitted on other weights ({fitted or fitted_sha[:12]}) than "
+                         f"{model.name}'s; use a vector fitted on this model")
+    if vector.d != model.d_model:
+        raise InputError(f"heads: vector {where} has d_model={vector.d} but {model.name} has d_model={model.d_model}; "
+                         "use a vector fitted on this model")
+    bad = [x for x in vector.layers if not 0 <= x < model.n_layers]
+    if bad:
+        raise InputError(f"heads: vector {where} has layers {bad}; {model.name} has layers 0..{model.n_layers - 1}")
+
+
+def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> Any:
+    import numpy as np
+
+    from emoscope.vectors import ConceptVector, DiffMeans
+
+    model = ctx.model
+    if opts.vector:
+        vector = ConceptVector.load(opts.vector)
+        _check_loaded_vector(vector, model, opts.vector)
+        return vector
+    if opts.emotion and ctx.spec.dataset:
+        data = ctx.dataset
+        emotion, baseline = _screen_class(opts, None, data, ctx.spec.dataset)
+        layers = model.resolve_layers(opts.vector_layers)
+        acts = ctx.activations(layers=layers, position=opts.fit_position, progress=False)
+        y = np.asarray([str(x) for x in data.labels])
+        vecs = {layer: DiffMeans(emotion, baseline).fit(acts.get(layer), y).vector_.astype(np.float32)
+                for layer in layers}
+        ctx.note(f"vector: difference of means of {emotion!r} minus "
+                 + (f"the {baseline!r} class" if baseline != "all" else "the mean of all classes")
+                 + f" on {ctx.spec.dataset} at layers {layers}, position {opts.fit_position}")
+        return ConceptVector(emotion, vecs, {"method": "diff_means", "baseline": baseline, "dataset": ctx.spec.dataset,
+                                             "position": opts.fit_position, "model": ctx.spec.model,
+                                             "weights_sha256": getattr(model, "weights_sha256", "")})
+    if opts.from_run:
+        path = Path(opts.from_run) / "heads" / "vector.safetensors"
+        if path.is_file():
+            vector = ConceptVector.load(path)
+            _check_loaded_vector(vector, model, str(path))
+            return vector
+    return None
+
+
+def _check_loaded_screen(model: Any, meta: dict, where: str) -> None:
+    sha, mine = str(meta.get("weights_sha256") or ""), str(getattr(model, "weights_sha256", "") or "")
+    if sha and mine and sha != mine:
+        raise InputError(f"heads: {where} screened heads of other weights than {model.name}; re-run the screen")
+    if int(meta.get("n_layers", model.n_layers)) != model.n_layers or int(meta.get("n_heads", model.n_heads)) != model.n_heads:
+        raise InputError(f"heads: {where} screened a model with {meta.get('n_layers')} layers x {meta.get('n_heads')} "
+                         f"heads; {model.name} has {model.n_layers} x {model.n_heads}")
+
+
+@register_stage("heads", options_model=HeadsOptions, check=check_heads_stage,
+                description="attention heads: screen against a vector, ablate and patch against random heads")
+def heads_stage(ctx: RunContext) -> StageResult:
+    from emoscope.heads.screen import load_screen
+    from emoscope.heads.select import check_heads, parse_heads
+    from emoscope.models.heads import head_shape
+
+    opts: HeadsOptions = ctx.options
+    model = ctx.model
+    modes = [m for m in ("screen", "ablate", "patch") if m in opts.modes]
+    hs = parse_heads(opts.heads)
+    n_heads = head_shape(model, 0)[0]
+    if hs.heads:  # before any forward
+        check_heads(hs.heads, model.n_layers, n_heads, model.name)
+    screen_table, screen_meta, chosen_from = None, None, ""
+    if opts.from_run and "screen" not in modes:
+        screen_table, screen_meta = load_screen(opts.from_run)
+        _check_loaded_screen(model, screen_meta, opts.from_run)
+        chosen_from = f"ranked by the screen of {opts.from_run}"
+    vector = _vector(ctx, opts, screen_meta)
+    summary, metrics = [], {}
+    if "screen" in modes:
+        screen_table, screen_meta, line = _screen(ctx, opts, vector)
+        chosen_from = (f"ranked by the screen on {ctx.spec.dataset} ({screen_meta['emotion']} vs "
+                       f"{screen_meta['baseline']} texts)")
+        summary.append(line)
+        metrics["n_screened"] = len(screen_table)
+    if "ablate" in modes or "patch" in modes:
+        if hs.top:
+            if hs.top > len(screen_table):
+                raise InputError(f"heads: top:{hs.top} asks for more heads than the {len(screen_table)} screened")
+            t = screen_table.sort_values("rank").head(hs.top)
+            chosen = sorted((int(a), int(b)) for a, b in zip(t["layer"], t["head"], strict=True))
+            heads_text = f"top {hs.top} ({','.join(f'{a}.{b}' for a, b in chosen)})"
+        else:
+            chosen = check_heads(hs.heads, model.n_layers, n_heads, model.name)
+            heads_text = ",".join(f"{a}.{b}" for a, b in chosen)
+            chosen_from = "given by name"
+        for mode in ("ablate", "patch"):
+            if mode in modes:
+                line, m = _intervene(ctx, opts, mode, vector, chosen, heads_text, chosen_from, n_heads, screen_meta)
+                summary.append(line)
+                metrics.update(m)
+    return StageResult(summary="; ".join(summary), metrics=metrics)
+
+
+def _screen(ctx: RunContext, opts: HeadsOptions, vector: Any) -> tuple[Any, dict, str]:
+    from emoscope._progress import is_quiet
+    from emoscope.heads.findings import screen_finding
+    from emoscope.heads.plots import screen_heatmap
+    from emoscope.heads.screen import SCREEN_TABLE, save_screen, screen_heads
+
+    model, data = ctx.model, ctx.dataset
+    emotion, baseline = _screen_class(opts, vector, data, ctx.spec.dataset)
+    res = screen_heads(model, vector, list(data.texts), [str(y) for y in data.labels], emotion, baseline,
+                       layers=opts.layers, direction_layer=opts.direction_layer, position=opts.position,
+                       n_permutations=opts.n_permutations, alternative=opts.alternative, alpha=opts.alpha,
+                       seed=ctx.seed,
+                       batch_size=opts.screen_batch_size, progress=not is_quiet())
+    meta = {**res.meta, "model": model.name, "spec_model": ctx.spec.model,
+            "weights_sha256": getattr(model, "weights_sha256", ""), "dataset": ctx.spec.dataset,
+            "vector": vector.name, "vector_file": "heads/vector.safetensors"}
+    table = res.table.sort_values(["layer", "head"]).reset_index(drop=True)
+    ctx.write_table(SCREEN_TABLE, table)
+    ctx.save_figure(SCREEN_TABLE, screen_heatmap(table, model.n_layers, res.meta["n_heads"],
+                                                 title=f"{emotion} vs {baseline}: direct contribution per head"))
+    save_screen(ctx.run_dir.root, meta, vector)
+    dl = ("each head against its block's vector, or the next vector layer above it"
+          if opts.direction_layer is None else f"every head against the vector of layer {opts.direction_layer}")
+    ctx.note(f"screen: {len(table)} heads of blocks {res.meta['blocks'][0]}..{res.meta['blocks'][-1]} "
+             f"(vector layers {res.meta['vector_layers']}; {dl}; heads above the deepest vector layer are not "
+             f"screened), read at position {res.meta['position']}, {res.meta['n_texts']} texts; "
+             f"{res.meta['n_permutations']} label permutations, Holm across heads (smallest reachable p_holm "
+             f"{res.meta['min_p_holm']:.2g}), ranked {opts.alternative}")
+    if vector.meta.get("dataset") == ctx.spec.dataset:
+        ctx.note("the vector was fitted on the texts it screens: the screen shows which heads write the direction "
+                 "that separates these texts; ablation on other prompts is the held-out test")
+    ctx.add_finding(screen_finding(table, {**res.meta}, alpha=opts.alpha))
+    top = table.sort_values("rank").head(8)
+    line = "top heads: " + ", ".join(f"{int(r['layer'])}.{int(r['head'])} ({r['diff']:.3g}, p_holm {r['p_holm']:.2g})"
+                                     for _, r in top.iterrows())
+    return table, meta, line
+
+
+def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chosen: list, heads_text: str,
+               chosen_from: str, n_heads: int, screen_meta: dict | None) -> tuple[str, dict]:
+    import numpy as np
+    import pandas as pd
+
+    from emoscope._progress import is_quiet
+    from emoscope.heads.effects import METRICS, effect_table
+    from emoscope.heads.findings import intervention_findings
+    from emoscope.heads.plots import effects_figure
+    from emoscope.heads.select import random_head_sets
+    from emoscope.heads.sweep import HeadSweep, mean_head_outputs, plan_configs, record_head_outputs
+    from emoscope.steering.sweep import default_target
+
+    model = ctx.model
+    pool = None
+    if screen_meta is not None and opts.random_match == "any":
+        pool = [(b, h) for b in screen_meta.get("blocks", []) for h in range(n_heads)] or None
+    randoms, match = random_head_sets(chosen, opts.n_random, n_layers=model.n_layers, n_heads=n_heads,
+                                      seed=np.random.default_rng([ctx.seed, 11]), match=opts.random_match, pool=pool)
+    if match != opts.random_match:
+        ctx.note(f"{mode}: a layer of the chosen heads has too few other heads to match random heads per layer; "
+                 "random heads are drawn from any layer instead")
+    rs = pd.DataFrame([{"config": f"random-{j}", "heads": ",".join(f"{a}.{b}" for a, b in s)}
+                       for j, s in enumerate(randoms)] + [{"config": "chosen", "heads": ",".join(f"{a}.{b}" for a, b in chosen)}])
+    ctx.write_table("heads_random_sets", rs)
+    prompts = _prompts(opts)
+    name = vector.name if vector is not None else (opts.emotion or "")
+    target = opts.target or (default_target(name) if name else "valence")
+    probe = None
+    if vector is not None:
+        layer = opts.probe_layer if opts.probe_layer is not None else max(vector.layers)
+        if layer not in vector.layers:
+            raise InputError(f"heads: probe layer {layer} is not a layer of the vector ({vector.layers})")
+        v = np.asarray(vector[layer], dtype=np.float64)
+        probe = (int(layer), v / np.linalg.norm(v))
+    kw = dict(max_new_tokens=opts.max_new_tokens, chat="auto" if opts.chat else False, probe=probe, seeds=opts.seeds,
+              temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, batch_rows=opts.batch_rows,
+              scorers=opts.scorers, target=target, progress=not is_quiet())
+    layers = sorted({a for s in [chosen, *randoms] for a, _ in s})
+    if mode == "ablate":
+        methods = list(opts.methods)
+        mean_values = None
+        if "mean" in methods:
+            from emoscope.datasets import load_texts
+
+            mean_values = mean_head_outputs(model, layers, [t for t in load_texts(opts.mean_texts) if t.strip()])
+        sweep = HeadSweep(model, plan_configs(chosen, randoms, methods), prompts, positions=opts.positions,
+                          mean_values=mean_values, **kw)
+        how = (f"zero ablation sets the heads' outputs (their slices of the o_proj input) to 0; mean ablation to their "
+               f"mean over {opts.mean_texts} (every token but each text's first, averaged over positions and texts); "
+               f"edited columns: {opts.positions}")
+    else:
+        methods = ["patch"]
+        src_texts, src_name = _source_texts(opts.source)
+        order = np.random.default_rng([ctx.seed, 5]).permutation(len(src_texts))
+        pair = [int(order[i % len(src_texts)]) for i in range(len(prompts))]
+        chat = bool(opts.chat and model.has_chat_template)
+        tok = model.tokenizer
+        src = [src_texts[j] for j in pair]
+        src_ids = ([list(tok(model.chat(t), add_special_tokens=False)["input_ids"]) for t in src] if chat
+                   else [list(tok(t)["input_ids"]) for t in src])
+        values = record_head_outputs(model, src_ids, layers, opts.patch_tokens)  # (n_prompts, K, heads, head_dim)
+        sweep = HeadSweep(model, plan_configs(chosen, randoms, methods), prompts, patch_values=values,
+                          patch_tokens=opts.patch_tokens, **kw)
+        how = (f"head outputs recorded on {src_name} (target prompt i takes source text perm[i mod {len(src_texts)}], "
+               f"seeded), written at the last {opts.patch_tokens} prompt token(s) aligned from the end"
+               + (" (both chat-wrapped, so the same template token reads a different message)" if sweep.chat else ""))
+    res = sweep.run()
+    table = res.table
+    ctx.write_table(f"heads_{mode}_outputs", table)
+    metrics = [m for m in METRICS if m in table]
+    eff = effect_table(table, metrics, seed=ctx.seed)
+    ctx.write_table(f"heads_{mode}_effects", eff)
+    ctx.save_figure(f"heads_{mode}_effects", effects_figure(table, methods, [m for m in ("proj_gen", "target_score",
+                    "ppl_ratio", "rep4") if m in table], title=f"{mode}: heads {heads_text} vs {len(randoms)} random sets"))
+    ctx.note(f"{mode}: heads {heads_text}, {chosen_from}; {len(randoms)} random sets of {len(chosen)} heads "
+             f"({'same number per layer' if match == 'layer' else 'any layer'}, seeded, never a chosen head; a rank "
+             f"among them cannot reach p below {1 / (len(randoms) + 1):.2g}); {how}")
+    ctx.note(f"{mode}: {len(table)} generations of up to {opts.max_new_tokens} tokens on {len(prompts)} prompts in "
+             f"{res.meta['decode_seconds']:.1f} s; target score {target}"
+             + (f"; probe projection at layer {probe[0]}: proj_last = resid . u at the last prompt token, proj_gen = "
+                "its mean over the generated tokens read back" if probe else "; no vector, so no probe projections"))
+    if screen_meta is not None and screen_meta.get("dataset") and screen_meta.get("dataset") == opts.prompts:
+        ctx.note(f"{mode}: the prompts come from the screening dataset: the heads were chosen on these texts")
+    asked = [m for m in opts.metrics if m in table]
+    findings, lines = intervention_findings(table, methods, asked, heads=heads_text, chosen_from=chosen_from,
+                                            alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+                                            match=match, what="")
+    for f in findings:
+        ctx.add_finding(f)
+    for line in lines:
+        ctx.note(f"{mode}: {line}")
+    return (f"{mode}: " + "; ".join(lines[:2]) if lines else f"{mode}: no effects measured"), {
+        f"{mode}_rows": len(table), f"{mode}_decode_seconds": res.meta["decode_seconds"]}

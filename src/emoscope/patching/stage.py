@@ -1,0 +1,287 @@
+"""Stage ``patch``: multi-token activation patching against random-patch and neutral-source controls.
+
+Residuals recorded on the source (``source: DATASET:CLASS``; by default the mean over that class,
+``pairing: per_target`` pairs source and target prompts in order, cycling) are written into the
+target prompts (``targets``, default ``neutral-starts``) at each layer and positions spec
+(``last``, ``all``, ``window:K``, aligned from the end; ``generated: true`` also writes the
+source's last-token state at every generated position), and the model generates
+``max_new_tokens`` tokens. In the same batch: unpatched baseline rows, self-patch rows (the target
+patched with its own states: strength 0), the neutral source (``neutral: auto`` = the source
+dataset's ``neutral`` class, else ``neutral-corpus``) and ``n_random`` random patches of the same
+norm as the delta they replace. Outputs are scored with the steering scorers; the target score is
+``steering.sweep.default_target(CLASS)`` unless ``target_score`` says otherwise. Every row also
+carries the step-1 view (log-odds of target tokens at the first generated token).
+
+Writes tables ``patch_outputs`` (one row per generation) and ``patch_cells`` (per layer and
+positions: the multi-token effect beside the step-1 view), figure ``patch_effect_by_layer``, and
+one ``patching`` finding for the source class (``emoscope.patching.findings``) plus the step-1
+observation of the same cell.
+
+Input is checked before any model loads (``check_patch``): the source dataset and class, the
+neutral source, the target prompts, the positions, and, when the model's depth can be read without
+loading it (an embedded alias, a local directory with ``config.json``), the layers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from emoscope.core.stages import StageResult, register_stage
+from emoscope.errors import InputError
+
+if TYPE_CHECKING:
+    from emoscope.runs.context import RunContext
+
+__all__ = ["PatchOptions", "patch_stage", "check_patch", "parse_source", "resolve_neutral", "DEFAULT_TARGETS",
+           "DEFAULT_NEUTRAL_DATASET"]
+
+DEFAULT_TARGETS = "neutral-starts"
+DEFAULT_NEUTRAL_DATASET = "neutral-corpus"
+
+
+class PatchOptions(BaseModel):
+    """Options of the ``patch`` section. Defaults give a run whose finding can reach the
+    checklist's 20 report prompts (40 targets, half chosen on, half reported)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None  # DATASET:CLASS, e.g. emotions-basic:anger (required)
+    pairing: Literal["class_mean", "per_target"] = "class_mean"
+    n_sources: int | None = Field(default=None, ge=1)  # None: every text of the class
+    neutral: str = "auto"  # DATASET:CLASS, a dataset / file (all its texts), "auto" or "none"
+    targets: str = DEFAULT_TARGETS  # target prompts: dataset name or file
+    n_targets: int | None = Field(default=40, ge=1)  # None: every prompt
+    layers: str | int | float | list[int | float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
+    positions: list[str] = Field(default_factory=lambda: ["last"], min_length=1)  # last | all | window:K
+    generated: bool = False  # also write the source's last-token state at every generated position
+    chat: bool = True  # wrap sources and targets in the model's chat template when it has one
+    max_new_tokens: int = Field(default=32, ge=1)
+    n_random: int = Field(default=10, ge=0)  # random patches per cell: a rank among k cannot reach p < 1/(k+1)
+    self_rows: bool = True  # self-patch rows (strength 0): the target patched with its own states
+    scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
+    target_score: str | None = None  # scorer column; default steering.sweep.default_target(CLASS)
+    batch_rows: int = Field(default=256, ge=1)
+    alpha: float = 0.05
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def parse_source(text: str | None, what: str = "source") -> tuple[str, str]:
+    """``"DATASET:CLASS"`` -> ``(DATASET, CLASS)``; the dataset may be a path."""
+    if not text or ":" not in str(text):
+        raise InputError(f"patch: {what} {text!r} must be DATASET:CLASS, e.g. emotions-basic:anger")
+    name, _, cls = str(text).rpartition(":")
+    if not name.strip() or not cls.strip():
+        raise InputError(f"patch: {what} {text!r} must be DATASET:CLASS, e.g. emotions-basic:anger")
+    return name.strip(), cls.strip()
+
+
+def _class_texts(name: str, cls: str, what: str) -> list[str]:
+    from emoscope.datasets import load_dataset
+
+    data = load_dataset(name)
+    classes = sorted({str(y) for y in data.labels})
+    if cls not in classes:
+        raise InputError(f"patch: {what} class {cls!r} is not a class of {name} (classes: {', '.join(classes)})")
+    return [t for t, y in zip(data.texts, data.labels, strict=True) if str(y) == cls and t.strip()]
+
+
+def source_texts(opts: PatchOptions) -> tuple[str, str, list[str]]:
+    """``(dataset, class, texts)`` of the source (the first ``n_sources`` texts of the class)."""
+    name, cls = parse_source(opts.source)
+    texts = _class_texts(name, cls, "source")
+    return name, cls, texts[: opts.n_sources] if opts.n_sources else texts
+
+
+def resolve_neutral(opts: PatchOptions) -> tuple[str, list[str]] | None:
+    """``(label, texts)`` of the neutral source, or ``None`` for ``neutral: none``."""
+    from emoscope.datasets import load_dataset, load_texts
+
+    spec = opts.neutral.strip()
+    if spec.lower() == "none":
+        return None
+    src_name, src_cls = parse_source(opts.source)
+    if spec.lower() == "auto":
+        data = load_dataset(src_name)
+        if "neutral" in {str(y) for y in data.labels} and src_cls != "neutral":
+            spec = f"{src_name}:neutral"
+        else:
+            spec = DEFAULT_NEUTRAL_DATASET
+    is_pair = ":" in spec and not Path(spec).exists()
+    if is_pair:
+        name, cls = parse_source(spec, "neutral")
+        if (name, cls) == (src_name, src_cls):
+            raise InputError(f"patch: the neutral source {spec} is the source itself; give another class or dataset")
+        texts = _class_texts(name, cls, "neutral")
+    else:
+        texts = [t for t in load_texts(spec) if t.strip()]
+    if not texts:
+        raise InputError(f"patch: the neutral source {spec} has no texts")
+    n = opts.n_sources
+    return spec, texts[:n] if n else texts
+
+
+def target_prompts(opts: PatchOptions) -> list[str]:
+    from emoscope.datasets import load_texts
+
+    prompts = [t for t in load_texts(opts.targets) if t.strip()]
+    if not prompts:
+        raise InputError(f"patch: no target prompts in {opts.targets}; give a dataset name or a file with one prompt "
+                         "per line")
+    return prompts[: opts.n_targets] if opts.n_targets else prompts
+
+
+def _config_layers(cfg: dict[str, Any]) -> int | None:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    sub = cfg.get("text_config")
+    return _config_layers(sub) if isinstance(sub, dict) else None
+
+
+def known_depth(model: str) -> int | None:
+    """The number of blocks of ``model`` when it can be read without loading it: an embedded alias
+    (the catalog) or a local directory with ``config.json``; else ``None``."""
+    from emoscope.models import embedded_models
+
+    for entry in embedded_models():
+        if entry["alias"] == model:
+            return int(entry["n_layers"])
+    cfg = Path(str(model)) / "config.json"
+    if cfg.is_file():
+        try:
+            return _config_layers(json.loads(cfg.read_text("utf-8")))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+class _Depth:
+    """Stands in for a model when only its depth is known: the model's own layer resolution."""
+
+    def __init__(self, name: str, n_layers: int) -> None:
+        self.name, self.n_layers = name, n_layers
+
+    def check_layer(self, layer: int) -> int:
+        from emoscope.models.standard import StandardModel
+
+        return StandardModel.check_layer(self, layer)  # type: ignore[arg-type]
+
+    def resolve_layers(self, layers: Any) -> list[int]:
+        from emoscope.models.standard import StandardModel
+
+        return StandardModel.resolve_layers(self, layers)  # type: ignore[arg-type]
+
+
+def check_patch(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.Spec; the spec's dataset is not used
+    """Before any model loads: the source class, the neutral source, the targets, the positions
+    and (when the model's depth is known without loading it) the layers."""
+    from emoscope.patching.positions import parse_position_list
+
+    opts: PatchOptions = spec.options("patch")
+    if not opts.source:
+        raise InputError("patch needs a source: --source DATASET:CLASS (e.g. emotions-basic:anger)")
+    _, cls, texts = source_texts(opts)
+    if not texts:
+        raise InputError(f"patch: the source class {cls!r} has no texts")
+    resolve_neutral(opts)
+    target_prompts(opts)
+    parse_position_list(opts.positions)
+    depth = known_depth(spec.model)
+    if depth is not None:
+        _Depth(spec.model, depth).resolve_layers(opts.layers)
+
+
+@register_stage("patch", options_model=PatchOptions, check=check_patch,
+                description="multi-token activation patching against random-patch and neutral-source controls")
+def patch_stage(ctx: RunContext) -> StageResult:
+    from emoscope._progress import is_quiet
+    from emoscope.patching.plots import effect_by_layer_figure
+    from emoscope.patching.sweep import PatchSweep
+
+    opts: PatchOptions = ctx.options
+    src_name, cls, sources = source_texts(opts)
+    neutral = resolve_neutral(opts)
+    targets = target_prompts(opts)
+    model = ctx.model
+    layers = model.resolve_layers(opts.layers)
+    sweep = PatchSweep(model, sources, targets, layers, opts.positions, source_name=cls,
+                       neutral=None if neutral is None else neutral[1],
+                       neutral_name="neutral" if neutral is None else neutral[0].rpartition(":")[2] or "neutral",
+                       pairing=opts.pairing, generated=opts.generated, max_new_tokens=opts.max_new_tokens,
+                       n_random=opts.n_random, seed=ctx.seed, chat="auto" if opts.chat else False,
+                       self_rows=opts.self_rows, scorers=opts.scorers, target=opts.target_score,
+                       batch_rows=opts.batch_rows, progress=not is_quiet())
+    res = sweep.run()
+    res.meta["neutral"] = None if neutral is None else neutral[0]
+    ctx.write_table("patch_outputs", res.table)
+    ctx.write_table("patch_cells", res.cells)
+    ctx.save_figure("patch_effect_by_layer", effect_by_layer_figure(res))
+    for line in _notes(res, opts, src_name, cls, neutral, len(sources)):
+        ctx.note(line)
+    pat = res.table[res.table["kind"] == "patch"]
+    for (layer, pos), g in pat.groupby(["layer", "positions"], sort=False):
+        shares = g["regime"].value_counts(normalize=True)
+        ctx.note(f"regimes of the patched rows, layer {layer}, positions {pos}: "
+                 + ", ".join(f"{share:.0%} {reg}" for reg, share in shares.items()))
+    summary = _record_findings(ctx, res, opts)
+    return StageResult(summary=summary, metrics={"rows": len(res.table), "decode_seconds": res.meta["decode_seconds"],
+                                                 "seconds": res.meta["seconds"], "target": res.target})
+
+
+def _notes(res: Any, opts: PatchOptions, src_name: str, cls: str, neutral: tuple[str, list[str]] | None,
+           n_sources: int) -> list[str]:
+    m = res.meta
+    how = ("the end-aligned mean of their states (as long as the shortest source)" if opts.pairing == "class_mean"
+           else "one source per target prompt, paired in order and cycling")
+    lo, hi = m["target_tokens"]
+    notes = [f"source: {n_sources} texts of class {cls!r} of {src_name}, {how}; neutral source: "
+             + (f"{len(neutral[1])} texts of {neutral[0]}, the same way" if neutral else "none (neutral: none)")
+             + f"; {m['n_targets']} target prompts of {opts.targets} ({lo}-{hi} tokens"
+             + (", chat template)" if m["chat_template"] else ")"),
+             f"patched at layers {m['layers']}, positions {m['positions']}"
+             + (" and every generated position (replaced by the source's last-token state at that layer; random "
+                "patches add a delta of the last prompt token's delta norm there)" if m["generated"] else "")
+             + f"; {m['n_random']} random patches per cell (seed {m['seed']}), each the target's clean state plus a "
+               "seeded isotropic direction scaled column by column to the norm of the (source - target) delta "
+               f"it replaces; {m['n_rows']} generations of up to {m['max_new_tokens']} tokens in "
+               f"{m['decode_seconds']:.1f} s of decoding ({m['seconds']:.1f} s in all, with recording and scoring)"]
+    for a in m["alignment"]:
+        if a["rows_with_drops"]:
+            notes.append(f"alignment from the end, {a['kind']} rows at positions {a['positions']}: {a['rows_with_drops']} "
+                         f"of {a['rows']} rows had unequal lengths; {a['unpatched_target_tokens']} target tokens were "
+                         f"left unpatched (no source token) and {a['unused_source_tokens']} source tokens were dropped "
+                         f"(no target token); {a['mean_patched']:.1f} tokens patched per row on average")
+        else:
+            notes.append(f"alignment from the end, {a['kind']} rows at positions {a['positions']}: no tokens dropped "
+                         f"({a['mean_patched']:.1f} patched per row)")
+    if m["self_rows"]:
+        notes.append(f"self-patch rows (strength 0, the target patched with its own states): {m['self_rows_identical']} "
+                     f"of {m['self_rows']} outputs identical to the unpatched baseline"
+                     + ("" if m["self_rows_identical"] == m["self_rows"] else
+                        " (the others differ after a floating-point near-tie; see min_logit_gap)"))
+    if m["step1"]:
+        notes.append(f"step-1 view: log P(T+) - log P(T-) at the first generated token, T+ the vocabulary tokens the "
+                     f"{res.target} scorer scores above 0 on their own text, T- those below 0 (signed scorers) or "
+                     "every other token; step1_change is minus the unpatched row of the same prompt (nats)")
+    else:
+        notes.append(f"no step-1 view for target {res.target!r} (only nrc_* and valence targets have one)")
+    notes.append("regime thresholds: " + ", ".join(f"{k}={v}" for k, v in res.thresholds.as_dict().items()))
+    return notes
+
+
+def _record_findings(ctx: RunContext, res: Any, opts: PatchOptions) -> str:
+    from emoscope.patching.findings import patching_findings
+
+    findings, summary = patching_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens)
+    for f in findings:
+        ctx.add_finding(f)
+    return summary

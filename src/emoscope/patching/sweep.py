@@ -1,0 +1,441 @@
+"""``PatchSweep``: multi-token activation patching with its controls in one batched decode.
+
+Residuals recorded on **source** prompts are written into **target** prompts at chosen layers and
+prompt positions, and the model then generates many tokens; the outputs are scored by the
+steering scorers (``emoscope.steering.scorers``) and classified into regimes
+(``emoscope.steering.regimes.classify_regimes``), exactly like a steering sweep. One cell is a
+(layer, positions) pair; each row patches one cell (a single layer).
+
+Source states
+-------------
+``pairing="class_mean"`` (the default): the end-aligned mean of every source text's states
+(``emoscope.patching.record.class_mean``: as long as the shortest source, each position a mean
+over the class). ``pairing="per_target"``: target ``i`` gets source ``i mod n_sources`` (paired in
+order, cycling). Sources and targets are formatted the same way (the chat template when the model
+has one and ``chat`` is on), so with ``last`` the state of the same template token moves.
+
+The edit
+--------
+A **replacement**, ``h = where(mask, value, h)`` (``emoscope.models.interventions.ReplaceHook``):
+the target's last ``n`` prompt tokens get the source's last ``n`` states (aligned from the end,
+``emoscope.patching.positions``). With ``generated=True`` every generated position also gets the
+source's **last-token state** at that layer (a replacement too: whatever the model computed there
+is overwritten by the state of the source's final prompt token).
+
+Rows (all in one batched decode, one edit per row)
+--------------------------------------------------
+- ``baseline``: unpatched, once per target (layer -1);
+- ``self`` (``self_rows``): the target patched with its own clean states at the same prompt
+  positions, the "strength 0" row: an identity up to floating point (it never touches generated
+  positions);
+- ``patch``: the source class (``source`` column: its name);
+- ``neutral``: the same patch from the neutral source (its class mean, or paired the same way);
+- ``random`` (``n_random`` draws, ``random-k``): the target's clean state plus a random delta
+  with the **same norm as the (source - clean target) delta it replaces**, column by column:
+  ``clean_j + ||source_j - clean_j|| u_k``, with ``u_k`` the k-th seeded unit direction of
+  ``core.directions.random_layer_directions`` (one per draw and layer, shared by every prompt
+  and column, like a random steering vector). With ``generated=True`` random rows add
+  ``||source_last - clean_last|| u_k`` at every generated position (an additive delta: the clean
+  generated states are not known in advance).
+
+The next-token view
+-------------------
+Beside the multi-token effect every row carries ``step1``: the log-odds that the **first generated
+token** is a target token, ``log P(T+) - log P(T-)`` under the patched forward, where ``T+`` are the
+vocabulary tokens whose own text the target scorer scores above 0 (for ``nrc_anger``: tokens that
+are words the NRC lexicon tags with anger) and ``T-`` those it scores below 0 when the scorer is
+signed (``valence``), else every other token. ``step1_change`` is that minus the baseline row of
+the same prompt (nats). Targets from other scorers (a classifier) get no step-1 view (NaN).
+A one-step view and the multi-token effect can disagree; ``patch_cells`` shows both per cell.
+
+>>> sweep = PatchSweep(model, anger_texts, prompts, layers=[9, 15], positions=["last"],
+...                    neutral=neutral_texts, source_name="anger")      # doctest: +SKIP
+>>> res = sweep.run()                                                   # doctest: +SKIP
+>>> res.cells[["layer", "positions", "effect", "step1_effect"]]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoscope.core.directions import random_layer_directions
+from emoscope.errors import InputError
+from emoscope.models.batching import eos_ids
+from emoscope.models.decode import RowEdits, decode_rows
+from emoscope.models.interventions import Window
+from emoscope.patching.positions import PatchPositions, align_from_end, parse_position_list
+from emoscope.patching.record import class_mean, record_states
+from emoscope.steering.regimes import RegimeThresholds, classify_regimes
+from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, score_texts, words
+from emoscope.steering.sweep import default_target
+
+__all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "step1_token_sets"]
+
+PAIRINGS = ("class_mean", "per_target")
+_STEP1_SCORERS = {"valence": "vader"}  # target column -> scorer producing it; nrc_* -> nrc
+
+
+def _step1_scorer(target: str) -> str | None:
+    if target.startswith("nrc_"):
+        return "nrc"
+    return _STEP1_SCORERS.get(target)
+
+
+_TOKEN_SETS: dict[tuple[int, str, int], tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+
+def step1_token_sets(model: Any, target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(T+, T-)`` as boolean masks over the model's vocabulary (see the module doc), or ``None``
+    when the target's scorer is not a cheap text scorer or no token scores above 0. Each token's
+    text is its own decoding (``tokenizer.decode([id])``), scored once per tokenizer and target."""
+    scorer = _step1_scorer(target)
+    if scorer is None:
+        return None
+    vocab = int(model.vocab_size)
+    key = (id(model.tokenizer), target, vocab)
+    if key not in _TOKEN_SETS or _TOKEN_SETS[key][0] is not model.tokenizer:  # (an id can be reused)
+        n = min(vocab, len(model.tokenizer))
+        texts = model.tokenizer.batch_decode([[i] for i in range(n)])
+        s = np.zeros(vocab)
+        s[:n] = score_texts(texts, [scorer])[target]
+        pos = torch.as_tensor(s > 0)
+        neg = torch.as_tensor(s < 0) if (s < 0).any() else ~pos
+        _TOKEN_SETS[key] = (model.tokenizer, (pos, neg) if bool(pos.any()) and bool(neg.any()) else None)
+    return _TOKEN_SETS[key][1]
+
+
+@dataclass
+class PatchPlan:
+    """The rows of a sweep before decoding: ``table`` (one row per output: kind, source, layer,
+    positions, prompt_id, alignment counts, delta norm) and the per-row ``edits``. ``values[r]``
+    holds what row ``r`` writes at its layer (``(n, d)`` prompt states, end-aligned) and
+    ``clean[r]`` the target's clean states at those columns, for checks."""
+
+    table: pd.DataFrame
+    edits: RowEdits
+    values: list[torch.Tensor | None]
+    clean: list[torch.Tensor | None]
+
+
+@dataclass
+class PatchResult:
+    """A finished sweep: ``table`` (one row per output: text, scores, regime, step-1 view),
+    ``cells`` (per layer and positions: the multi-token effect beside the step-1 view, against
+    the random and neutral controls) and ``meta``."""
+
+    table: pd.DataFrame
+    cells: pd.DataFrame
+    target: str
+    thresholds: RegimeThresholds
+    meta: dict[str, Any] = field(default_factory=dict)
+    tokens: list[list[int]] = field(default_factory=list)
+
+    def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """Write ``outputs.csv``, ``cells.csv``, ``summary.json`` and the effect-per-layer figure."""
+        from emoscope._io import atomic_write_json, atomic_write_text, ensure_writable_dir
+        from emoscope.core.figures import save_figure
+        from emoscope.patching.plots import effect_by_layer_figure
+
+        out = ensure_writable_dir(out_dir)
+        written = [atomic_write_text(out / "outputs.csv", self.table.to_csv(index=False)),
+                   atomic_write_text(out / "cells.csv", self.cells.to_csv(index=False)),
+                   atomic_write_json(out / "summary.json", {**self.meta, "target": self.target})]
+        png = save_figure(effect_by_layer_figure(self), out / "effect_by_layer")
+        return [*written, png, png.with_suffix(".svg")]
+
+
+def _texts(texts: Any, what: str) -> list[str]:
+    if isinstance(texts, str) or not texts:
+        raise InputError(f"no {what} given: pass a non-empty list of strings")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str) or not t.strip():
+            raise InputError(f"{what} {i} is empty or not a string")
+    return out
+
+
+class PatchSweep:
+    """Patch ``sources`` into ``targets`` at ``layers`` x ``positions``, generate, score, compare.
+
+    ``neutral``: texts of the neutral source (``None``: no neutral-source control). ``chat="auto"``
+    wraps sources, neutral texts and targets in the model's chat template when it has one.
+    Greedy decoding. Inputs are checked here, before anything slow runs. ``share_prefix``: the
+    prompt tokens before the patched ones are prefilled once per prompt and shared by its rows
+    (``emoscope.models.decode.decode_rows``); the outputs are the same as prefilling every row.
+    """
+
+    def __init__(self, model: Any, sources: Sequence[str], targets: Sequence[str], layers: Any,
+                 positions: Sequence[str] | str = ("last",), *, source_name: str = "source",
+                 neutral: Sequence[str] | None = None, neutral_name: str = "neutral", pairing: str = "class_mean",
+                 generated: bool = False, max_new_tokens: int = 32, n_random: int = 10, seed: int = 0,
+                 chat: bool | str = "auto", self_rows: bool = True, scorers: Sequence[str | tuple] = DEFAULT_SCORERS,
+                 target: str | None = None, thresholds: RegimeThresholds | None = None, batch_rows: int = 256,
+                 record_batch: int = 32, share_prefix: bool = True, progress: bool = True) -> None:
+        self.model = model
+        self.sources = _texts(sources, "source texts")
+        self.targets = _texts(targets, "target prompts")
+        self.neutral = None if neutral is None else _texts(neutral, "neutral source texts")
+        self.layers = model.resolve_layers(layers)
+        self.positions: list[PatchPositions] = parse_position_list(positions)
+        if pairing not in PAIRINGS:
+            raise InputError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        self.pairing = pairing
+        if not source_name or source_name in ("baseline", "self", "neutral") or source_name.startswith("random-"):
+            raise InputError(f"source name {source_name!r} is reserved; name the source class")
+        self.source_name, self.neutral_name = str(source_name), str(neutral_name)
+        self.generated = bool(generated)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+        if n_random < 0:
+            raise InputError(f"n_random must be >= 0, got {n_random}")
+        self.n_random, self.seed = int(n_random), int(seed)
+        self.chat = model.has_chat_template if chat == "auto" else bool(chat)
+        self.self_rows = bool(self_rows)
+        self.scorers = list(scorers)
+        self.target = target or default_target(self.source_name)
+        self.thresholds = thresholds or RegimeThresholds()
+        if batch_rows < 1 or record_batch < 1:
+            raise InputError(f"batch_rows and record_batch must be positive, got {batch_rows}, {record_batch}")
+        self.batch_rows, self.record_batch = int(batch_rows), int(record_batch)
+        self.share_prefix = bool(share_prefix)
+        self.progress = progress
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids as the sweep feeds them (chat-formatted when ``chat``)."""
+        tok = self.model.tokenizer
+        if self.chat:
+            return [list(tok(self.model.chat(t), add_special_tokens=False)["input_ids"]) for t in texts]
+        return [list(tok(t)["input_ids"]) for t in texts]
+
+    @property
+    def cells(self) -> list[tuple[int, PatchPositions]]:
+        return [(layer, p) for layer in self.layers for p in self.positions]
+
+    def _states(self, texts: Sequence[str]) -> list[dict[int, torch.Tensor]]:
+        return record_states(self.model, self.token_ids(texts), self.layers, batch_size=self.record_batch)
+
+    def _source_for(self, states: list[dict[int, torch.Tensor]], mean: dict[int, torch.Tensor] | None,
+                    p: int) -> dict[int, torch.Tensor]:
+        return mean if mean is not None else states[p % len(states)]
+
+    # -- the plan -------------------------------------------------------------------------------
+    def plan(self) -> PatchPlan:
+        """Record the states, then lay out every row and its edit (no generation yet)."""
+        tgt_ids = self.token_ids(self.targets)
+        clean = record_states(self.model, tgt_ids, self.layers, batch_size=self.record_batch)
+        src = self._states(self.sources)
+        src_mean = class_mean(src) if self.pairing == "class_mean" else None
+        neu = self._states(self.neutral) if self.neutral is not None else None
+        neu_mean = class_mean(neu) if neu is not None and self.pairing == "class_mean" else None
+        d = int(self.model.d_model)
+        draws = random_layer_directions(d, self.layers, self.n_random, self.seed) if self.n_random else []
+        dirs = [{layer: torch.as_tensor(dr[layer], dtype=torch.float32) for layer in self.layers} for dr in draws]
+
+        rows: list[dict[str, Any]] = []
+        values: list[torch.Tensor | None] = []
+        cleans: list[torch.Tensor | None] = []
+        gens: list[torch.Tensor | None] = []  # replacement at generated positions, (d,)
+        adds: list[torch.Tensor | None] = []  # additive delta at generated positions, (d,)
+
+        def add(row: dict[str, Any], value: torch.Tensor | None = None, clean_cols: torch.Tensor | None = None,
+                gen: torch.Tensor | None = None, add_gen: torch.Tensor | None = None) -> None:
+            norm = float((value - clean_cols).norm(dim=-1).mean()) if value is not None and len(value) else np.nan
+            rows.append({"strength": 0.0 if row["kind"] in ("baseline", "self") else 1.0, "seed": 0,
+                         "delta_norm": norm, **row})
+            values.append(value)
+            cleans.append(clean_cols)
+            gens.append(gen)
+            adds.append(add_gen)
+
+        for p, ids in enumerate(tgt_ids):
+            t_len = len(ids)
+            base = {"prompt_id": p, "target_tokens": t_len}
+            add({"kind": "baseline", "source": "baseline", "layer": -1, "positions": "", "source_tokens": 0,
+                 "n_patched": 0, "unpatched_target": 0, "unused_source": 0, **base})
+            s_states = self._source_for(src, src_mean, p)
+            s_len = src_tokens = len(next(iter(s_states.values())))
+            for layer, pos in self.cells:
+                cl = clean[p][layer]  # (t_len, d)
+                cell = {"layer": layer, "positions": pos.spec, **base}
+                if self.self_rows:
+                    n = pos.requested(t_len)
+                    add({"kind": "self", "source": "self", "source_tokens": t_len, "n_patched": n,
+                         "unpatched_target": 0, "unused_source": 0, **cell}, cl[t_len - n:], cl[t_len - n:])
+                a = align_from_end(t_len, s_len, pos)
+                n = a.n_patched
+                c_cols = cl[t_len - n:]
+                s_cols = s_states[layer][s_len - n:]
+                s_last = s_states[layer][-1]
+                add({"kind": "patch", "source": self.source_name, "source_tokens": src_tokens, "n_patched": n,
+                     "unpatched_target": a.unpatched_target, "unused_source": a.unused_source, **cell},
+                    s_cols, c_cols, s_last if self.generated else None)
+                if neu is not None:
+                    nst = self._source_for(neu, neu_mean, p)
+                    n_len = len(next(iter(nst.values())))
+                    an = align_from_end(t_len, n_len, pos)
+                    add({"kind": "neutral", "source": self.neutral_name, "source_tokens": n_len,
+                         "n_patched": an.n_patched, "unpatched_target": an.unpatched_target,
+                         "unused_source": an.unused_source, **cell},
+                        nst[layer][n_len - an.n_patched:], cl[t_len - an.n_patched:],
+                        nst[layer][-1] if self.generated else None)
+                col_norms = (s_cols - c_cols).norm(dim=-1, keepdim=True)  # (n, 1): the delta each column replaces
+                gen_norm = (s_last - cl[-1]).norm()
+                for k, u in enumerate(dirs):
+                    add({"kind": "random", "source": f"random-{k}", "source_tokens": src_tokens, "n_patched": n,
+                         "unpatched_target": a.unpatched_target, "unused_source": a.unused_source, **cell},
+                        c_cols + col_norms * u[layer][None, :], c_cols, None,
+                        gen_norm * u[layer] if self.generated else None)
+        table = pd.DataFrame(rows)
+        cols = ["kind", "source", "layer", "positions", "strength", "prompt_id", "seed", "target_tokens",
+                "source_tokens", "n_patched", "unpatched_target", "unused_source", "delta_norm"]
+        table = table[cols]
+        return PatchPlan(table, self._edits(table, values, gens, adds, d), values, cleans)
+
+    def _edits(self, table: pd.DataFrame, values: list, gens: list, adds: list, d: int) -> RowEdits:
+        n_rows = len(table)
+        edits = RowEdits()
+        layer_of = table["layer"].to_numpy()
+        # kept on the CPU in the model's dtype (what the hook writes); moved to the device per chunk
+        store = self.model.dtype if self.model.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        for layer in self.layers:
+            rows = [r for r in range(n_rows) if layer_of[r] == layer]
+            width = max([len(values[r]) for r in rows if values[r] is not None] + [0])
+            if width:
+                val = torch.zeros(n_rows, width, d, dtype=store)
+                mask = torch.zeros(n_rows, width, dtype=torch.bool)
+                for r in rows:
+                    v = values[r]
+                    if v is not None and len(v):
+                        val[r, width - len(v):] = v
+                        mask[r, width - len(v):] = True
+                edits.replace[layer], edits.replace_mask[layer] = val, mask
+            if any(gens[r] is not None for r in rows):
+                g = torch.zeros(n_rows, d)
+                gm = torch.zeros(n_rows, dtype=torch.bool)
+                for r in rows:
+                    if gens[r] is not None:
+                        g[r], gm[r] = gens[r], True
+                edits.replace_generated[layer], edits.replace_generated_mask[layer] = g, gm
+            if any(adds[r] is not None for r in rows):
+                delta = torch.zeros(n_rows, d)
+                for r in rows:
+                    if adds[r] is not None:
+                        delta[r] = adds[r]
+                edits.delta[layer] = delta.to(device=self.model.device, dtype=self.model.dtype)
+        return edits
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> PatchResult:
+        """Generate every row, score it, compare it with its prompt's baseline, summarise per cell."""
+        import time
+
+        from emoscope._progress import progress as bar
+        from emoscope.patching.effects import cell_table
+
+        t0 = time.perf_counter()
+        plan = self.plan()
+        table = plan.table
+        model = self.model
+        tgt_ids = self.token_ids(self.targets)
+        sets = step1_token_sets(model, self.target)
+        step1 = np.full(len(table), np.nan)
+
+        def first_step(idx: torch.Tensor, logits: torch.Tensor) -> None:
+            if sets is None:
+                return
+            lp = torch.log_softmax(logits.float(), dim=-1)  # (rows, vocab)
+            pos, neg = (s.to(lp.device) for s in sets)
+            val = torch.logsumexp(lp[:, pos], -1) - torch.logsumexp(lp[:, neg], -1)
+            step1[idx.numpy()] = val.cpu().numpy()
+
+        row_prompt = table["prompt_id"].tolist()
+        # every edit writes only the last n_patched prompt tokens (and generated positions): the heads
+        # of the prompts are prefilled once and shared (models.decode, shared_prefix)
+        untouched = (table["target_tokens"] - np.maximum(table["n_patched"], 1)).tolist()
+        pbar = bar(total=len(table) * self.max_new_tokens, desc="patch", unit="tok") if self.progress else None
+        try:
+            dec = decode_rows(model, tgt_ids, row_prompt, plan.edits, Window("generated"),
+                              max_new_tokens=self.max_new_tokens, batch_rows=self.batch_rows, share_prefill=False,
+                              progress=pbar, first_step=first_step,
+                              shared_prefix=untouched if self.share_prefix else None)
+        finally:
+            if pbar is not None:
+                pbar.close()
+        stop = eos_ids(model)
+        tok = model.tokenizer
+        table["text"] = [tok.decode([t for t in toks if t not in stop], skip_special_tokens=True) for toks in dec.tokens]
+        table["n_tokens"] = [len(t) for t in dec.tokens]
+        table["token_ids"] = [" ".join(map(str, t)) for t in dec.tokens]
+        table["first_token"] = [tok.decode(t[:1]) for t in dec.tokens]
+        table["n_words"] = [len(words(t)) for t in table["text"]]
+        table["min_logit_gap"] = [float(g.min()) if len(g) else np.nan for g in dec.gaps]
+        table["prompt"] = [self.targets[p] for p in row_prompt]
+        table["step1"] = step1
+        self._score(table, [tgt_ids[p] for p in row_prompt], dec.tokens)
+        self._compare(table, dec.tokens)
+        cells = cell_table(table, seed=self.seed)
+        meta = self._meta(table, dec, time.perf_counter() - t0, sets is not None, tgt_ids)
+        return PatchResult(table=table, cells=cells, target=self.target, thresholds=self.thresholds, meta=meta,
+                           tokens=dec.tokens)
+
+    def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:
+        batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=self.model,
+                           prompt_ids=prompt_ids, output_ids=output_ids)
+        for spec in self.scorers:
+            for col, values in make_scorer(spec)(batch).items():
+                table[col] = np.asarray(values, dtype=float)
+        if self.target not in table:
+            cols = [c for c in table.columns if c.startswith(("nrc_", "valence", "clf_"))]
+            raise InputError(f"target score {self.target!r} is not produced by the scorers {self.scorers}; "
+                             f"available: {', '.join(cols) or 'none'}")
+
+    def _compare(self, table: pd.DataFrame, tokens: list[list[int]]) -> None:
+        """Each row against the baseline row of the same prompt."""
+        base = table[table["kind"] == "baseline"]
+        at = dict(zip(base["prompt_id"], base.index, strict=True))
+        bi = np.array([at[p] for p in table["prompt_id"]])
+        table["target_score"] = table[self.target].to_numpy(float)
+        table["target_change"] = table["target_score"].to_numpy() - table["target_score"].to_numpy()[bi]
+        if "perplexity" in table:
+            table["ppl_ratio"] = table["perplexity"].to_numpy(float) / table["perplexity"].to_numpy(float)[bi]
+        table["step1_change"] = table["step1"].to_numpy(float) - table["step1"].to_numpy(float)[bi]
+        table["changed"] = [tokens[i] != tokens[b] for i, b in enumerate(bi)]
+        table["regime"] = classify_regimes(table, "target_score", self.thresholds)
+
+    def _meta(self, table: pd.DataFrame, dec: Any, seconds: float, has_step1: bool,
+              tgt_ids: list[list[int]]) -> dict[str, Any]:
+        model = self.model
+        selfr = table[table["kind"] == "self"]
+        same = int((~selfr["changed"]).sum()) if len(selfr) else 0
+        align = []
+        for kind in ("patch", "neutral"):
+            g = table[table["kind"] == kind]
+            for spec, h in g.groupby("positions", sort=False):
+                align.append({"kind": kind, "positions": spec, "rows": len(h),
+                              "rows_with_drops": int(((h["unpatched_target"] + h["unused_source"]) > 0).sum()),
+                              "unpatched_target_tokens": int(h["unpatched_target"].sum()),
+                              "unused_source_tokens": int(h["unused_source"].sum()),
+                              "mean_patched": float(h["n_patched"].mean())})
+        return {
+            "model": getattr(model, "name", ""), "weights_sha256": getattr(model, "weights_sha256", ""),
+            "source": self.source_name, "neutral": self.neutral_name if self.neutral is not None else None,
+            "n_sources": len(self.sources), "n_neutral": len(self.neutral or []), "n_targets": len(self.targets),
+            "pairing": self.pairing, "layers": self.layers, "positions": [p.spec for p in self.positions],
+            "generated": self.generated, "n_random": self.n_random, "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens, "chat_template": self.chat, "target": self.target,
+            "scorers": [str(s) for s in self.scorers], "n_rows": len(table), "decode_seconds": dec.seconds,
+            "seconds": seconds, "batches": dec.batches, "thresholds": self.thresholds.as_dict(),
+            "step1": "log-odds of target tokens at the first generated token" if has_step1 else None,
+            "self_rows": len(selfr), "self_rows_identical": same, "alignment": align,
+            "target_tokens": [min(map(len, tgt_ids)), max(map(len, tgt_ids))],
+        }
