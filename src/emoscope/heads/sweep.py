@@ -388,19 +388,9 @@ class HeadSweep:
         return HeadSweepResult(table=table, configs=self.configs, meta=meta, tokens=dec.tokens)
 
     def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:
-        from emoscope.steering.scorers import ScoreBatch, make_scorer
+        from emoscope.steering.scorers import score_table
 
-        batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=self.model,
-                           prompt_ids=prompt_ids, output_ids=output_ids)
-        for spec in self.scorers:
-            for col, values in make_scorer(spec)(batch).items():
-                table[col] = np.asarray(values, dtype=float)
-        if self.target not in table:
-            if self.scorers:
-                cols = [c for c in table.columns if c.startswith(("nrc_", "valence", "clf_"))]
-                raise InputError(f"target score {self.target!r} is not produced by the scorers {self.scorers}; "
-                                 f"available: {', '.join(cols) or 'none'}")
-            table[self.target] = np.nan
+        score_table(table, self.model, self.scorers, self.target, prompt_ids, output_ids)
 
     def _compare(self, table: pd.DataFrame, tokens: list[list[int]]) -> None:
         """Each row against the baseline row of the same prompt and seed (NaN without one)."""

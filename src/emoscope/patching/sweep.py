@@ -74,7 +74,7 @@ from emoscope.models.interventions import Window
 from emoscope.patching.positions import PatchPositions, align_from_end, parse_position_list
 from emoscope.patching.record import class_mean, record_states
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes
-from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, score_texts, words
+from emoscope.steering.scorers import DEFAULT_SCORERS, score_texts, words
 from emoscope.steering.sweep import default_target
 
 __all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "step1_token_sets"]
@@ -389,15 +389,9 @@ class PatchSweep:
                            tokens=dec.tokens)
 
     def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:
-        batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=self.model,
-                           prompt_ids=prompt_ids, output_ids=output_ids)
-        for spec in self.scorers:
-            for col, values in make_scorer(spec)(batch).items():
-                table[col] = np.asarray(values, dtype=float)
-        if self.target not in table:
-            cols = [c for c in table.columns if c.startswith(("nrc_", "valence", "clf_"))]
-            raise InputError(f"target score {self.target!r} is not produced by the scorers {self.scorers}; "
-                             f"available: {', '.join(cols) or 'none'}")
+        from emoscope.steering.scorers import score_table
+
+        score_table(table, self.model, self.scorers, self.target, prompt_ids, output_ids)
 
     def _compare(self, table: pd.DataFrame, tokens: list[list[int]]) -> None:
         """Each row against the baseline row of the same prompt."""

@@ -39,7 +39,7 @@ import numpy as np
 
 from emoscope.errors import InputError, ModelError
 
-__all__ = ["ScoreBatch", "register_scorer", "make_scorer", "known_scorers", "score_texts", "words",
+__all__ = ["ScoreBatch", "score_table", "register_scorer", "make_scorer", "known_scorers", "score_texts", "words",
            "main_script", "DEFAULT_SCORERS", "NRC_EMOTIONS"]
 
 ScoreFn = Callable[["ScoreBatch"], dict[str, np.ndarray]]
@@ -317,3 +317,26 @@ def classifier_scorer(model: str = "", batch_size: int = 32, prefix: str = "clf_
                 cols[f"{prefix}{re.sub(r'[^0-9a-zA-Z]+', '_', d['label']).lower()}"][i] = d["score"]
         return cols
     return fn
+
+
+def score_table(table: Any, model: Any, scorers: Sequence[Any], target: str, prompt_ids: Sequence[Sequence[int]],
+                output_ids: Sequence[Sequence[int]]) -> None:
+    """Add one column per score to a table of generations (``text`` and ``prompt`` columns, one
+    row per output), in place; the one scoring step of every sweep (steering, patching, heads).
+
+    With no scorers (benchmarks) the ``target`` column is NaN; otherwise a target no scorer
+    produces is an ``InputError`` naming the columns that exist.
+    """
+    import numpy as np
+
+    batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=model,
+                       prompt_ids=prompt_ids, output_ids=output_ids)
+    for spec in scorers:
+        for col, values in make_scorer(spec)(batch).items():
+            table[col] = np.asarray(values, dtype=float)
+    if target not in table and not scorers:
+        table[target] = np.nan
+    if target not in table:
+        cols = [c for c in table.columns if c.startswith(("nrc_", "valence", "clf_"))]
+        raise InputError(f"target score {target!r} is not produced by the scorers {list(scorers)}; "
+                         f"available: {', '.join(cols) or 'none'}")

@@ -50,7 +50,7 @@ from emoscope.steering.regimes import (
     classify_regimes,
     success_table,
 )
-from emoscope.steering.scorers import DEFAULT_SCORERS, ScoreBatch, make_scorer, words
+from emoscope.steering.scorers import DEFAULT_SCORERS, words
 from emoscope.steering.units import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
 
 __all__ = ["SteeringSweep", "SteeringResult", "default_target", "RANDOM_KIND_CHOICES"]
@@ -333,17 +333,9 @@ class SteeringSweep:
                            tokens=dec.tokens)
 
     def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:
-        batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=self.model,
-                           prompt_ids=prompt_ids, output_ids=output_ids)
-        for spec in self.scorers:
-            for col, values in make_scorer(spec)(batch).items():
-                table[col] = np.asarray(values, dtype=float)
-        if self.target not in table and not self.scorers:  # scoring switched off (benchmarks)
-            table[self.target] = np.nan
-        if self.target not in table:
-            cols = [c for c in table.columns if c.startswith(("nrc_", "valence", "clf_"))]
-            raise InputError(f"target score {self.target!r} is not produced by the scorers {self.scorers}; "
-                             f"available: {', '.join(cols) or 'none'}")
+        from emoscope.steering.scorers import score_table
+
+        score_table(table, self.model, self.scorers, self.target, prompt_ids, output_ids)
 
     def _compare(self, table: pd.DataFrame, tokens: list[list[int]]) -> None:
         """Each row against the baseline row of the same prompt and seed."""
