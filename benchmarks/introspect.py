@@ -24,6 +24,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, pin_threads, write_json  # noqa: E402
 
 
+def sweep_cells(model, n_concepts: int, layers: list[int], strengths: list[float]):  # noqa: ANN201
+    """The benchmark's work: trials, cells (every concept x layer x strength x prompt), the unit
+    vector bank, answer tokens, the concept words and the seconds spent building the vectors."""
+    import numpy as np
+
+    from emoscope.datasets import load_control_questions, load_word_list
+    from emoscope.introspection import build_trials, concept_vectors
+    from emoscope.introspection.cells import Injection
+    from emoscope.introspection.measure import answer_tokens
+    from emoscope.introspection.sweep import resid_norm_profile
+
+    words = [w.word for w in load_word_list("concepts")[:n_concepts]]
+    trials = build_trials(model, load_control_questions())
+    tokens = answer_tokens(model.tokenizer)
+    t0 = time.perf_counter()
+    vecs = concept_vectors(model, words, "default", layers=layers)
+    t_vectors = time.perf_counter() - t0
+    norms = {int(r.layer): float(r.mean_resid_norm) for r in resid_norm_profile(model, trials[0], layers).itertuples()}
+    bank, cells = [], []
+    for v in vecs:
+        for layer in layers:
+            u = np.asarray(v[layer], dtype=np.float32)
+            bank.append(u / np.linalg.norm(u))
+            cells += [Injection(t, layer, len(bank) - 1, s * norms[layer]) for s in strengths for t in range(len(trials))]
+    return trials, cells, np.stack(bank), tokens, words, t_vectors
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -41,31 +68,15 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from emoscope.datasets import load_control_questions, load_word_list
-    from emoscope.introspection import build_trials, concept_vectors, yes_no_diff
-    from emoscope.introspection.cells import Injection, score_cells
-    from emoscope.introspection.measure import answer_tokens
-    from emoscope.introspection.sweep import resid_norm_profile
+    from emoscope.introspection import yes_no_diff
+    from emoscope.introspection.cells import score_cells
     from emoscope.models import load_model
     from emoscope.models.standard import block_output
 
     model = load_model(args.model)
-    layers = model.resolve_layers(args.layers)
     strengths = [float(s) for s in args.strengths.split(",")]
-    words = [w.word for w in load_word_list("concepts")[: args.concepts]]
-    trials = build_trials(model, load_control_questions())
-    tokens = answer_tokens(model.tokenizer)
-    t0 = time.perf_counter()
-    vecs = concept_vectors(model, words, "default", layers=layers)
-    t_vectors = time.perf_counter() - t0
-    norms = {int(r.layer): float(r.mean_resid_norm) for r in resid_norm_profile(model, trials[0], layers).itertuples()}
-    bank, cells = [], []
-    for v in vecs:
-        for layer in layers:
-            u = np.asarray(v[layer], dtype=np.float32)
-            bank.append(u / np.linalg.norm(u))
-            cells += [Injection(t, layer, len(bank) - 1, s * norms[layer]) for s in strengths for t in range(len(trials))]
-    bank = np.stack(bank)
+    layers = model.resolve_layers(args.layers)
+    trials, cells, bank, tokens, words, t_vectors = sweep_cells(model, args.concepts, layers, strengths)
     timed = cells
     if args.max_cells and args.max_cells < len(cells):
         timed = [cells[i] for i in np.linspace(0, len(cells) - 1, args.max_cells).round().astype(int)]

@@ -16,6 +16,7 @@ from emoscope.errors import OutputError
 __all__ = [
     "atomic_path",
     "atomic_write_text",
+    "atomic_write_bytes",
     "atomic_write_json",
     "ensure_writable_dir",
     "sha256_file",
@@ -56,6 +57,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
     return Path(dest)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "field_default",
     "add_option",
     "add_run_arguments",
+    "add_allow_other_model",
     "allow_negative_lists",
     "section",
     "make_spec",
@@ -152,6 +153,13 @@ def add_option(parser: argparse.ArgumentParser, stage: str, model: Any, name: st
                                **kw)
 
 
+def add_allow_other_model(parser: argparse.ArgumentParser, stage: str, model: Any) -> argparse.Action:
+    """``--allow-other-model``: use a vector file whose metadata names another model (refused
+    otherwise, before the model loads; see ``emoscope.vectors.checks``)."""
+    return add_option(parser, stage, model, "allow_other_model", "--allow-other-model", action="store_true",
+                      help="use a vector whose metadata names another model (its width and layers must still fit)")
+
+
 def section(args: argparse.Namespace, stage: str) -> dict[str, Any]:
     """The ``stage`` section of the spec from the flags ``add_option`` added for it."""
     prefix = stage + "."
@@ -167,8 +175,43 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, seed_flags: tuple[str,
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in DIR (same arguments)")
     parser.add_argument(*seed_flags, dest="spec.seed", type=int, metavar="N", default=field_default(Spec, "seed"),
                         help=f"the run's seed (default: {field_default(Spec, 'seed')})")
-    parser.add_argument("--model-dtype", dest="spec.model_dtype", metavar="DTYPE", default=field_default(Spec, "model_dtype"),
+    # `extract` has its own --dtype (the storage dtype): there only --model-dtype names the compute dtype
+    dtype_flags = ("--model-dtype",) + (() if "--dtype" in parser._option_string_actions else ("--dtype",))
+    parser.add_argument(*dtype_flags, dest="spec.model_dtype", metavar="DTYPE",
+                        default=field_default(Spec, "model_dtype"),
                         help="model compute dtype, e.g. bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--device-map", dest="spec.device_map", metavar="MAP", default=field_default(Spec, "device_map"),
+                        help="shard the model over devices, e.g. auto (accelerate's device_map; default: one device)")
+    add_executor_arguments(parser)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--ray-address``, ``--workers``: where the sweeps' work units run."""
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="run the sweeps' work units in this process (local, the default) or on Ray")
+    parser.add_argument("--ray-address", metavar="ADDR", default=None,
+                        help="Ray cluster to join, e.g. auto (default with --executor ray: start Ray on this machine)")
+    parser.add_argument("--workers", type=int, metavar="N", default=None,
+                        help="Ray workers, each loading the model once (default: one per CPU, or per GPU with --gpus-per-worker)")
+    parser.add_argument("--gpus-per-worker", type=float, metavar="G", default=0.0,
+                        help="GPUs each Ray worker asks for (default 0: CPU workers)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    """The executor the flags ask for (``emoscope.core.executor.make_executor``)."""
+    from emoscope.core.executor import make_executor
+    from emoscope.errors import InputError
+
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    gpus = float(getattr(args, "gpus_per_worker", 0.0) or 0.0)
+    if gpus < 0:
+        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus:g}")
+    name = getattr(args, "executor", "local")
+    if name == "local" and gpus:
+        raise InputError("--gpus-per-worker needs --executor ray")
+    return make_executor(name, address=getattr(args, "ray_address", None), workers=workers, gpus_per_worker=gpus)
 
 
 def allow_negative_lists(parser: argparse.ArgumentParser) -> None:
@@ -197,6 +240,8 @@ def make_spec(args: argparse.Namespace, name: str, stages: list[str], sections: 
                             "seed": getattr(args, "spec.seed", 0), "stages": stages, **sections}
     if getattr(args, "spec.model_dtype", None):
         data["model_dtype"] = getattr(args, "spec.model_dtype")
+    if getattr(args, "spec.device_map", None):
+        data["device_map"] = getattr(args, "spec.device_map")
     if dataset is not None:
         data["dataset"] = dataset
     return parse_spec(data, source=f"emoscope {name}")
@@ -216,6 +261,7 @@ def run_built(args: argparse.Namespace, spec: Any, **run_kw: Any):  # noqa: ANN2
     """Run ``spec`` into ``args.out`` (``--resume``, ``--quiet`` honoured)."""
     from emoscope.runs import run_spec
 
+    run_kw.setdefault("executor", executor_from_args(args))
     return run_spec(spec, args.out, resume=args.resume, log=stage_logger(args.quiet), **run_kw)
 
 

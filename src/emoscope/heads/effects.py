@@ -29,13 +29,12 @@ import pandas as pd
 
 from emoscope.core.stats import Interval, bootstrap, min_pvalue, paired_test, permutation_pvalue
 from emoscope.errors import InputError
+from emoscope.steering.findings import SEED_SD_SHARE, SPREAD_SEEDS, SeedSpread
 
 __all__ = ["METRICS", "metric_label", "changes", "prompt_effects", "effect_row", "effect_table", "Spread",
            "seed_spread", "SPREAD_SEEDS", "SEED_SD_SHARE"]
 
 METRICS = ("proj_gen", "proj_last", "target_score", "valence", "ppl_ratio", "rep4", "distinct_1", "broken")
-SPREAD_SEEDS = 5
-SEED_SD_SHARE = 0.5
 _LABELS = {"proj_gen": "vector projection (mean over generated tokens)",
            "proj_last": "vector projection at the last prompt token", "target_score": "target score",
            "valence": "valence (VADER)", "ppl_ratio": "perplexity ratio to baseline",
@@ -114,31 +113,12 @@ def effect_table(table: pd.DataFrame, metrics: Sequence[str] = METRICS, *, alter
 
 
 @dataclass(frozen=True)
-class Spread:
-    """The effect re-estimated over seeded halves of prompts and random sets."""
+class Spread(SeedSpread):
+    """The effect re-estimated over seeded halves of prompts and random sets (``mean``, ``sd`` and
+    ``passed``: same sign in every seed and sd < ``sd_share`` x |mean|, as the steering sweep's
+    ``SeedSpread``)."""
 
-    seeds: tuple[int, ...]
-    estimates: tuple[float, ...]
-    k: int
-    subset: int
-    n_prompts: int
-    sd_share: float = SEED_SD_SHARE
-
-    @property
-    def mean(self) -> float:
-        e = np.asarray(self.estimates, dtype=float)
-        return float(np.nanmean(e)) if e.size and np.isfinite(e).any() else float("nan")
-
-    @property
-    def sd(self) -> float:
-        return float(np.std(self.estimates, ddof=1)) if len(self.estimates) > 1 else float("nan")
-
-    @property
-    def passed(self) -> bool:
-        e = np.asarray(self.estimates, dtype=float)
-        if e.size < 2 or not np.all(np.isfinite(e)):
-            return False
-        return bool((np.all(e > 0) or np.all(e < 0)) and self.sd < self.sd_share * abs(self.mean))
+    n_prompts: int = 0
 
     def note(self) -> str:
         return (f"effect over {len(self.seeds)} seeds (seeds {list(self.seeds)}), each on a random half "
@@ -164,4 +144,4 @@ def seed_spread(table: pd.DataFrame, method: str, metric: str, *, seed: int = 0,
         sub = sorted(rng.choice(names, size=m, replace=False)) if k else None
         ps = sorted(rng.choice(prompts, size=half, replace=False)) if prompts else []
         est.append(float(effect_row(table, method, metric, n_boot=0, random_names=sub, prompts=ps)["effect"]))
-    return Spread(seeds, tuple(est), k, m if k else 0, half)
+    return Spread(seeds=seeds, estimates=tuple(est), cells=(), k=k, subset=m if k else 0, n_prompts=half)

@@ -265,7 +265,11 @@ def screen_heads(model: Any, vector: Any, texts: Sequence[str], labels: Sequence
         raise InputError(f"no baseline texts to contrast {emotion!r} with")
     dirs = screen_directions(model, vector, layers, direction_layer)
     blocks = sorted(dirs)
-    ids = [list(x) for x in model.tokenizer([texts[i] for i in keep])["input_ids"]]
+    from emoscope.activations.extract import truncation_side
+    from emoscope.models.batching import fit_model_context
+
+    ids = fit_model_context(model, [list(x) for x in model.tokenizer([texts[i] for i in keep])["input_ids"]],
+                            keep=truncation_side(position))
     proj = head_projections(model, ids, {b: dirs[b][1] for b in blocks}, position=position, batch_size=batch_size,
                             progress=progress)  # (n, blocks, heads)
     n_heads = proj.shape[2]

@@ -40,6 +40,7 @@ dataset or class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +68,7 @@ class HeadsOptions(BaseModel):
                                                               min_length=1)
     # the vector
     vector: str | None = None  # a ConceptVector .safetensors file
+    allow_other_model: bool = False  # use a vector whose metadata names another model (emoscope.vectors.checks)
     emotion: str | None = None  # class of the dataset: the screened class, and the class a vector is fitted for
     baseline: str | None = None  # contrast class, or "all"; default neutral if present, else "all"
     fit_position: str = "mean_from:1"  # extraction position when fitting the vector here
@@ -109,10 +111,7 @@ class HeadsOptions(BaseModel):
     def _heads(cls, v: str) -> str:
         from emoscope.heads.select import parse_heads
 
-        try:
-            return parse_heads(v).spec
-        except InputError as e:
-            raise ValueError(str(e)) from None
+        return _spec(parse_heads, v)
 
     @field_validator("modes", "methods", "metrics")
     @classmethod
@@ -126,20 +125,23 @@ class HeadsOptions(BaseModel):
     def _window(cls, v: str) -> str:
         from emoscope.models.interventions import parse_window
 
-        try:
-            return parse_window(v).spec
-        except InputError as e:
-            raise ValueError(str(e)) from None
+        return _spec(parse_window, v)
 
     @field_validator("position", "fit_position")
     @classmethod
     def _position(cls, v: str) -> str:
         from emoscope.activations.positions import parse_position
 
-        try:
-            return parse_position(v).spec
-        except InputError as e:
-            raise ValueError(str(e)) from None
+        return _spec(parse_position, v)
+
+
+def _spec(parse: Callable[[str], Any], v: str) -> str:
+    """``parse(v).spec``, the canonical spelling; an ``InputError`` becomes the ``ValueError``
+    pydantic reports as a validation error."""
+    try:
+        return parse(v).spec
+    except InputError as e:
+        raise ValueError(str(e)) from None
 
 
 # -- input checks (no model) ---------------------------------------------------------------------
@@ -172,53 +174,10 @@ def _source_texts(source: str) -> tuple[list[str], str]:
     return texts, text
 
 
-def _model_shape(model: str) -> dict[str, int | None] | None:
-    """``{n_layers, n_heads, d_model}`` known without loading ``model``: an embedded alias's
-    catalogue entry (no head count there), or a local directory's ``config.json``; else ``None``."""
-    import json
+def _check_vector_file(path: str, spec_model: str, allow_other_model: bool = False) -> Any:
+    from emoscope.vectors.checks import load_vector_for
 
-    from emoscope.models import embedded_models
-
-    entry = next((m for m in embedded_models() if m["alias"] == model), None)
-    if entry is not None:
-        return {"n_layers": int(entry["n_layers"]), "n_heads": None, "d_model": int(entry["d_model"])}
-    cfg_path = Path(model) / "config.json"
-    if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        cfg = cfg.get("text_config") or cfg
-
-        def first(*keys: str) -> int | None:
-            return next((int(cfg[k]) for k in keys if isinstance(cfg.get(k), int)), None)
-
-        return {"n_layers": first("num_hidden_layers", "n_layer", "num_layers"),
-                "n_heads": first("num_attention_heads", "n_head", "num_heads"),
-                "d_model": first("hidden_size", "n_embd", "d_model")}
-    return None
-
-
-def _check_vector_file(path: str, spec_model: str) -> Any:
-    from emoscope.vectors import ConceptVector
-
-    if not Path(path).is_file():
-        raise InputError(f"heads: vector file {path} not found; give a ConceptVector .safetensors file")
-    vector = ConceptVector.load(path)
-    fitted = str(vector.meta.get("model") or "")
-    if fitted and fitted != spec_model:
-        raise InputError(f"heads: vector {path} was fitted on {fitted}, not {spec_model}; use a vector fitted on "
-                         f"{spec_model} (or --model {fitted})")
-    shape = _model_shape(spec_model)
-    if shape is not None:
-        if shape["d_model"] is not None and vector.d != shape["d_model"]:
-            raise InputError(f"heads: vector {path} has d_model={vector.d} but {spec_model} has "
-                             f"d_model={shape['d_model']}; use a vector fitted on this model")
-        n = shape["n_layers"]
-        bad = [x for x in vector.layers if n is not None and not 0 <= x < n]
-        if bad:
-            raise InputError(f"heads: vector {path} has layers {bad}; {spec_model} has layers 0..{n - 1}")
-    return vector
+    return load_vector_for(path, spec_model, what="heads: vector", allow_other_model=allow_other_model)
 
 
 def _screen_class(opts: HeadsOptions, vector: Any, dataset: Any, dataset_name: str | None) -> tuple[str, str]:
@@ -241,6 +200,7 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
     """Before any model loads (see the module docstring)."""
     from emoscope.heads.screen import load_screen
     from emoscope.heads.select import check_heads, parse_heads
+    from emoscope.models.peek import peek_shape
 
     opts: HeadsOptions = spec.options("heads")
     modes = set(opts.modes)
@@ -260,7 +220,7 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
     if intervene and hs.top and "screen" not in modes and screen_meta is None:
         raise InputError(f"heads: heads top:{hs.top} needs a screen: add 'screen' to modes or give a run with one "
                          "(--from RUN)")
-    shape = _model_shape(spec.model)
+    shape = peek_shape(spec.model)
     if intervene and hs.heads and shape is not None and shape["n_layers"] is not None:
         if shape["n_heads"] is not None:
             check_heads(hs.heads, shape["n_layers"], shape["n_heads"], spec.model)
@@ -268,7 +228,7 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
         if bad:
             raise InputError(f"head {bad[0][0]}.{bad[0][1]} is out of range for {spec.model}: it has layers "
                              f"0..{shape['n_layers'] - 1}")
-    vector = _check_vector_file(opts.vector, spec.model) if opts.vector else None
+    vector = _check_vector_file(opts.vector, spec.model, opts.allow_other_model) if opts.vector else None
     if opts.direction_layer is not None and vector is not None and opts.direction_layer not in vector.layers:
         raise InputError(f"heads: direction layer {opts.direction_layer} is not a layer of the vector "
                          f"(it has {vector.layers})")
@@ -298,19 +258,10 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
 
 
 # -- the stage -----------------------------------------------------------------------------------
-def _check_loaded_vector(vector: Any, model: Any, where: str) -> None:
-    fitted_sha = str(vector.meta.get("weights_sha256") or "")
-    model_sha = str(getattr(model, "weights_sha256", "") or "")
-    fitted = str(vector.meta.get("model") or "")
-    if fitted_sha and model_sha and fitted_sha != model_sha:
-        raise InputError(f"heads: vector {where} was fitted on other weights ({fitted or fitted_sha[:12]}) than "
-                         f"{model.name}'s; use a vector fitted on this model")
-    if vector.d != model.d_model:
-        raise InputError(f"heads: vector {where} has d_model={vector.d} but {model.name} has d_model={model.d_model}; "
-                         "use a vector fitted on this model")
-    bad = [x for x in vector.layers if not 0 <= x < model.n_layers]
-    if bad:
-        raise InputError(f"heads: vector {where} has layers {bad}; {model.name} has layers 0..{model.n_layers - 1}")
+def _check_loaded_vector(vector: Any, model: Any, where: str, allow_other_model: bool = False) -> None:
+    from emoscope.vectors.checks import check_vector_fits
+
+    check_vector_fits(vector, model, where=f"heads: vector {where}", allow_other_model=allow_other_model)
 
 
 def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> Any:
@@ -321,7 +272,7 @@ def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> An
     model = ctx.model
     if opts.vector:
         vector = ConceptVector.load(opts.vector)
-        _check_loaded_vector(vector, model, opts.vector)
+        _check_loaded_vector(vector, model, opts.vector, opts.allow_other_model)
         return vector
     if opts.emotion and ctx.spec.dataset:
         data = ctx.dataset
@@ -341,7 +292,7 @@ def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> An
         path = Path(opts.from_run) / "heads" / "vector.safetensors"
         if path.is_file():
             vector = ConceptVector.load(path)
-            _check_loaded_vector(vector, model, str(path))
+            _check_loaded_vector(vector, model, str(path), opts.allow_other_model)
             return vector
     return None
 
@@ -476,7 +427,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
         probe = (int(layer), v / np.linalg.norm(v))
     kw = dict(max_new_tokens=opts.max_new_tokens, chat="auto" if opts.chat else False, probe=probe, seeds=opts.seeds,
               temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, batch_rows=opts.batch_rows,
-              scorers=opts.scorers, target=target, progress=not is_quiet())
+              scorers=opts.scorers, target=target, progress=not is_quiet(), execution=ctx.execution)
     layers = sorted({a for s in [chosen, *randoms] for a, _ in s})
     if mode == "ablate":
         methods = list(opts.methods)

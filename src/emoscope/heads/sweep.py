@@ -16,7 +16,12 @@ Ablation edits every column of the ``positions`` window (``all`` by default: pro
 generated tokens). With ``positions="generated"`` the prompt is not edited, so the unique prompts
 are prefilled once per chunk and their KV cache is shared by every row (much less work when the
 prompts are long against the generation; the first generated token then comes from the unedited
-prompt). The chosen heads and every random set of the same size run in the same
+prompt). When the prompt is edited (``all``, ``prompt``, ``from:K``, head patching), no
+configuration edits anything below the chunk's lowest edited layer ``L``, so the blocks ``0..L-1``
+of the prefill run once per unique prompt and their states and KV cache are forked to the rows
+(``models.prefill.prefill_below``; ``share_below=False`` prefills every block per row): with
+layer-matched random heads, ``L`` is the chosen heads' lowest layer for every configuration.
+The chosen heads and every random set of the same size run in the same
 batch (``kind`` = ``chosen`` / ``random``), so the random-head control costs rows, not passes.
 
 One forward pre-hook per edited block (``models.heads.edit_heads``) carries a per-row
@@ -46,12 +51,12 @@ import pandas as pd
 import torch
 
 from emoscope.errors import InputError
+from emoscope.heads.decode import decode_configs
 from emoscope.heads.select import Head, format_heads
 from emoscope.models.batching import eos_ids, pad_batch, pad_token_id
-from emoscope.models.decode import RowEdits, Sampling, decode_rows
-from emoscope.models.heads import HeadEdit, edit_heads, head_outputs, head_shape
-from emoscope.models.interventions import Window, parse_window
-from emoscope.models.standard import block_output
+from emoscope.models.decode import Sampling
+from emoscope.models.heads import head_outputs
+from emoscope.models.interventions import parse_window
 
 __all__ = ["HeadConfig", "plan_configs", "HeadSweep", "HeadSweepResult", "mean_head_outputs",
            "record_head_outputs", "decode_configs", "METHODS"]
@@ -84,10 +89,6 @@ def plan_configs(chosen: Sequence[Head], random_sets: Sequence[Sequence[Head]], 
     return out
 
 
-def _layers_of(heads: Sequence[Head]) -> list[int]:
-    return sorted({int(a) for a, _ in heads})
-
-
 @torch.inference_mode()
 def mean_head_outputs(model: Any, layers: Sequence[int], texts: Sequence[str] | None = None, *,
                       batch_size: int = 32) -> dict[int, torch.Tensor]:
@@ -100,7 +101,9 @@ def mean_head_outputs(model: Any, layers: Sequence[int], texts: Sequence[str] | 
     layers = sorted({model.check_layer(int(x)) for x in layers})
     if not layers:
         return {}
-    ids = [list(x) for x in model.tokenizer(list(texts))["input_ids"]]
+    from emoscope.models.batching import fit_model_context
+
+    ids = fit_model_context(model, [list(x) for x in model.tokenizer(list(texts))["input_ids"]])
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else int(pad)
     sums = {layer: None for layer in layers}
@@ -148,126 +151,6 @@ def record_head_outputs(model: Any, prompt_ids: Sequence[Sequence[int]], layers:
 
 
 @dataclass
-class _Decoded:
-    tokens: list[list[int]]
-    gaps: list[np.ndarray]
-    proj_last: np.ndarray
-    proj_gen: np.ndarray
-    seconds: float = 0.0
-    batches: int = 0
-
-
-class _Probe:
-    """Forward hook on one block: ``resid . u`` for every column of every forward."""
-
-    def __init__(self, u: torch.Tensor) -> None:
-        self.u = u
-        self.calls: list[torch.Tensor] = []
-
-    def __call__(self, _module: Any, _inputs: Any, output: Any) -> None:
-        h = block_output(output)
-        self.calls.append((h.float() @ self.u.to(h.device)).cpu())  # (rows, width)
-
-
-def decode_configs(model: Any, configs: Sequence[HeadConfig], prompt_ids: Sequence[Sequence[int]],
-                   row_config: Sequence[int], row_prompt: Sequence[int], *, max_new_tokens: int,
-                   positions: str | Window = "all", mean_values: Mapping[int, torch.Tensor] | None = None,
-                   patch_values: Mapping[int, torch.Tensor] | None = None, patch_tokens: int = 1,
-                   probe: tuple[int, np.ndarray] | None = None, sampling: Sampling | None = None,
-                   row_seeds: Sequence[int] | None = None, batch_rows: int = 256, progress: Any = None) -> _Decoded:
-    """Decode row ``r`` = ``configs[row_config[r]]`` on ``prompt_ids[row_prompt[r]]``, ``batch_rows``
-    rows per decode, each chunk with its own per-row head masks. ``patch_values``:
-    ``{layer: (n_prompts, K, n_heads, head_dim)}``, the source outputs for each target prompt."""
-    import time
-
-    window = parse_window(positions)
-    sampling = sampling if sampling is not None else Sampling()
-    n_rows = len(row_config)
-    if len(row_prompt) != n_rows:
-        raise InputError(f"{n_rows} row configurations but {len(row_prompt)} row prompts")
-    if batch_rows < 1:
-        raise InputError(f"batch_rows must be positive, got {batch_rows}")
-    layers = sorted({a for c in configs for a in _layers_of(c.heads)})
-    n_heads, head_dim = head_shape(model, layers[0]) if layers else (int(model.n_heads), 0)
-    if any(c.method == "mean" and c.heads for c in configs):
-        missing = [x for x in layers if mean_values is None or x not in mean_values]
-        if missing:
-            raise InputError(f"mean ablation needs mean head outputs for layers {missing}")
-    patching = any(c.method == "patch" and c.heads for c in configs)
-    if patching:
-        missing = [x for x in layers if patch_values is None or x not in patch_values]
-        if missing:
-            raise InputError(f"head patching needs source head outputs for layers {missing}")
-        if any(c.method in ("zero", "mean") and c.heads for c in configs):
-            raise InputError("run head patching and head ablation as separate sweeps")
-    seeds = list(row_seeds) if row_seeds is not None else [0] * n_rows
-    # only generated tokens edited: the unedited prompts are prefilled once per chunk and shared
-    share = window.kind == "generated" and not patching
-    u = None
-    if probe is not None:
-        u = torch.as_tensor(np.asarray(probe[1], dtype=np.float32))
-    stop = eos_ids(model)
-    tokens: list[list[int]] = []
-    gaps: list[np.ndarray] = []
-    p_last = np.full(n_rows, np.nan)
-    p_gen = np.full(n_rows, np.nan)
-    rc = np.asarray(row_config)
-    rp = np.asarray(row_prompt)
-    t0 = time.perf_counter()
-    batches = 0
-    for lo in range(0, n_rows, batch_rows):
-        idx = np.arange(lo, min(lo + batch_rows, n_rows))
-        rows = len(idx)
-        edits: dict[int, HeadEdit] = {}
-        for layer in layers:
-            mask = torch.zeros(rows, n_heads, dtype=torch.bool)
-            is_mean = torch.zeros(rows, dtype=torch.bool)
-            for j, r in enumerate(idx):
-                cfg = configs[rc[r]]
-                for a, b in cfg.heads:
-                    if a == layer:
-                        mask[j, b] = True
-                is_mean[j] = cfg.method == "mean"
-            if not bool(mask.any()):
-                continue
-            if patching:
-                value = patch_values[layer][torch.as_tensor(rp[idx])]  # (rows, K, n_heads, head_dim)
-                edits[layer] = HeadEdit(mask, value, last_prompt_tokens=int(patch_tokens))
-            elif bool((is_mean[:, None] & mask).any()):
-                value = torch.zeros(rows, n_heads, head_dim)
-                value[is_mean] = mean_values[layer].float()
-                edits[layer] = HeadEdit(mask, value, window=window)
-            else:
-                edits[layer] = HeadEdit(mask, None, window=window)
-        probe_hook = _Probe(u) if u is not None else None
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(edit_heads(model, edits))
-            if probe_hook is not None:
-                handle = model.blocks[model.check_layer(int(probe[0]))].register_forward_hook(probe_hook)
-                stack.callback(handle.remove)
-            dec = decode_rows(model, prompt_ids, rp[idx].tolist(), RowEdits(), Window("generated" if share else "all"),
-                              max_new_tokens=max_new_tokens, sampling=sampling, row_seeds=[seeds[i] for i in idx],
-                              batch_rows=rows, share_prefill=share, progress=progress)
-        tokens += dec.tokens
-        gaps += dec.gaps
-        batches += 1
-        if probe_hook is not None and probe_hook.calls:
-            first = probe_hook.calls[0]  # the prefill, left padded: its last column is the last prompt token
-            if share:  # one prefill of the unique prompts, in prompt order
-                first = first[torch.as_tensor(rp[idx])]
-            p_last[idx] = first[:, -1].double().numpy()
-            gen = probe_hook.calls[1:]
-            if gen:
-                g = torch.cat(gen, dim=1).double().numpy()  # (rows, fed steps)
-                for j, r in enumerate(idx):
-                    toks = dec.tokens[j][: g.shape[1]]
-                    keep = [s for s, t in enumerate(toks) if t not in stop]
-                    if keep:
-                        p_gen[r] = float(g[j, keep].mean())
-    return _Decoded(tokens, gaps, p_last, p_gen, time.perf_counter() - t0, batches)
-
-
-@dataclass
 class HeadSweepResult:
     """``table``: one row per generation (configuration, prompt, seed, text, scores, regime,
     probe projections); ``configs``; ``meta``; ``tokens`` (new token ids per table row)."""
@@ -294,7 +177,9 @@ class HeadSweep:
                  probe: tuple[int, np.ndarray] | None = None, seeds: Sequence[int] = (0,), temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, batch_rows: int = 256,
                  scorers: Sequence[str | tuple] = ("nrc", "vader", "perplexity", "repetition", "script"),
-                 target: str = "valence", thresholds: Any = None, progress: bool = True) -> None:
+                 target: str = "valence", thresholds: Any = None, progress: bool = True,
+                 execution: Any = None) -> None:
+        self.execution = execution  # where the chunks of rows run as work units (emoscope.core.executor)
         if not configs:
             raise InputError("no head configurations to run")
         if isinstance(prompts, str) or not prompts:
@@ -325,11 +210,15 @@ class HeadSweep:
         return self.seeds[:1] if self.sampling.greedy else self.seeds
 
     def prompt_ids(self) -> tuple[list[str], list[list[int]]]:
+        from emoscope.models.batching import fit_model_context
+
         tok = self.model.tokenizer
         if self.chat:
             texts = [self.model.chat(p) for p in self.prompts]
-            return texts, [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        return list(self.prompts), [list(tok(t)["input_ids"]) for t in self.prompts]
+            ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        else:
+            texts, ids = list(self.prompts), [list(tok(t)["input_ids"]) for t in self.prompts]
+        return texts, fit_model_context(self.model, ids, reserve=self.max_new_tokens, what="prompt")
 
     def plan(self) -> pd.DataFrame:
         rows = []
@@ -341,7 +230,6 @@ class HeadSweep:
         return pd.DataFrame(rows)
 
     def run(self) -> HeadSweepResult:
-        from emoscope._progress import progress as bar
         from emoscope.steering.scorers import words
 
         table = self.plan()
@@ -352,16 +240,12 @@ class HeadSweep:
                 raise InputError(f"target prompt {short[0]} has fewer tokens than the {self.patch_tokens} patched")
         model = self.model
         row_seeds = [s * 100_003 + p for s, p in zip(table["seed"], table["prompt_id"], strict=True)]
-        pbar = bar(total=len(table) * self.max_new_tokens, desc="heads", unit="tok") if self.progress else None
-        try:
-            dec = decode_configs(model, self.configs, ids, table["_config"].tolist(), table["prompt_id"].tolist(),
-                                 max_new_tokens=self.max_new_tokens, positions=self.positions,
-                                 mean_values=self.mean_values, patch_values=self.patch_values,
-                                 patch_tokens=self.patch_tokens, probe=self.probe, sampling=self.sampling,
-                                 row_seeds=row_seeds, batch_rows=self.batch_rows, progress=pbar)
-        finally:
-            if pbar is not None:
-                pbar.close()
+        dec = decode_configs(model, self.configs, ids, table["_config"].tolist(), table["prompt_id"].tolist(),
+                             max_new_tokens=self.max_new_tokens, positions=self.positions,
+                             mean_values=self.mean_values, patch_values=self.patch_values,
+                             patch_tokens=self.patch_tokens, probe=self.probe, sampling=self.sampling,
+                             row_seeds=row_seeds, batch_rows=self.batch_rows, progress=self.progress,
+                             execution=self.execution)
         table = table.drop(columns="_config")
         stop = eos_ids(model)
         table["text"] = [model.tokenizer.decode([t for t in toks if t not in stop], skip_special_tokens=True)

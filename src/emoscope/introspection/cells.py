@@ -39,7 +39,7 @@ from emoscope.models.interventions import (
 from emoscope.models.kvcache import cache_kwargs, common_prefix_length, fork_cache, prefix_cache
 from emoscope.models.standard import StandardModel, block_output
 
-__all__ = ["Injection", "CellScores", "score_cells", "shared_prefix_length", "logits_from_final",
+__all__ = ["Injection", "CellScores", "CellScorer", "cell_batches", "score_cells", "shared_prefix_length", "logits_from_final",
            "ablation_directions"]
 
 
@@ -85,11 +85,12 @@ def shared_prefix_length(trials: Sequence[Trial]) -> int:
 def logits_from_final(model: StandardModel, h: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Unembed hidden states that already went through the final norm (``rows``: only those
     vocabulary entries), with the model's final logit soft-capping if it has one."""
-    w = model.unembed.weight if rows is None else model.unembed.weight[rows]
-    out = h @ w.T
+    weight = model.unembed.weight
+    w = weight if rows is None else weight[rows.to(weight.device)]
+    out = h.to(weight.device) @ w.T
     bias = getattr(model.unembed, "bias", None)
     if bias is not None:
-        out = out + (bias if rows is None else bias[rows])
+        out = out + (bias if rows is None else bias[rows.to(bias.device)])
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         out = torch.tanh(out / cap) * cap
@@ -166,48 +167,75 @@ def score_cells(model: StandardModel, trials: Sequence[Trial], cells: Sequence[I
     >>> score_cells(model, trials, cells, bank, answer_tokens(model.tokenizer)).logit_diff  # doctest: +SKIP
     array([-1.9, 0.4], dtype=float32)
     """
-    if bank is None:
-        bank = torch.zeros(1, model.d_model)
-    bank = torch.as_tensor(np.asarray(bank) if not isinstance(bank, torch.Tensor) else bank)
-    bank = bank.to(device=model.device, dtype=torch.float32)
-    if bank.dim() != 2 or bank.shape[1] != model.d_model:
-        raise InputError(f"vector bank must be (n, {model.d_model}), got {tuple(bank.shape)}")
-    dirs = {int(k): torch.as_tensor(v, dtype=torch.float32, device=model.device)
-            for k, v in ablation_directions(ablate, getattr(ablate, "layers", None) or sorted(ablate),
-                                            model.d_model).items()} if ablate is not None else {}
-    _check(model, trials, cells, bank, dirs)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    scorer = CellScorer(model, trials, bank, tokens, share_prefix=share_prefix, skip_early=skip_early,
+                        attention=attention, ablate=ablate)
+    return scorer.score(cells, batch_size=batch_size, keep_resid=keep_resid, progress=progress)
 
-    plen = shared_prefix_length(trials) if share_prefix else 0
-    run = _Run(model, trials, bank, tokens, plen, prefix_cache(model, trials[0].ids[:plen]), attention)
-    run.ablation = _Ablation(dirs)
-    n = len(cells)
-    out = CellScores(np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32),
-                     np.empty((n, model.n_layers), np.float32),
-                     np.empty((n, model.n_layers, model.n_heads), np.float32) if attention else None, plen,
-                     np.empty((n, model.n_layers, model.d_model), np.float32) if keep_resid else None)
-    skip = skip_early and not attention
-    # one layer per batch when skipping; cells of the same prompt together (little padding)
+
+class CellScorer:
+    """``score_cells`` in two steps, so that many calls on the same trials and bank (the work
+    units of a sweep) share one setup: the prefix KV cache and the uninjected pass over every
+    trial are computed once, on the first :meth:`score`. Same arguments as ``score_cells``."""
+
+    @torch.inference_mode()
+    def __init__(self, model: StandardModel, trials: Sequence[Trial], bank: torch.Tensor | np.ndarray | None,
+                 tokens: AnswerTokens, *, share_prefix: bool = True, skip_early: bool = True,
+                 attention: bool = False, ablate: Any = None) -> None:
+        if bank is None:
+            bank = torch.zeros(1, model.d_model)
+        bank = torch.as_tensor(np.asarray(bank) if not isinstance(bank, torch.Tensor) else bank)
+        bank = bank.to(device=model.device, dtype=torch.float32)
+        if bank.dim() != 2 or bank.shape[1] != model.d_model:
+            raise InputError(f"vector bank must be (n, {model.d_model}), got {tuple(bank.shape)}")
+        dirs = {int(k): torch.as_tensor(v, dtype=torch.float32, device=model.device)
+                for k, v in ablation_directions(ablate, getattr(ablate, "layers", None) or sorted(ablate),
+                                                model.d_model).items()} if ablate is not None else {}
+        self.model, self.trials, self.bank, self.dirs = model, trials, bank, dirs
+        self.skip, self.attention = skip_early and not attention, attention
+        plen = shared_prefix_length(trials) if share_prefix else 0
+        self.run = _Run(model, trials, bank, tokens, plen, prefix_cache(model, trials[0].ids[:plen]), attention)
+        self.run.ablation = _Ablation(dirs)
+        self._residuals = False
+
+    @torch.inference_mode()
+    def score(self, cells: Sequence[Injection], *, batch_size: int = 64, keep_resid: bool = False,
+              progress: bool = False) -> CellScores:
+        model, trials, run, skip = self.model, self.trials, self.run, self.skip
+        _check(model, trials, cells, self.bank, self.dirs)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        n = len(cells)
+        out = CellScores(np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32),
+                         np.empty((n, model.n_layers), np.float32),
+                         np.empty((n, model.n_layers, model.n_heads), np.float32) if self.attention else None,
+                         run.plen,
+                         np.empty((n, model.n_layers, model.d_model), np.float32) if keep_resid else None)
+        batches = cell_batches(cells, trials, batch_size, skip)
+        # the ablation hooks go on before the Injector's, so they run first and the Injector's capture
+        # (the logit lens) sees the ablated residual
+        with run.ablation.installed(model), Injector(model) as inj, (
+                eager_attention(model) if self.attention else contextlib.nullcontext()):
+            if skip and not self._residuals:
+                run.cache_residuals(inj)
+                self._residuals = True
+            for batch in _progress(batches, desc="introspect", unit="batch") if progress else batches:
+                run.batch(inj, [cells[i] for i in batch], batch, out, skip)
+        return out
+
+
+def cell_batches(cells: Sequence[Injection], trials: Sequence[Trial], batch_size: int, skip: bool = True) -> list[list[int]]:
+    """The batches ``score_cells`` runs, as lists of cell indices: with ``skip`` (early blocks
+    replayed) one layer per batch; cells of the same prompt together (little padding)."""
     key = (lambda i: (-1 if cells[i].layer is None else cells[i].layer, len(trials[cells[i].trial].ids),
                       cells[i].trial)) if skip else (lambda i: (len(trials[cells[i].trial].ids), cells[i].trial))
-    order = sorted(range(n), key=key)
-    batches = []
-    for i in order:
+    batches: list[list[int]] = []
+    for i in sorted(range(len(cells)), key=key):
         same = skip and batches and cells[batches[-1][0]].layer == cells[i].layer
         if batches and len(batches[-1]) < batch_size and (same or not skip):
             batches[-1].append(i)
         else:
             batches.append([i])
-    # the ablation hooks go on before the Injector's, so they run first and the Injector's capture
-    # (the logit lens) sees the ablated residual
-    with run.ablation.installed(model), Injector(model) as inj, (
-            eager_attention(model) if attention else contextlib.nullcontext()):
-        if skip:
-            run.cache_residuals(inj)
-        for batch in _progress(batches, desc="introspect", unit="batch") if progress else batches:
-            run.batch(inj, [cells[i] for i in batch], batch, out, skip)
-    return out
+    return batches
 
 
 class _Run:
@@ -256,11 +284,11 @@ class _Run:
         layer = rows[0].layer
         if skip and layer is not None:
             # blocks 0..layer are the uninjected pass plus, at `layer`, the injection (and ablation)
-            dtype = self.resid[layer][0].dtype
-            value = torch.zeros(B, S, model.d_model, device=dev, dtype=dtype)
+            dtype, at = self.resid[layer][0].dtype, self.resid[layer][0].device  # the block's device
+            value = torch.zeros(B, S, model.d_model, device=at, dtype=dtype)
             for r, c in enumerate(rows):
                 value[r, :len(suffix[r])] = self.resid[layer][c.trial]
-            value = value + deltas[layer].to(dtype)
+            value = value + deltas[layer].to(device=at, dtype=dtype)
             if layer in masks:
                 value = _ablate(value, self.ablation.dirs[layer], masks[layer])
             inj.deltas, self.ablation.state = {}, {}
@@ -268,20 +296,21 @@ class _Run:
                 o = self.forward(ids, mask)
             for i in range(layer):
                 inj.captured[i] = torch.stack([self.resid[i][c.trial][int(a)] for c, a in zip(rows, ans, strict=True)])
-            inj.captured[layer] = value[torch.arange(B, device=dev), ans]
+            inj.captured[layer] = value[torch.arange(B, device=at), ans.to(at)]
         else:
             inj.deltas = deltas
             self.ablation.state = {layer: (deltas.get(layer), m) for layer, m in masks.items()}
             o = self.forward(ids, mask)
             self.ablation.state = {}
-        final = o.last_hidden_state[torch.arange(B, device=dev), ans]          # (B, d)
+        last = o.last_hidden_state                                             # on the final block's device
+        final = last[torch.arange(B, device=last.device), ans.to(last.device)]  # (B, d)
         logp = logits_from_final(model, final).float().log_softmax(-1)
         sub = logp[:, self.rows]
         ny = len(self.tokens.yes_ids)
         out.logit_diff[where] = (sub[:, :ny].logsumexp(-1) - sub[:, ny:].logsumexp(-1)).cpu().numpy()
         out.p_yes[where] = sub[:, :ny].exp().sum(-1).cpu().numpy()
         out.p_no[where] = sub[:, ny:].exp().sum(-1).cpu().numpy()
-        resid = torch.stack(inj.captured, 1)                                    # (B, L, d)
+        resid = torch.stack([c.to(dev) for c in inj.captured], 1)              # (B, L, d)
         lens_logits = logits_from_final(model, model.final_norm(resid), self.rows)
         out.lens[where] = yes_no_diff(lens_logits, _local(self.tokens)).cpu().numpy()
         if out.attention is not None:
@@ -301,8 +330,8 @@ def _ablation_masks(rows: Sequence[Injection], window: torch.Tensor) -> dict[int
 
 def _ablate(h: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``h - ((h . u) u)`` where ``mask`` (``(B, S)``) is 1; ``h`` unchanged elsewhere."""
-    u = u.to(h.dtype)
-    return h - ((h * u).sum(-1, keepdim=True) * mask[..., None].to(h.dtype)) * u
+    u = u.to(device=h.device, dtype=h.dtype)
+    return h - ((h * u).sum(-1, keepdim=True) * mask[..., None].to(device=h.device, dtype=h.dtype)) * u
 
 
 class _Ablation:
@@ -320,9 +349,10 @@ class _Ablation:
                 return None
             delta, mask = self.state[layer]
             h = block_output(output)
-            u = self.dirs[layer].to(h.dtype)
-            full = h if delta is None else h + delta.to(h.dtype)
-            return replace_block_output(output, h - ((full * u).sum(-1, keepdim=True) * mask[..., None].to(h.dtype)) * u)
+            u = self.dirs[layer].to(device=h.device, dtype=h.dtype)  # the block's device (sharded models)
+            full = h if delta is None else h + delta.to(device=h.device, dtype=h.dtype)
+            m = mask[..., None].to(device=h.device, dtype=h.dtype)
+            return replace_block_output(output, h - ((full * u).sum(-1, keepdim=True) * m) * u)
         return hook
 
     @contextlib.contextmanager

@@ -80,6 +80,7 @@ class IntrospectOptions(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0)
     unit: Literal["trial_norm", "token_norm", "token_norm_robust"] = "trial_norm"  # see emoscope.vectors.units
     ablate: str | None = None  # a ConceptVector .safetensors file: its direction is ablated at the injected layer
+    allow_other_model: bool = False  # use an `ablate` vector whose metadata names another model
     claim: str | None = None
 
 
@@ -151,13 +152,10 @@ def check_introspect(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.
     load_words(opts.baseline_words, "baseline-words")
     load_control_questions(opts.controls)
     if opts.ablate:
-        from pathlib import Path
+        from emoscope.vectors.checks import load_vector_for
 
-        from emoscope.errors import InputError
-
-        if not Path(opts.ablate).is_file():
-            raise InputError(f"introspect: ablate vector file {opts.ablate} not found; give a ConceptVector "
-                             ".safetensors file")
+        load_vector_for(opts.ablate, spec.model, what="introspect: ablate vector",
+                        allow_other_model=opts.allow_other_model)
 
 
 @register_stage("introspect", options_model=IntrospectOptions, check=check_introspect,
@@ -168,12 +166,19 @@ def introspect_stage(ctx: RunContext) -> StageResult:
     from emoscope.introspection import run_sweep
 
     o: IntrospectOptions = ctx.options
+    if o.ablate:  # before any forward: the vector is for this model (emoscope.vectors.checks)
+        from emoscope.vectors import ConceptVector
+        from emoscope.vectors.checks import check_vector_fits
+
+        check_vector_fits(ConceptVector.load(o.ablate), ctx.model, where=f"introspect: ablate vector {o.ablate}",
+                          allow_other_model=o.allow_other_model)
     res = run_sweep(
         ctx.model, concepts=o.concepts, baseline=o.baseline_words, controls=o.controls, layers=o.layers,
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
         batch_size=o.batch_size, focus_layer=o.focus_layer, focus_strength=o.focus_strength, heads=o.heads,
         n_boot=o.n_boot, free_text=o.free_text, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-        unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits, ablate=o.ablate, progress=not is_quiet(),
+        unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits, ablate=o.ablate, execution=ctx.execution,
+        progress=not is_quiet(),
     )
     for name, df in res.tables().items():
         ctx.write_table(name, df)

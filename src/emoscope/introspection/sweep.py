@@ -73,6 +73,7 @@ from emoscope.introspection.tables import (
     summary_table,
 )
 from emoscope.introspection.trials import Trial, build_trials
+from emoscope.introspection.work import score_units
 from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
 from emoscope.vectors.units import (
@@ -248,7 +249,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
               batch_size: int = 64, focus_layer: int | None = None, focus_strength: float | None = None,
               heads: bool = True, n_boot: int = 2000, free_text: int = 0, max_new_tokens: int = 40,
               temperature: float = 1.0, judge: Any = None, unit: str = "trial_norm", n_splits: int = N_SPLITS,
-              ablate: Any = None, progress: bool = False) -> InjectionResult:
+              ablate: Any = None, execution: Any = None, progress: bool = False) -> InjectionResult:
     """Run the logit sweep. ``vectors``: ``ConceptVector``s to inject (default: built from
     ``concepts`` minus the mean over ``baseline`` words). ``controls``: a control-question set
     name, path or list of questions. ``free_text=N``: also N sampled answers per cell of the
@@ -261,6 +262,9 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     spread uses ``n_splits`` (>= 3) seeds of the concept split (see ``emoscope.introspection.heldout``).
     ``ablate``: a ``ConceptVector`` (or its ``.safetensors`` path) whose direction is also ablated
     at the injected layer in every cell, beside the same cells without ablation (module doc).
+    ``execution``: where the cells' work units run and are stored (``emoscope.core.executor``;
+    default in process, nothing stored); a run gives its stage one, so ``--resume`` skips the
+    finished units and ``--executor ray`` spreads them over workers.
 
     >>> res = run_sweep(model, concepts=["ocean", "bread"], layers=[0.5], strengths=[4])  # doctest: +SKIP
     >>> res.summary[["condition", "layer", "strength", "score"]]                          # doctest: +SKIP
@@ -329,8 +333,8 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
             c, lab = cells[i], labels[i]
             cells.append(Injection(c.trial, c.layer, c.vector, c.scale, True))
             labels.append((lab[0] + ABLATED, *lab[1:]))
-    scores = score_cells(model, trials, cells, np.stack(bank), tokens, batch_size=batch_size,
-                         ablate=dirs or None, progress=progress)
+    scores = score_units(model, trials, cells, np.stack(bank), tokens, batch_size=batch_size,
+                         ablate=dirs or None, execution=execution, progress=progress)
 
     table = pd.DataFrame(labels, columns=["condition", "vector", "layer", "strength", "scale"])
     table.insert(1, "kind", [trials[c.trial].kind for c in cells])

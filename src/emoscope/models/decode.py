@@ -128,6 +128,7 @@ class Decoded:
     seconds: float = 0.0
     prefill_rows: int = 0
     batches: int = 0
+    first: np.ndarray | None = None  # per row, ``decode_units(first_value=...)`` of the first step's logits
 
 
 class _Chooser:
@@ -164,7 +165,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                 max_new_tokens: int, sampling: Sampling = Sampling(), row_seeds: Sequence[int] | None = None,
                 batch_rows: int = 256, share_prefill: bool | None = None, progress=None,
                 first_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-                shared_prefix: Sequence[int] | None = None) -> Decoded:
+                shared_prefix: Sequence[int] | None = None,
+                prefill: Callable[..., tuple[torch.Tensor, object]] | None = None) -> Decoded:
     """Generate for every row ``r`` from ``prompts[row_prompt[r]]`` with its own edits.
 
     ``prompts``: token ids per unique prompt. When the window is ``generated`` (and no row's
@@ -183,6 +185,10 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     the last ``W`` tokens of each prompt run under the edits. The real tokens stay contiguous
     (left padding only), so positions, sliding windows and greedy outputs are those of a full
     prefill. Rows whose tail would be the whole prompt are prefilled as usual.
+
+    ``prefill(ids, mask, pos, row_prompt)``, when given, replaces the full prefill of a chunk's
+    padded prompts (``row_prompt``: the chunk's prompt index per row) and returns ``(last-column
+    logits (rows, vocab) float32, KV cache)``, e.g. ``models.prefill.prefill_below``.
 
     >>> dec = decode_rows(model, [[1, 2, 3]], [0, 0], edits, Window("generated"),
     ...                   max_new_tokens=8)                                   # doctest: +SKIP
@@ -248,9 +254,12 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                 cache, logits = output_cache(out), out.logits[:, -1].float()
             else:
                 ids, mask, pos, _ = pad_batch([prompts[i] for i in sub.tolist()], pad, "left", device)
-                out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                               **cache_kwargs(model.hf, new_cache(model)), **keep)
-                cache, logits = output_cache(out), out.logits[:, -1].float()
+                if prefill is not None:
+                    logits, cache = prefill(ids, mask, pos, sub)
+                else:
+                    out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                   **cache_kwargs(model.hf, new_cache(model)), **keep)
+                    cache, logits = output_cache(out), out.logits[:, -1].float()
             if first_step is not None:
                 first_step(idx, logits)
             pos = positions_from_mask(mask)[:, -1:]  # (rows, 1)

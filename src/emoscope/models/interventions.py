@@ -175,7 +175,7 @@ def _rows(t: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
         t = t[:, None, :]  # (batch, 1, d)
     elif t.shape[0] not in (1, batch) or t.shape[1] not in (1, like.shape[1]):
         raise InputError(f"per-column steering tensor {tuple(t.shape)} does not match the forward {tuple(like.shape)}")
-    return t.to(like.dtype)
+    return t.to(device=like.device, dtype=like.dtype)  # the block's device: a sharded model has several
 
 
 def edit_residual(h: torch.Tensor, delta: torch.Tensor | None = None, direction: torch.Tensor | None = None,
@@ -191,7 +191,7 @@ def edit_residual(h: torch.Tensor, delta: torch.Tensor | None = None, direction:
     new = h
     if direction is not None and (not isinstance(ablate, float) or ablate != 0.0):
         u = _rows(direction, batch, h)
-        a = ablate if isinstance(ablate, float) else ablate.to(h.dtype).view(-1, 1, 1)
+        a = ablate if isinstance(ablate, float) else ablate.to(device=h.device, dtype=h.dtype).view(-1, 1, 1)
         new = new - a * (new * u).sum(-1, keepdim=True) * u
     if delta is not None:
         new = new + _rows(delta, batch, h)
@@ -228,7 +228,7 @@ def replace_residual(h: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -
     is empty, so a replacement that touches nothing is a bitwise no-op."""
     if not bool(mask.any()):
         return h
-    return torch.where(mask[..., None], value.to(device=h.device, dtype=h.dtype), h)
+    return torch.where(mask.to(h.device)[..., None], value.to(device=h.device, dtype=h.dtype), h)
 
 
 class ReplaceHook:
@@ -270,7 +270,7 @@ class ReplaceHook:
         h = block_output(output)  # (batch, width, d)
         batch, width = h.shape[0], h.shape[1]
         off, plen = self.tracker.offset, self.tracker.prompt_len
-        cols = torch.arange(off, off + width, device=h.device)  # (width,) absolute columns
+        cols = torch.arange(off, off + width)  # (width,) absolute columns, on the CPU: no device sync
         new = h
         if self.value is not None and off < plen:
             if self.value.shape[0] != batch:
@@ -280,13 +280,13 @@ class ReplaceHook:
             ok = (cols < plen) & (idx >= 0)
             if bool(ok.any()):
                 sel = idx.clamp(0, n_val - 1)
-                mask = self.mask.to(h.device)[:, sel] & ok[None, :]  # (batch, width)
-                val = self.value.to(device=h.device, dtype=h.dtype)[:, sel]  # (batch, width, d)
+                mask = self.mask.cpu()[:, sel] & ok[None, :]  # (batch, width), decided on the CPU
+                val = self.value.to(device=h.device, dtype=h.dtype)[:, sel.to(h.device)]  # (batch, width, d)
                 new = replace_residual(new, val, mask)
         if self.generated is not None and off + width > plen:
             if self._gen_cache is None or self._gen_cache[0].device != h.device or self._gen_cache[0].dtype != h.dtype:
                 self._gen_cache = (self.generated.to(device=h.device, dtype=h.dtype),
-                                   self.generated_mask.to(h.device))
+                                   self.generated_mask.cpu())
             gen, gmask = self._gen_cache
             if gen.shape[0] != batch:
                 raise InputError(f"generated patch states have {gen.shape[0]} rows but the forward has {batch}")
@@ -362,7 +362,7 @@ class Injector:
             if self.gather is not None:
                 rows = torch.arange(h.shape[0], device=h.device)
                 rows = rows[:, None] if self.gather.dim() == 2 else rows
-                self.captured[layer] = h[rows, self.gather]
+                self.captured[layer] = h[rows, self.gather.to(h.device)]
             return None if delta is None else replace_block_output(output, h)
         return hook
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["new_cache", "cache_kwargs", "output_cache", "input_cache", "past_length", "fork_cache", "prefix_cache",
-           "common_prefix_length"]
+           "common_prefix_length", "merge_caches"]
 
 _NAMES = ("cache", "past_key_values")
 
@@ -124,6 +124,20 @@ def fork_cache(cache: Any, rows: int | torch.Tensor | Sequence[int]) -> Any:
                 else:
                     setattr(new, name, t[index.to(t.device)])
         out.layers.append(new)
+    return out
+
+
+def merge_caches(low: Any, high: Any, split: int) -> Any:
+    """A new cache object with blocks ``0 .. split-1`` of ``low`` and blocks ``split ..`` of ``high``
+    (both of the same rows and columns; no tensor is copied, neither input is changed).
+
+    Used by ``models.prefill.prefill_below``: the lower blocks prefilled once per unique prompt
+    and forked to the rows, the upper blocks prefilled per row.
+    """
+    if len(low.layers) != len(high.layers):
+        raise ValueError(f"caches of {len(low.layers)} and {len(high.layers)} blocks cannot be merged")
+    out = copy.copy(high)
+    out.layers = list(low.layers[:split]) + list(high.layers[split:])
     return out
 
 

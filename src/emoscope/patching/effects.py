@@ -1,12 +1,14 @@
 """Per-cell effects of a patch sweep, computed with the steering sweep's own statistics.
 
 A patch sweep's table is read as a steering sweep (``steering_view``): the ``patch`` rows are the
-"vector" rows (named after the source class), the random patches are ``isotropic`` "random" rows
-(``random-k``), and the (layer, positions) cell is carried in the ``layer`` column as its index in
+"vector" rows (named after the source class), the random patches are "random" rows of their
+``random_kind`` (``isotropic`` ``random-k``, covariance-matched ``random-cov-k``), and the (layer, positions) cell is carried in the ``layer`` column as its index in
 ``cells_of`` (at strength 1, the direction the source should move the target). The paired effects,
 the success table, the held-out choice and the seed spread of ``emoscope.steering`` then apply
 unchanged: per prompt, effect = the patch's target change minus the mean target change of the
-random patches on the same prompt and cell; the unit is the prompt.
+random patches on the same prompt and cell; the unit is the prompt. The unsuffixed columns are
+against the isotropic patches when they ran (else the covariance-matched ones), the ``_cov``
+columns against the covariance-matched ones when both ran (``steering.regimes.success_table``).
 
 The neutral-source control is the same pairing against the ``neutral`` row of the prompt and cell
 (``neutral_effects``). Every statistic also runs on ``step1_change`` (the next-token view, see
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from emoscope.core.stats import bootstrap, paired_test
-from emoscope.steering.regimes import success_table
+from emoscope.steering.regimes import judged_kind, random_rows, success_table
 
 __all__ = ["cells_of", "steering_view", "neutral_effects", "cell_table", "report_effects", "CELL_COLUMNS"]
 
@@ -52,7 +54,8 @@ def steering_view(table: pd.DataFrame, value: str = "target_change") -> pd.DataF
     v["layer"] = np.where(v["kind"].to_numpy() == "baseline", -1, cell)
     v["kind"] = v["kind"].replace({"patch": "vector"})
     v["vector"] = v["source"].astype(str)
-    v["random_kind"] = np.where(v["kind"].to_numpy() == "random", "isotropic", "")
+    rk = v["random_kind"].fillna("").astype(str).to_numpy() if "random_kind" in v else np.full(len(v), "")
+    v["random_kind"] = np.where(v["kind"].to_numpy() == "random", np.where(rk == "", "isotropic", rk), "")
     v["strength"] = np.where(v["kind"].to_numpy() == "baseline", 0.0, 1.0)
     v["target_change"] = table.loc[keep, value].to_numpy(float)
     if "regime" not in v:
@@ -77,7 +80,8 @@ CELL_COLUMNS = ["layer", "positions", "n", "n_random", "mean_patched", "dropped_
                 "p_value", "rank", "rank_p", "effect_vs_neutral", "p_vs_neutral",
                 "step1_change", "step1_change_neutral", "step1_change_random", "step1_effect", "step1_effect_lo",
                 "step1_effect_hi", "p_step1", "views", "success_rate", "share_surgical", "share_broken",
-                "median_ppl_ratio", "mean_tokens"]
+                "median_ppl_ratio", "mean_tokens", "random_kind", "n_random_cov", "mean_change_random_cov",
+                "effect_cov", "effect_lo_cov", "effect_hi_cov", "p_value_cov", "rank_p_cov"]
 
 
 def _success(table: pd.DataFrame, value: str, n_boot: int, seed: int) -> pd.DataFrame:
@@ -101,10 +105,12 @@ def cell_table(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
     multi = _success(table, "target_change", n_boot, seed)
     step = _success(table, "step1_change", n_boot, seed)
     neu_e = neutral_effects(table, "target_change")
+    main = judged_kind(table) or ""
     rows = []
     for c in cells.itertuples():
         g = t[t["cell"] == c.cell]
-        pat, neu, rnd = (g[g["kind"] == k] for k in ("patch", "neutral", "random"))
+        pat, neu = (g[g["kind"] == k] for k in ("patch", "neutral"))
+        rnd = random_rows(g, main) if main else g.iloc[:0]
         row: dict = {"layer": int(c.layer), "positions": c.positions, "n": int(pat["prompt_id"].nunique()),
                      "n_random": int(rnd["source"].nunique()),
                      "mean_patched": float(pat["n_patched"].mean()),
@@ -114,8 +120,11 @@ def cell_table(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
                      "mean_change_neutral": float(neu["target_change"].mean()) if len(neu) else np.nan,
                      "mean_change_random": float(rnd["target_change"].mean()) if len(rnd) else np.nan}
         m = multi.loc[c.cell] if len(multi) and c.cell in multi.index else None
-        for col in ("effect", "effect_lo", "effect_hi", "p_value", "rank", "rank_p", "success_rate"):
+        for col in ("effect", "effect_lo", "effect_hi", "p_value", "rank", "rank_p", "success_rate", "n_random_cov",
+                    "mean_change_random_cov", "effect_cov", "effect_lo_cov", "effect_hi_cov", "p_value_cov",
+                    "rank_p_cov"):
             row[col] = float(m[col]) if m is not None and col in m else np.nan
+        row["random_kind"] = main
         if c.cell in neu_e.columns:
             d = neu_e[c.cell].to_numpy(float)
             row["effect_vs_neutral"] = float(np.nanmean(d)) if np.isfinite(d).any() else np.nan

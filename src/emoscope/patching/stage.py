@@ -24,7 +24,6 @@ loading it (an embedded alias, a local directory with ``config.json``), the laye
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emoscope.core.stages import StageResult, register_stage
 from emoscope.errors import InputError
+from emoscope.models.peek import known_depth
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
@@ -61,6 +61,7 @@ class PatchOptions(BaseModel):
     chat: bool = True  # wrap sources and targets in the model's chat template when it has one
     max_new_tokens: int = Field(default=32, ge=1)
     n_random: int = Field(default=10, ge=0)  # random patches per cell: a rank among k cannot reach p < 1/(k+1)
+    random_kind: Literal["isotropic", "covariance", "both"] = "isotropic"  # judged against isotropic when run
     self_rows: bool = True  # self-patch rows (strength 0): the target patched with its own states
     scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
     target_score: str | None = None  # scorer column; default steering.sweep.default_target(CLASS)
@@ -139,28 +140,6 @@ def target_prompts(opts: PatchOptions) -> list[str]:
     return prompts[: opts.n_targets] if opts.n_targets else prompts
 
 
-def _config_layers(cfg: dict[str, Any]) -> int | None:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(cfg.get(key), int):
-            return int(cfg[key])
-    sub = cfg.get("text_config")
-    return _config_layers(sub) if isinstance(sub, dict) else None
-
-
-def known_depth(model: str) -> int | None:
-    """The number of blocks of ``model`` when it can be read without loading it: an embedded alias
-    (the catalog) or a local directory with ``config.json``; else ``None``."""
-    from emoscope.models import embedded_models
-
-    for entry in embedded_models():
-        if entry["alias"] == model:
-            return int(entry["n_layers"])
-    cfg = Path(str(model)) / "config.json"
-    if cfg.is_file():
-        try:
-            return _config_layers(json.loads(cfg.read_text("utf-8")))
-        except (OSError, ValueError):
-            return None
     return None
 
 
@@ -217,9 +196,10 @@ def patch_stage(ctx: RunContext) -> StageResult:
                        neutral=None if neutral is None else neutral[1],
                        neutral_name="neutral" if neutral is None else neutral[0].rpartition(":")[2] or "neutral",
                        pairing=opts.pairing, generated=opts.generated, max_new_tokens=opts.max_new_tokens,
-                       n_random=opts.n_random, seed=ctx.seed, chat="auto" if opts.chat else False,
+                       n_random=opts.n_random, random_kind=opts.random_kind, seed=ctx.seed,
+                       chat="auto" if opts.chat else False,
                        self_rows=opts.self_rows, scorers=opts.scorers, target=opts.target_score,
-                       batch_rows=opts.batch_rows, progress=not is_quiet())
+                       batch_rows=opts.batch_rows, progress=not is_quiet(), execution=ctx.execution)
     res = sweep.run()
     res.meta["neutral"] = None if neutral is None else neutral[0]
     ctx.write_table("patch_outputs", res.table)
@@ -237,6 +217,10 @@ def patch_stage(ctx: RunContext) -> StageResult:
                                                  "seconds": res.meta["seconds"], "target": res.target})
 
 
+_KIND_WORDS = {"isotropic": "isotropic", "covariance": "covariance-matched (neutral activations)",
+               "both": "isotropic or covariance-matched (neutral activations; effects judged against isotropic)"}
+
+
 def _notes(res: Any, opts: PatchOptions, src_name: str, cls: str, neutral: tuple[str, list[str]] | None,
            n_sources: int) -> list[str]:
     m = res.meta
@@ -250,9 +234,9 @@ def _notes(res: Any, opts: PatchOptions, src_name: str, cls: str, neutral: tuple
              f"patched at layers {m['layers']}, positions {m['positions']}"
              + (" and every generated position (replaced by the source's last-token state at that layer; random "
                 "patches add a delta of the last prompt token's delta norm there)" if m["generated"] else "")
-             + f"; {m['n_random']} random patches per cell (seed {m['seed']}), each the target's clean state plus a "
-               "seeded isotropic direction scaled column by column to the norm of the (source - target) delta "
-               f"it replaces; {m['n_rows']} generations of up to {m['max_new_tokens']} tokens in "
+             + f"; {m['n_random']} random patches per cell and kind (seed {m['seed']}), each the target's clean "
+               f"state plus a seeded {_KIND_WORDS[m.get('random_kind', 'isotropic')]} direction scaled column by "
+               "column to the norm of the (source - target) delta it replaces; {m['n_rows']} generations of up to {m['max_new_tokens']} tokens in "
                f"{m['decode_seconds']:.1f} s of decoding ({m['seconds']:.1f} s in all, with recording and scoring)"]
     for a in m["alignment"]:
         if a["rows_with_drops"]:

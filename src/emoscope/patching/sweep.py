@@ -36,7 +36,11 @@ Rows (all in one batched decode, one edit per row)
   ``core.directions.random_layer_directions`` (one per draw and layer, shared by every prompt
   and column, like a random steering vector). With ``generated=True`` random rows add
   ``||source_last - clean_last|| u_k`` at every generated position (an additive delta: the clean
-  generated states are not known in advance).
+  generated states are not known in advance). ``random_kind``: ``isotropic`` (the default;
+  ``random_kind`` column ``isotropic``, rows ``random-k``), ``covariance`` (``u_k`` drawn from the
+  covariance of neutral activations, ``vectors.units.neutral_covariance``, so the delta falls
+  where activations vary; rows ``random-cov-k``) or ``both``. Effects are judged against the
+  isotropic draws when they ran; the covariance-matched ones are reported beside them (``_cov``).
 
 The next-token view
 -------------------
@@ -56,6 +60,7 @@ A one-step view and the multi-token effect can disagree; ``patch_cells`` shows b
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,17 +74,19 @@ import torch
 from emoscope.core.directions import random_layer_directions
 from emoscope.errors import InputError
 from emoscope.models.batching import eos_ids
-from emoscope.models.decode import RowEdits, decode_rows
+from emoscope.models.decode import RowEdits
 from emoscope.models.interventions import Window
+from emoscope.models.work import decode_units
 from emoscope.patching.positions import PatchPositions, align_from_end, parse_position_list
 from emoscope.patching.record import class_mean, record_states
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes
 from emoscope.steering.scorers import DEFAULT_SCORERS, score_texts, words
 from emoscope.steering.sweep import default_target
 
-__all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "step1_token_sets"]
+__all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "RANDOM_KINDS", "step1_token_sets"]
 
 PAIRINGS = ("class_mean", "per_target")
+RANDOM_KINDS = ("isotropic", "covariance", "both")
 _STEP1_SCORERS = {"valence": "vader"}  # target column -> scorer producing it; nrc_* -> nrc
 
 
@@ -90,6 +97,14 @@ def _step1_scorer(target: str) -> str | None:
 
 
 _TOKEN_SETS: dict[tuple[int, str, int], tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+
+def step1_value(sets: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """The one-step view per row: ``logsumexp`` of the log-probabilities of ``T+`` minus that of
+    ``T-`` at the first generated token (``sets`` from ``step1_token_sets``)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (rows, vocab)
+    pos, neg = (s.to(lp.device) for s in sets)
+    return torch.logsumexp(lp[:, pos], -1) - torch.logsumexp(lp[:, neg], -1)
 
 
 def step1_token_sets(model: Any, target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -178,8 +193,9 @@ class PatchSweep:
                  generated: bool = False, max_new_tokens: int = 32, n_random: int = 10, seed: int = 0,
                  chat: bool | str = "auto", self_rows: bool = True, scorers: Sequence[str | tuple] = DEFAULT_SCORERS,
                  target: str | None = None, thresholds: RegimeThresholds | None = None, batch_rows: int = 256,
-                 record_batch: int = 32, share_prefix: bool = True, progress: bool = True) -> None:
-        self.model = model
+                 record_batch: int = 32, share_prefix: bool = True, progress: bool = True, execution: Any = None,
+                 random_kind: str = "isotropic") -> None:
+        self.model, self.execution = model, execution  # execution: where the rows' work units run
         self.sources = _texts(sources, "source texts")
         self.targets = _texts(targets, "target prompts")
         self.neutral = None if neutral is None else _texts(neutral, "neutral source texts")
@@ -198,6 +214,9 @@ class PatchSweep:
         if n_random < 0:
             raise InputError(f"n_random must be >= 0, got {n_random}")
         self.n_random, self.seed = int(n_random), int(seed)
+        if random_kind not in RANDOM_KINDS:
+            raise InputError(f"random_kind must be one of {RANDOM_KINDS}, got {random_kind!r}")
+        self.random_kind = random_kind
         self.chat = model.has_chat_template if chat == "auto" else bool(chat)
         self.self_rows = bool(self_rows)
         self.scorers = list(scorers)
@@ -212,10 +231,14 @@ class PatchSweep:
     # -- inputs ---------------------------------------------------------------------------------
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids as the sweep feeds them (chat-formatted when ``chat``)."""
+        from emoscope.models.batching import fit_model_context
+
         tok = self.model.tokenizer
         if self.chat:
-            return [list(tok(self.model.chat(t), add_special_tokens=False)["input_ids"]) for t in texts]
-        return [list(tok(t)["input_ids"]) for t in texts]
+            ids = [list(tok(self.model.chat(t), add_special_tokens=False)["input_ids"]) for t in texts]
+        else:
+            ids = [list(tok(t)["input_ids"]) for t in texts]
+        return fit_model_context(self.model, ids, reserve=self.max_new_tokens, what="prompt")
 
     @property
     def cells(self) -> list[tuple[int, PatchPositions]]:
@@ -238,8 +261,7 @@ class PatchSweep:
         neu = self._states(self.neutral) if self.neutral is not None else None
         neu_mean = class_mean(neu) if neu is not None and self.pairing == "class_mean" else None
         d = int(self.model.d_model)
-        draws = random_layer_directions(d, self.layers, self.n_random, self.seed) if self.n_random else []
-        dirs = [{layer: torch.as_tensor(dr[layer], dtype=torch.float32) for layer in self.layers} for dr in draws]
+        dirs = self._random_directions(d)
 
         rows: list[dict[str, Any]] = []
         values: list[torch.Tensor | None] = []
@@ -290,16 +312,40 @@ class PatchSweep:
                         nst[layer][-1] if self.generated else None)
                 col_norms = (s_cols - c_cols).norm(dim=-1, keepdim=True)  # (n, 1): the delta each column replaces
                 gen_norm = (s_last - cl[-1]).norm()
-                for k, u in enumerate(dirs):
-                    add({"kind": "random", "source": f"random-{k}", "source_tokens": src_tokens, "n_patched": n,
+                for name, rkind, u in dirs:
+                    add({"kind": "random", "source": name, "random_kind": rkind, "source_tokens": src_tokens,
+                         "n_patched": n,
                          "unpatched_target": a.unpatched_target, "unused_source": a.unused_source, **cell},
                         c_cols + col_norms * u[layer][None, :], c_cols, None,
                         gen_norm * u[layer] if self.generated else None)
         table = pd.DataFrame(rows)
-        cols = ["kind", "source", "layer", "positions", "strength", "prompt_id", "seed", "target_tokens",
+        table["random_kind"] = table["random_kind"].fillna("") if "random_kind" in table else ""
+        cols = ["kind", "source", "random_kind", "layer", "positions", "strength", "prompt_id", "seed", "target_tokens",
                 "source_tokens", "n_patched", "unpatched_target", "unused_source", "delta_norm"]
         table = table[cols]
         return PatchPlan(table, self._edits(table, values, gens, adds, d), values, cleans)
+
+    def _random_directions(self, d: int) -> list[tuple[str, str, dict[int, torch.Tensor]]]:
+        """``(row name, random kind, {layer: unit direction})`` per random draw. Covariance-matched
+        draws come from their own seeded stream (the same normals through the covariance factor
+        would correlate them with the isotropic draws), as in the steering sweep."""
+        if not self.n_random:
+            return []
+        out = []
+        kinds = ["isotropic", "covariance"] if self.random_kind == "both" else [self.random_kind]
+        for rkind in kinds:
+            if rkind == "isotropic":
+                draws = random_layer_directions(d, self.layers, self.n_random, self.seed)
+            else:
+                from emoscope.vectors.units import neutral_covariance
+
+                cov = neutral_covariance(self.model, self.layers)
+                draws = random_layer_directions(d, self.layers, self.n_random, np.random.default_rng([self.seed, 1]),
+                                                cov=cov)
+            stem = "random-" if rkind == "isotropic" else "random-cov-"
+            out += [(f"{stem}{k}", rkind, {layer: torch.as_tensor(dr[layer], dtype=torch.float32)
+                                           for layer in self.layers}) for k, dr in enumerate(draws)]
+        return out
 
     def _edits(self, table: pd.DataFrame, values: list, gens: list, adds: list, d: int) -> RowEdits:
         n_rows = len(table)
@@ -339,7 +385,6 @@ class PatchSweep:
         """Generate every row, score it, compare it with its prompt's baseline, summarise per cell."""
         import time
 
-        from emoscope._progress import progress as bar
         from emoscope.patching.effects import cell_table
 
         t0 = time.perf_counter()
@@ -350,27 +395,17 @@ class PatchSweep:
         sets = step1_token_sets(model, self.target)
         step1 = np.full(len(table), np.nan)
 
-        def first_step(idx: torch.Tensor, logits: torch.Tensor) -> None:
-            if sets is None:
-                return
-            lp = torch.log_softmax(logits.float(), dim=-1)  # (rows, vocab)
-            pos, neg = (s.to(lp.device) for s in sets)
-            val = torch.logsumexp(lp[:, pos], -1) - torch.logsumexp(lp[:, neg], -1)
-            step1[idx.numpy()] = val.cpu().numpy()
-
         row_prompt = table["prompt_id"].tolist()
         # every edit writes only the last n_patched prompt tokens (and generated positions): the heads
         # of the prompts are prefilled once and shared (models.decode, shared_prefix)
         untouched = (table["target_tokens"] - np.maximum(table["n_patched"], 1)).tolist()
-        pbar = bar(total=len(table) * self.max_new_tokens, desc="patch", unit="tok") if self.progress else None
-        try:
-            dec = decode_rows(model, tgt_ids, row_prompt, plan.edits, Window("generated"),
-                              max_new_tokens=self.max_new_tokens, batch_rows=self.batch_rows, share_prefill=False,
-                              progress=pbar, first_step=first_step,
-                              shared_prefix=untouched if self.share_prefix else None)
-        finally:
-            if pbar is not None:
-                pbar.close()
+        dec = decode_units(model, tgt_ids, row_prompt, plan.edits, Window("generated"),
+                           max_new_tokens=self.max_new_tokens, batch_rows=self.batch_rows,
+                           shared_prefix=untouched if self.share_prefix else None, share_prefill=False,
+                           first_value=None if sets is None else functools.partial(step1_value, sets),
+                           execution=self.execution, name="patch-rows", progress=self.progress)
+        if dec.first is not None:
+            step1 = dec.first
         stop = eos_ids(model)
         tok = model.tokenizer
         table["text"] = [tok.decode([t for t in toks if t not in stop], skip_special_tokens=True) for toks in dec.tokens]
@@ -425,7 +460,7 @@ class PatchSweep:
             "source": self.source_name, "neutral": self.neutral_name if self.neutral is not None else None,
             "n_sources": len(self.sources), "n_neutral": len(self.neutral or []), "n_targets": len(self.targets),
             "pairing": self.pairing, "layers": self.layers, "positions": [p.spec for p in self.positions],
-            "generated": self.generated, "n_random": self.n_random, "seed": self.seed,
+            "generated": self.generated, "n_random": self.n_random, "random_kind": self.random_kind, "seed": self.seed,
             "max_new_tokens": self.max_new_tokens, "chat_template": self.chat, "target": self.target,
             "scorers": [str(s) for s in self.scorers], "n_rows": len(table), "decode_seconds": dec.seconds,
             "seconds": seconds, "batches": dec.batches, "thresholds": self.thresholds.as_dict(),

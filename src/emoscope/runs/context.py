@@ -37,8 +37,9 @@ class ModelCache:
     """
 
     def __init__(self, loader: Callable[[str], Any] | None = None,
-                 dataset_loader: Callable[[str], Any] | None = None, *, dtype: str | None = None) -> None:
-        self._loader, self._dataset_loader, self._dtype = loader, dataset_loader, dtype
+                 dataset_loader: Callable[[str], Any] | None = None, *, dtype: str | None = None,
+                 device_map: str | None = None) -> None:
+        self._loader, self._dataset_loader, self._dtype, self._device_map = loader, dataset_loader, dtype, device_map
         self.models: dict[str, Any] = {}
         self.datasets: dict[str, Any] = {}
         self.announced: set[tuple[str, str]] = set()
@@ -48,10 +49,23 @@ class ModelCache:
             if self._loader is None:
                 from emoscope.models import load_model
 
-                self.models[name] = load_model(name, dtype=self._dtype)
+                self.models[name] = load_model(name, dtype=self._dtype, device_map=self._device_map)
             else:
                 self.models[name] = self._loader(name)
         return self.models[name]
+
+    def setup(self, name: str) -> tuple[Callable[[], Any], str]:
+        """How a worker process loads model ``name`` as this cache does (a picklable callable), and
+        a key naming that (workers with the same key are shared by the stages of a run)."""
+        import functools
+
+        if self._loader is None:
+            from emoscope.models import load_model
+
+            fn: Callable[[], Any] = functools.partial(load_model, name, dtype=self._dtype, device_map=self._device_map)
+        else:
+            fn = functools.partial(self._loader, name)
+        return fn, f"model:{name}:{self._dtype}:{self._device_map}"
 
     def dataset(self, name: str) -> Any:
         if name not in self.datasets:
@@ -60,6 +74,14 @@ class ModelCache:
                 from emoscope.datasets import load_dataset as loader
             self.datasets[name] = loader(name)
         return self.datasets[name]
+
+
+def _model_run_dir(rd: RunDir, key: str) -> RunDir:
+    """The run as a per-model stage sees it: files under ``RUN/models/KEY/``, tables and figures
+    in the run's own folders (named ``KEY.NAME``, so the report shows every model's)."""
+    sub = type(rd)(rd.root / "models" / key)
+    sub.tables, sub.figures = rd.tables, rd.figures
+    return sub
 
 
 def _check_name(name: str, what: str) -> str:
@@ -78,9 +100,21 @@ class RunContext:
     """
 
     def __init__(self, *, spec: Spec, stage: str, run_dir: RunDir, run_id: str,
-                 cache: ModelCache, on_load: Callable[[str, str, Any], None] | None = None) -> None:
+                 cache: ModelCache, on_load: Callable[[str, str, Any], None] | None = None,
+                 executor: Any = None, model_name: str | None = None) -> None:
+        from emoscope.runs.spec import model_key
+
         self.spec = spec
+        self.executor = executor
         self.stage = stage
+        # multi-model specs: a per-model stage runs once per model, as ``STAGE@KEY``; its tables and
+        # figures are named ``KEY.NAME`` and its other files live under ``RUN/models/KEY/``
+        self.model_name = model_name or spec.model
+        self.key = stage if model_name is None else f"{stage}@{model_key(model_name)}"
+        self._prefix = "" if model_name is None else f"{model_key(model_name)}."
+        self.main_run_dir = run_dir
+        if model_name is not None:
+            run_dir = _model_run_dir(run_dir, model_key(model_name))
         self.run_dir = run_dir
         self.run_id = run_id
         self._cache = cache
@@ -117,8 +151,23 @@ class RunContext:
 
     @property
     def model(self) -> Any:
-        """The spec's model, loaded on first use and shared by all stages of this process."""
-        return self.load_model(self.spec.model)
+        """This stage's model (the spec's, or the current one of a multi-model spec), loaded on
+        first use and shared by all stages of this process."""
+        return self.load_model(self.model_name)
+
+    @property
+    def models(self) -> list[str]:
+        """Every model of the spec (``model`` then ``models``)."""
+        return self.spec.all_models
+
+    def model_dir(self, name: str) -> Path:
+        """``RUN/models/KEY/``: where the per-model stages of model ``name`` keep their files (e.g.
+        ``vectors/``) in a multi-model spec; the run root in a one-model spec."""
+        from emoscope.runs.spec import model_key
+
+        if len(self.spec.all_models) < 2:
+            return self.main_run_dir.root
+        return self.main_run_dir.root / "models" / model_key(name)
 
     def _announce(self, kind: str, name: str, obj: Any) -> None:
         if (kind, name) not in self._cache.announced:
@@ -133,6 +182,16 @@ class RunContext:
         return model
 
     @property
+    def execution(self) -> Any:
+        """Where this stage's sweep runs its work units (``emoscope.core.executor``): the run's
+        executor, a unit store under ``.emoscope/units/STAGE/`` (so ``--resume`` skips finished
+        units), and how a worker loads the stage's model."""
+        from emoscope.core.executor import Execution
+
+        setup, key = self._cache.setup(self.model_name)
+        return Execution(self.executor, self.run_dir.internal / "units" / self.stage, setup, key)
+
+    @property
     def dataset(self) -> Any:
         """The spec's dataset (``emoscope.datasets.load_dataset``), cached."""
         if not self.spec.dataset:
@@ -141,12 +200,13 @@ class RunContext:
         self._announce("dataset", self.spec.dataset, data)
         return data
 
-    def activations(self, texts: list[str] | None = None, **overrides: Any) -> Any:
+    def activations(self, texts: list[str] | None = None, *, model: str | None = None, **overrides: Any) -> Any:
         """Activations of ``texts`` (default: the dataset's) with the ``extract`` section's
         layers / position / batch size; ``overrides`` go to ``emoscope.activations.extract``.
 
         Extraction is content-addressed and cached (``$EMOSCOPE_CACHE``), so a later stage
         asking for the same activations, or a resumed run, reads them back instead of recomputing.
+        ``model`` names another model of the spec (cross-model stages); default: this stage's.
         """
         from emoscope.activations import extract
 
@@ -156,12 +216,19 @@ class RunContext:
         kw.update(overrides)
         if texts is None:
             texts = list(self.dataset.texts)
-        return extract(self.model, texts, **kw)
+        return extract(self.model if model is None else self.load_model(model), texts, **kw)
 
-    def read_table(self, name: str) -> pd.DataFrame:
-        """A table an earlier stage wrote (read back from ``tables/NAME.csv``)."""
+    def read_table(self, name: str, *, model: str | None = None) -> pd.DataFrame:
+        """A table an earlier stage wrote (read back from ``tables/NAME.csv``); ``model``: the
+        table a per-model stage wrote for that model of a multi-model spec."""
         import pandas as pd
 
+        from emoscope.runs.spec import model_key
+
+        if model is not None and len(self.spec.all_models) > 1:
+            name = f"{model_key(model)}.{name}"
+        elif model is None:
+            name = self._prefix + name
         path = self.tables_dir / f"{_check_name(name, 'table')}.csv"
         if not path.exists():
             raise InputError(f"no table {name!r} in {self.tables_dir}; is the stage that writes it in `stages`?")
@@ -175,7 +242,7 @@ class RunContext:
         """
         import pandas as pd
 
-        _check_name(name, "table")
+        name = self._prefix + _check_name(name, "table")
         if not isinstance(df, pd.DataFrame):
             raise InputError(f"write_table({name!r}) needs a pandas DataFrame, got {type(df).__name__}")
         if any(n is not None for n in df.index.names):
@@ -194,6 +261,7 @@ class RunContext:
         """
         from emoscope.core.figures import save_figure
 
+        name = self._prefix + _check_name(name, "figure")
         png = save_figure(fig, self.figures_dir / _check_name(name, "figure"))
         if name not in self.figures:
             self.figures.append(name)
@@ -212,12 +280,12 @@ class RunContext:
         if not isinstance(finding, Finding):
             raise InputError(f"add_finding needs an emoscope.audit.Finding, got {type(finding).__name__}")
         updates: dict[str, Any] = {
-            "provenance": Provenance(run_id=self.run_id, spec_hash=self.spec.hash, stage=self.stage)
+            "provenance": Provenance(run_id=self.run_id, spec_hash=self.spec.hash, stage=self.key)
         }
         if "id" not in finding.model_fields_set:
-            updates["id"] = f"{self.stage}-{len(self.findings):03d}"
+            updates["id"] = f"{self.key}-{len(self.findings):03d}"
         finding = finding.with_updates(**updates)
         if any(f.id == finding.id for f in self.findings):
-            raise InputError(f"stage {self.stage!r} recorded finding id {finding.id!r} twice")
+            raise InputError(f"stage {self.key!r} recorded finding id {finding.id!r} twice")
         self.findings.append(finding)
         return finding

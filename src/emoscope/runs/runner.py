@@ -32,12 +32,12 @@ from emoscope._progress import progress
 from emoscope.audit import Finding
 from emoscope.core.manifest import Manifest, StageRecord, environment, hardware, now
 from emoscope.core.rundir import RunDir
-from emoscope.core.stages import StageInfo, StageResult, get_stage
+from emoscope.core.stages import StageInfo, StageResult, get_stage, stage_catalog
 from emoscope.errors import EmoscopeError, RunDirError, SpecError
 from emoscope.runs.context import ModelCache, RunContext
 from emoscope.runs.spec import Spec, load_spec
 
-__all__ = ["run_spec", "check_inputs"]
+__all__ = ["run_spec", "check_inputs", "stage_keys"]
 
 Log = Callable[[str], None]
 
@@ -59,8 +59,10 @@ def _describe(obj: Any, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 class _Runner:
-    def __init__(self, spec: Spec, rd: RunDir, manifest: Manifest, cache: ModelCache, log: Log) -> None:
+    def __init__(self, spec: Spec, rd: RunDir, manifest: Manifest, cache: ModelCache, log: Log,
+                 executor: Any = None) -> None:
         self.spec, self.rd, self.m, self.cache, self.log = spec, rd, manifest, cache, log
+        self.executor = executor
 
     def save(self) -> None:
         self.m.updated_at = now()
@@ -103,11 +105,12 @@ class _Runner:
             self.log(f"stage {stage}: finishing an interrupted commit")
             self.commit(stage)
             return
-        info = _stage_info(stage)
+        base, model_name = _split_key(self.spec, stage)
+        info = _stage_info(base)
         rec = self.m.stages[stage] = StageRecord(status="running", attempts=rec.attempts + 1, started_at=now())
         self.save()
-        ctx = RunContext(spec=self.spec, stage=stage, run_dir=self.rd, run_id=self.m.run_id,
-                         cache=self.cache, on_load=self.on_load)
+        ctx = RunContext(spec=self.spec, stage=base, model_name=model_name, run_dir=self.rd, run_id=self.m.run_id,
+                         cache=self.cache, on_load=self.on_load, executor=self.executor)
         t0 = time.perf_counter()
         try:
             result = info.fn(ctx) or StageResult()
@@ -131,6 +134,38 @@ class _Runner:
         self.commit(stage)
         self.log(f"stage {stage}: done in {rec.seconds:.1f} s"
                  + (f" ({len(rec.findings)} findings)" if rec.findings else ""))
+
+
+def _cross_model(stage: str) -> bool:
+    """A stage listed in stages.yaml with ``scope: models`` runs once and compares the models."""
+    return stage_catalog().get(stage, {}).get("scope") == "models"
+
+
+def stage_keys(spec: Spec) -> list[str]:
+    """The stages a run records, in order: in a multi-model spec each per-model stage once per
+    model (``probe@smollm2-135m``, ``probe@gemma3-270m``), cross-model stages once.
+
+    >>> from emoscope.runs.spec import parse_spec
+    >>> stage_keys(parse_spec({"name": "t", "model": "a", "models": ["b"], "stages": ["extract", "crossmodel"]}))
+    ['extract@a', 'extract@b', 'crossmodel']
+    """
+    models = spec.all_models
+    if len(models) < 2:
+        return list(spec.stages)
+    keys = spec.model_keys
+    return [k for s in spec.stages
+            for k in ([s] if _cross_model(s) else [f"{s}@{keys[m]}" for m in models])]
+
+
+def _split_key(spec: Spec, key: str) -> tuple[str, str | None]:
+    """``probe@KEY`` -> (``probe``, the model named by KEY); a plain stage -> (stage, None)."""
+    if "@" not in key:
+        return key, None
+    stage, mk = key.split("@", 1)
+    by_key = {v: m for m, v in spec.model_keys.items()}
+    if mk not in by_key:
+        raise RunDirError(f"stage {key!r} names a model the spec does not have; resume with the same spec")
+    return stage, by_key[mk]
 
 
 def _stage_info(name: str) -> StageInfo:
@@ -169,7 +204,7 @@ def _new_manifest(spec: Spec) -> Manifest:
     run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return Manifest(
         run_id=run_id, spec_name=spec.name, spec_hash=spec.hash,
-        stage_order=list(spec.stages), stages={s: StageRecord() for s in spec.stages},
+        stage_order=stage_keys(spec), stages={s: StageRecord() for s in stage_keys(spec)},
         seeds=_seeds(spec),
         environment=environment(), hardware=hardware(),
         history=[{"event": "started", "at": now(), "pid": os.getpid()}],
@@ -193,19 +228,24 @@ def _open_for_resume(spec: Spec, rd: RunDir) -> Manifest:
         return fresh
     m.history.append({"event": "resumed", "at": now(), "pid": os.getpid()})
     m.environment, m.hardware, m.status = environment(), hardware(), "running"
-    m.stage_order = list(spec.stages)
+    m.stage_order = stage_keys(spec)
     return m
 
 
 def run_spec(spec: Spec | str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
              resume: bool = False, report: bool = True, log: Log | None = None,
              model_loader: Callable[[str], Any] | None = None,
-             dataset_loader: Callable[[str], Any] | None = None) -> RunDir:
+             dataset_loader: Callable[[str], Any] | None = None, executor: Any = None) -> RunDir:
     """Run every stage of ``spec`` into ``out`` (default ``runs/SPEC_NAME``); returns the run dir.
 
     A fresh run needs an empty or new ``out``; ``resume=True`` continues a run there, redoing
     only unfinished stages (a new directory is simply started). The report is written at the
     end, also after a failed stage (then the stage's exception is re-raised).
+
+    ``executor``: where the sweeps' work units run (``emoscope.core.executor.make_executor``:
+    in process by default, or a ``RayExecutor``). Finished units are stored in the run directory
+    whichever executor ran them, so a resumed run (``resume=True``, after a crash, ``kill -9`` or
+    preemption) runs only the units that had not finished.
 
     >>> rd = run_spec("demo", "runs/demo")                   # doctest: +SKIP
     >>> rd.report_path                                        # doctest: +SKIP
@@ -224,19 +264,20 @@ def run_spec(spec: Spec | str | os.PathLike[str], out: str | os.PathLike[str] | 
         manifest = _open_for_resume(spec, rd)
     else:
         manifest = _new_manifest(spec)
-    cache = ModelCache(model_loader, dataset_loader, dtype=spec.model_dtype)
-    todo = [s for s in spec.stages if s not in manifest.stages or manifest.stages[s].status != "done"]
-    check_inputs(spec, cache, todo)  # before anything is written or any model loads
+    manifest.history[-1]["executor"] = getattr(executor, "name", "local")
+    cache = ModelCache(model_loader, dataset_loader, dtype=spec.model_dtype, device_map=spec.device_map)
+    todo = [s for s in stage_keys(spec) if s not in manifest.stages or manifest.stages[s].status != "done"]
+    check_inputs(spec, cache, list(dict.fromkeys(_split_key(spec, s)[0] for s in todo)))  # before anything is written or any model loads
     ensure_writable_dir(rd.root)
     rd.make_dirs()
     atomic_write_text(rd.spec_path, spec.to_yaml())
-    runner = _Runner(spec, rd, manifest, cache, log)
-    for stage in spec.stages:
+    runner = _Runner(spec, rd, manifest, cache, log, executor)
+    for stage in stage_keys(spec):
         manifest.stages.setdefault(stage, StageRecord())
     runner.save()
     ok = False
     try:
-        for stage in progress(spec.stages, desc=f"run {spec.name}", unit="stage"):
+        for stage in progress(stage_keys(spec), desc=f"run {spec.name}", unit="stage"):
             runner.run_stage(stage)
         manifest.status = "done"
         manifest.history.append({"event": "finished", "at": now()})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,11 @@ from emoscope._io import compose_yaml, load_yaml, sha256_json
 from emoscope.core.stages import get_stage, known_stages
 from emoscope.errors import SpecError
 
-__all__ = ["Spec", "load_spec", "parse_spec", "builtin_specs", "spec_from_yaml"]
+__all__ = ["Spec", "load_spec", "parse_spec", "builtin_specs", "spec_from_yaml", "model_key"]
+
+
+_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16")  # emoscope.models.resolve_dtype's
+_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 class _Core(BaseModel):
@@ -41,9 +46,24 @@ class _Core(BaseModel):
     model: str = Field(min_length=1)
     models: list[str] = Field(default_factory=list)
     model_dtype: str | None = None  # compute dtype of the models (default: float32 on CPU, bfloat16 on GPU)
+    device_map: str | None = None  # e.g. "auto": shard the models over the GPUs (and CPU) with accelerate
     seed: int = 0
     dataset: str | None = None
     stages: list[str] = Field(min_length=1)
+
+    @field_validator("model_dtype")
+    @classmethod
+    def _known_dtype(cls, v: str | None) -> str | None:
+        if v is not None and v not in _DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(_DTYPES)}")
+        return v
+
+    @field_validator("device_map")
+    @classmethod
+    def _known_device_map(cls, v: str | None) -> str | None:
+        if v is not None and v not in _DEVICE_MAPS and not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", v):
+            raise ValueError(f"device_map must be one of {', '.join(_DEVICE_MAPS)} or a device such as cuda:0, got {v!r}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -54,7 +74,7 @@ class _Core(BaseModel):
 
 
 _CORE_KEYS = list(_Core.model_fields)
-_OMITTED_WHEN_UNSET = ("model_dtype",)  # keys added later: absent from to_dict() (and the hash) when None
+_OMITTED_WHEN_UNSET = ("model_dtype", "device_map")  # keys added later: absent from to_dict() (and the hash) when None
 
 
 class Spec(BaseModel):
@@ -76,6 +96,7 @@ class Spec(BaseModel):
     model: str
     models: list[str] = Field(default_factory=list)
     model_dtype: str | None = None
+    device_map: str | None = None
     seed: int = 0
     dataset: str | None = None
     stages: list[str]
@@ -106,9 +127,30 @@ class Spec(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     @property
+    def all_models(self) -> list[str]:
+        """``model`` then every other entry of ``models`` (a multi-model spec has two or more)."""
+        return [self.model] + [m for m in dict.fromkeys(self.models) if m != self.model]
+
+    @property
+    def model_keys(self) -> dict[str, str]:
+        """Model name -> the short key that labels its stages (``probe@KEY``) and tables (``KEY.probe_layers``)."""
+        return {m: model_key(m) for m in self.all_models}
+
+    @property
     def hash(self) -> str:
         """Hash of the resolved spec (the same for a spec and its saved ``spec.yaml``)."""
         return sha256_json(self.to_dict())
+
+
+def model_key(name: str) -> str:
+    """A model's label in stage keys and table names: the last part of an alias, path or hub id.
+
+    >>> model_key("smollm2-135m"), model_key("/data/models/Qwen2.5-0.5B/"), model_key("org/name:rev")
+    ('smollm2-135m', 'Qwen2.5-0.5B', 'name-rev')
+    """
+    base = Path(str(name).rstrip("/\\")).name or str(name)
+    key = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in base).strip("-.") or "model"
+    return key if key[0].isalnum() else "m" + key
 
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
@@ -224,7 +266,12 @@ def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Sp
             resolved[stage] = info.options_model.model_validate(sections.get(stage, {}))
         except ValidationError as e:
             raise _pydantic_error(e, info.options_model, (stage,), where, stage) from None
-    return Spec(**c.model_dump(), sections=sections, resolved=resolved, source=source)
+    spec = Spec(**c.model_dump(), sections=sections, resolved=resolved, source=source)
+    keys = list(spec.model_keys.values())
+    if len(set(keys)) < len(keys):
+        raise where(("models",), f"two models share the label {max(keys, key=keys.count)!r} "
+                    f"({', '.join(spec.all_models)}); give them directories with different names")
+    return spec
 
 
 def spec_from_yaml(text: str, source: str = "<spec>") -> Spec:
@@ -249,7 +296,7 @@ def builtin_specs() -> dict[str, Path]:
     """Built-in spec names and their files (``emoscope/runs/specs/*.yaml``).
 
     >>> sorted(builtin_specs())
-    ['cross-model', 'demo', 'emotions', 'introspection']
+    ['cross-model', 'demo', 'emotions', 'extraction-modes', 'introspection', 'leakage']
     """
     folder = resources.files("emoscope.runs").joinpath("specs")
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
@@ -263,7 +310,7 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> Spec:
     >>> load_spec("no-such.yaml")
     Traceback (most recent call last):
     ...
-    emoscope.errors.SpecError: spec file no-such.yaml not found; give a YAML file or a built-in spec: cross-model, demo, emotions, introspection
+    emoscope.errors.SpecError: spec file no-such.yaml not found; give a YAML file or a built-in spec: cross-model, demo, emotions, extraction-modes, introspection, leakage
     """
     builtins = builtin_specs()
     path = Path(name_or_path)

@@ -28,7 +28,6 @@ import functools
 import json
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.scripts import letter_script
 from emoscope.errors import InputError, ModelError
 
 __all__ = ["ScoreBatch", "score_table", "register_scorer", "make_scorer", "known_scorers", "score_texts", "words",
@@ -118,14 +118,7 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _script(ch: str) -> str | None:
-    """Script of a letter by its Unicode name (LATIN, CJK, CYRILLIC, ...); ``None`` for non-letters."""
-    if not ch.isalpha():
-        return None
-    name = unicodedata.name(ch, "")
-    if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO")):
-        return "CJK"
-    return name.split(" ")[0] or None
+_script = letter_script
 
 
 def main_script(text: str, default: str = "LATIN") -> str:

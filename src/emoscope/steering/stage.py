@@ -44,6 +44,7 @@ class SteerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vector: str | None = None  # a ConceptVector .safetensors file; else fitted for `emotion`
+    allow_other_model: bool = False  # use a vector whose metadata names another model (emoscope.vectors.checks)
     emotion: str | None = None  # class of the spec's dataset to fit a vector for (default: see module doc)
     baseline: str | None = None  # class to subtract, or "all"; default neutral if present, else "all"
     position: str = "mean_from:1"  # extraction position when fitting (all tokens but the attention sink)
@@ -115,13 +116,12 @@ def _emotion_and_baseline(spec, dataset, opts: SteerOptions) -> tuple[str, str]:
 
 def check_steer(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Spec, a Dataset
     """Before any model loads: prompts to steer, and a vector file or a class to fit one for."""
-    from pathlib import Path
-
     opts = spec.options("steer")
     _prompts(opts)
     if opts.vector:
-        if not Path(opts.vector).is_file():
-            raise InputError(f"steer: vector file {opts.vector} not found; give a ConceptVector .safetensors file")
+        from emoscope.vectors.checks import load_vector_for
+
+        load_vector_for(opts.vector, spec.model, what="steer: vector", allow_other_model=opts.allow_other_model)
         return
     if dataset is None:
         raise InputError("steer needs a vector: give `vector: FILE`, or `dataset: NAME` to fit one for `emotion:`")
@@ -134,10 +134,10 @@ def _vector(ctx: RunContext, opts: SteerOptions, layers: list[int]):
     from emoscope.vectors import ConceptVector, DiffMeans
 
     if opts.vector:
+        from emoscope.vectors.checks import check_vector_fits
+
         vector = ConceptVector.load(opts.vector)
-        if vector.d != ctx.model.d_model:
-            raise InputError(f"vector {vector.name!r} has d_model={vector.d} but {ctx.model.name} has "
-                             f"d_model={ctx.model.d_model}; use a vector fitted on this model")
+        check_vector_fits(vector, ctx.model, where=f"steer: vector {opts.vector}", allow_other_model=opts.allow_other_model)
         return vector
     data = ctx.dataset
     emotion, baseline = _emotion_and_baseline(ctx.spec, data, opts)
@@ -170,7 +170,7 @@ def steer_stage(ctx: RunContext) -> StageResult:
                           random_kind=opts.random_kind,
                           seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
                           chat="auto" if opts.chat else False, batch_rows=opts.batch_rows, scorers=opts.scorers,
-                          target=opts.target, progress=not is_quiet())
+                          target=opts.target, progress=not is_quiet(), execution=ctx.execution)
     res = sweep.run()
     ctx.write_table("steer_outputs", res.table)
     ctx.write_table("steer_success", res.success)

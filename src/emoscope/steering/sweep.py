@@ -41,8 +41,9 @@ import yaml
 from emoscope.core.directions import random_layer_directions
 from emoscope.errors import InputError
 from emoscope.models.batching import eos_ids
-from emoscope.models.decode import RowEdits, Sampling, decode_rows, stack_rows
+from emoscope.models.decode import RowEdits, Sampling, stack_rows
 from emoscope.models.interventions import parse_window
+from emoscope.models.work import decode_units
 from emoscope.steering.hooks import MODES, _as_strength
 from emoscope.steering.regimes import (
     RANDOM_KINDS,
@@ -135,7 +136,9 @@ class SteeringSweep:
     the prompt reads the same in every configuration and its KV cache is computed once and shared.
     ``temperature=0`` is greedy (one output per prompt; extra seeds are dropped); otherwise each
     (prompt, seed) has its own random stream, the same in every configuration.
-    Inputs are checked here, before anything slow runs.
+    Inputs are checked here, before anything slow runs. ``execution``: where the rows' work units
+    (one per ``batch_rows`` rows) run and are stored (``emoscope.core.executor``; default in
+    process); a run gives its stage one, so ``--resume`` keeps finished batches of rows.
     """
 
     def __init__(self, model: Any, vectors: Any, layers: Any, strengths: Sequence[float], prompts: Sequence[str],
@@ -145,8 +148,8 @@ class SteeringSweep:
                  temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, chat: bool | str = "auto", batch_rows: int = 256,
                  scorers: Sequence[str | tuple] = DEFAULT_SCORERS, target: str | None = None,
-                 thresholds: RegimeThresholds | None = None, progress: bool = True) -> None:
-        self.model = model
+                 thresholds: RegimeThresholds | None = None, progress: bool = True, execution: Any = None) -> None:
+        self.model, self.execution = model, execution
         self.vectors = _named_vectors(vectors)
         names = [n for n, _ in self.vectors]
         if len(set(names)) != len(names) or any(n.startswith("random-") or n == "baseline" for n in names):
@@ -282,13 +285,13 @@ class SteeringSweep:
         else:
             texts = list(self.prompts)
             ids = [list(tok(t)["input_ids"]) for t in texts]
-        return texts, ids
+        from emoscope.models.batching import fit_model_context
+
+        return texts, fit_model_context(self.model, ids, reserve=self.max_new_tokens, what="prompt")
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> SteeringResult:
         """Generate every row, score the outputs, classify regimes, compare against the controls."""
-        from emoscope._progress import progress as bar
-
         table, deltas, dirs = self.plan()
         formatted, ids = self._prompt_ids()
         model = self.model
@@ -299,13 +302,9 @@ class SteeringSweep:
                                                    device=model.device) for layer in self.layers}
         row_prompt = table["prompt_id"].tolist()
         row_seeds = [s * 100_003 + p for s, p in zip(table["seed"], table["prompt_id"], strict=True)]
-        pbar = bar(total=len(table) * self.max_new_tokens, desc="steer", unit="tok") if self.progress else None
-        try:
-            dec = decode_rows(model, ids, row_prompt, edits, self.window, max_new_tokens=self.max_new_tokens,
-                              sampling=self.sampling, row_seeds=row_seeds, batch_rows=self.batch_rows, progress=pbar)
-        finally:
-            if pbar is not None:
-                pbar.close()
+        dec = decode_units(model, ids, row_prompt, edits, self.window, max_new_tokens=self.max_new_tokens,
+                           sampling=self.sampling, row_seeds=row_seeds, batch_rows=self.batch_rows,
+                           execution=self.execution, name="steer-rows", progress=self.progress)
         stop = eos_ids(model)
         table["text"] = [model.tokenizer.decode([t for t in toks if t not in stop], skip_special_tokens=True)
                          for toks in dec.tokens]
