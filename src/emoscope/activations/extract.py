@@ -8,6 +8,12 @@ happens inside the hooks, so full ``(batch, seq, d_model)`` states are never kep
 Padding and position ids come from ``emoscope.models.batching.pad_batch``: position ids are
 derived from the attention mask, so left and right padding give the same numbers (this matters
 for absolute-position models such as GPT-2).
+
+Texts longer than the model's context window (``max_position_embeddings``, or ``max_length``
+when smaller) are truncated with a ``ContextWarning``, not a crash, and the manifest counts
+them (``n_truncated``). The end is kept, with a leading BOS: the default readout is the last
+token, whose state should summarise the end of the text with as much context as fits. Only
+``token:I`` with ``I >= 0`` keeps the start instead, so token ``I`` is still the text's token ``I``.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from emoscope._progress import progress as _progress_bar
 from emoscope.activations.positions import Position, parse_position
 from emoscope.activations.result import Activations
 from emoscope.errors import InputError
-from emoscope.models.batching import pad_batch
+from emoscope.models.batching import fit_model_context, pad_batch
 from emoscope.models.standard import StandardModel, block_output
 
-__all__ = ["extract", "tokenize_texts", "dataset_sha256"]
+__all__ = ["extract", "tokenize_texts", "dataset_sha256", "truncation_side"]
 
 _STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -43,8 +49,28 @@ def dataset_sha256(texts: Sequence[str]) -> str:
 
 
 def tokenize_texts(model: StandardModel, texts: Sequence[str], *, add_special_tokens: bool = True,
-                   max_length: int | None = None) -> list[list[int]]:
-    """Token ids per text (no padding). Empty texts are an ``InputError``."""
+                   max_length: int | None = None, keep: str = "end") -> list[list[int]]:
+    """Token ids per text (no padding), cut to the model's context window (and ``max_length``)
+    keeping the ``keep`` end (``ContextWarning``). Empty texts are an ``InputError``."""
+    return _tokenize(model, texts, add_special_tokens, max_length, keep)[0]
+
+
+def truncation_side(position: str | Position) -> str:
+    """Which end of an over-long text a readout at ``position`` keeps (see the module doc).
+
+    >>> truncation_side("last"), truncation_side("token:3"), truncation_side("token:-1")
+    ('end', 'start', 'end')
+    """
+    pos = parse_position(position)
+    return "start" if pos.kind == "token" and pos.arg >= 0 else "end"
+
+
+_keep = truncation_side
+
+
+def _tokenize(model: StandardModel, texts: Sequence[str], add_special_tokens: bool, max_length: int | None,
+              keep: str) -> tuple[list[list[int]], int]:
+    """``(token ids per text, how many were truncated)``."""
     if isinstance(texts, str):
         raise InputError("texts must be a list of strings, not a single string")
     texts = list(texts)
@@ -55,19 +81,30 @@ def tokenize_texts(model: StandardModel, texts: Sequence[str], *, add_special_to
             raise InputError(f"text {i} is {type(t).__name__}, not a string")
         if not t.strip():
             raise InputError(f"text {i} is empty")
-    enc = model.tokenizer(texts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
-                          max_length=max_length)
-    return [list(ids) for ids in enc["input_ids"]]
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"text {i} is not valid Unicode (a lone surrogate {t[e.start]!r} at character {e.start}); "
+                             "fix the text's encoding") from None
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InputError(f"max_length must be a positive number of tokens, got {max_length!r}")
+    full = [list(ids) for ids in model.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    ids = fit_model_context(model, full, limit=max_length, keep=keep)
+    return ids, sum(len(a) != len(b) for a, b in zip(full, ids, strict=True))
 
 
 def _cache_key(model: StandardModel, texts_sha: str, layers: list[int], pos: Position, store: str,
-               add_special_tokens: bool, max_length: int | None) -> str:
+               add_special_tokens: bool, max_length: int | None, n_cut: int = 0) -> str:
     from emoscope import __version__
 
     return sha256_json({
         "weights": model.weights_sha256, "dataset": texts_sha, "layers": layers, "position": pos.spec,
         "dtype": store, "model_dtype": str(model.dtype), "special": add_special_tokens,
         "max_length": max_length, "version": __version__, "format": 1,
+        # user max_length once kept the start, and over-long texts were once read whole: the
+        # truncation rule gets keys of its own (keys of texts that fit are unchanged)
+        **({"keep": _keep(pos)} if max_length is not None or n_cut else {}),
+        **({"n_truncated": n_cut} if n_cut else {}),
     })
 
 
@@ -106,11 +143,11 @@ def extract(model: StandardModel, texts: Sequence[str], layers: Any = "all", pos
         from emoscope._io import ensure_writable_dir
 
         ensure_writable_dir(out)  # fail before the slow part
-    ids = tokenize_texts(model, texts, add_special_tokens=add_special_tokens, max_length=max_length)
+    ids, n_cut = _tokenize(model, texts, add_special_tokens, max_length, _keep(pos))
     lengths = [len(s) for s in ids]
     pos.check_lengths(lengths)
     texts_sha = dataset_sha256(texts)
-    key = _cache_key(model, texts_sha, layer_list, pos, dtype, add_special_tokens, max_length)
+    key = _cache_key(model, texts_sha, layer_list, pos, dtype, add_special_tokens, max_length, n_cut)
 
     cache_root: Path | None = None
     if cache:
@@ -133,7 +170,8 @@ def extract(model: StandardModel, texts: Sequence[str], layers: Any = "all", pos
         "layers": layer_list, "n_layers": model.n_layers, "d_model": model.d_model,
         "position": pos.spec, "dtype": dtype, "model_dtype": str(model.dtype).replace("torch.", ""),
         "padding_side": padding_side, "batch_size": batch_size, "add_special_tokens": add_special_tokens,
-        "max_length": max_length, "emoscope_version": __version__, "cache_key": key,
+        "max_length": max_length, "n_truncated": n_cut, "truncation_kept": _keep(pos),
+        "emoscope_version": __version__, "cache_key": key,
         "resid_convention": "resid[l] = output of decoder block l, before the final norm",
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

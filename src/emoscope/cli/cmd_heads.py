@@ -52,7 +52,14 @@ def _no_mode(args: argparse.Namespace) -> int:
 
 
 def _arguments(p: argparse.ArgumentParser, mode: str) -> None:
-    from emoscope.cli._stage_cmd import add_option, add_run_arguments, count_or_all, ints, layers
+    from emoscope.cli._stage_cmd import (
+        add_allow_other_model,
+        add_option,
+        add_run_arguments,
+        count_or_all,
+        ints,
+        layers,
+    )
     from emoscope.heads.stage import DEFAULT_DATASET
     from emoscope.heads.stage import HeadsOptions as O
 
@@ -64,6 +71,7 @@ def _arguments(p: argparse.ArgumentParser, mode: str) -> None:
     add_option(src, "heads", O, "vector", help="a ConceptVector .safetensors file",
                **({} if mode == "screen" else {"shown": "the vector of the --from screen, if any"}))
     add_option(src, "heads", O, "emotion", help="fit a difference-of-means vector for this class of --dataset instead")
+    add_allow_other_model(p, "heads", O)
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"labelled dataset to screen on / fit --emotion on (default: {DEFAULT_DATASET})")
     add_option(p, "heads", O, "baseline", metavar="LABEL|all",

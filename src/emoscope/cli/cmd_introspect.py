@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from emoscope.cli._stage_cmd import (
+        add_allow_other_model,
         add_option,
         add_run_arguments,
         allow_negative_lists,
@@ -76,6 +77,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, "introspect", O, "ablate", metavar="FILE",
                help="a ConceptVector .safetensors file (e.g. a refusal direction): every cell also runs with its "
                     "projection removed at the injected layer (conditions '+ablated', table introspect_ablation)")
+    add_allow_other_model(p, "introspect", O)
     add_option(p, "introspect", O, "claim", help="a claim to record with the findings (the audit judges it)")
     add_run_arguments(p)
     allow_negative_lists(p)

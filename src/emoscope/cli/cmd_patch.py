@@ -60,6 +60,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="do not wrap sources and targets in the chat template")
     add_option(p, "patch", O, "max_new_tokens", type=int, help="tokens generated per row")
     add_option(p, "patch", O, "n_random", type=int, help="random patches of the same norm per cell")
+    add_option(p, "patch", O, "random_kind", choices=["isotropic", "covariance", "both"],
+               help="random patch directions: isotropic, covariance-matched to neutral activations, or both")
     add_option(p, "patch", O, "self_rows", "--no-self-rows", action="store_false",
                help="skip the self-patch (strength 0) rows")
     add_option(p, "patch", O, "scorers", type=words,

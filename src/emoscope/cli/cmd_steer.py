@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from emoscope.cli._stage_cmd import (
+        add_allow_other_model,
         add_option,
         add_run_arguments,
         allow_negative_lists,
@@ -48,6 +49,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     add_option(src, "steer", O, "vector", help="a ConceptVector .safetensors file")
     add_option(src, "steer", O, "emotion", help="fit a difference-of-means vector for this class of --dataset instead")
+    add_allow_other_model(p, "steer", O)
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"dataset for --emotion: built-in name or JSONL/CSV path (default: {DEFAULT_DATASET})")
     add_option(p, "steer", O, "baseline", metavar="LABEL|all",

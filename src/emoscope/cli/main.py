@@ -13,6 +13,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 import emoscope.cli as _cli_pkg
@@ -59,6 +60,17 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """emoscope's own warnings (truncated texts, data problems) as one line; others as Python shows them."""
+    if not getattr(category, "__module__", "").startswith("emoscope."):
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+        return
+    print(f"emoscope: warning: {one_line(message)}", file=file or sys.stderr, flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from emoscope import __version__
 
@@ -89,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _progress.set_quiet(True)
     try:
-        rc = args.func(args)
+        with warnings.catch_warnings():  # a warning is one line too: "emoscope: warning: ..."
+            warnings.showwarning = _show_warning
+            rc = args.func(args)
     except EmoscopeError as e:
         print(f"emoscope: error: {one_line(e)}", file=sys.stderr)
         return 2

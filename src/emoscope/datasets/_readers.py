@@ -28,7 +28,14 @@ __all__ = [
 ]
 
 SUPPORTED = (".jsonl", ".csv")
+CSV_FIELD_LIMIT = 1 << 24  # characters per CSV cell (Python's default is 131072); longer texts are truncated later
 Row = tuple[int, dict[str, Any]]  # (1-based line number, fields)
+
+
+def _clip(value: Any, n: int = 40) -> str:
+    """``repr`` of a value from the user's file, cut to ``n`` characters so an error stays short."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class DataWarning(UserWarning):
@@ -95,6 +102,12 @@ def _parse_jsonl(text: str, source: str) -> list[Row]:
                 f"{source}:{line_no}: not valid JSON ({e.msg}, column {e.colno}); "
                 f'each line must be one object such as {{"text": "...", "label": "..."}}'
             ) from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, arrays nested 10^5 deep
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise DataError(
+                f"{source}:{line_no}: JSON value cannot be read ({reason}); "
+                f'each line must be one flat object such as {{"text": "...", "label": "..."}}'
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(
                 f"{source}:{line_no}: expected a JSON object, got {type(obj).__name__}; "
@@ -109,26 +122,52 @@ def _parse_jsonl(text: str, source: str) -> list[Row]:
 
 
 def _parse_csv(text: str, source: str, required: tuple[str, ...]) -> list[Row]:
+    old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        return _parse_csv_rows(text, source, required)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _csv_error(source: str, line: int, e: csv.Error) -> DataError:
+    if "field larger than field limit" in str(e):
+        return DataError(f"{source}:{line}: a cell is longer than {CSV_FIELD_LIMIT} characters; "
+                         "check for an unclosed quote, or shorten the text")
+    return DataError(f"{source}:{line}: malformed CSV ({e}); check the quoting")
+
+
+def _parse_csv_rows(text: str, source: str, required: tuple[str, ...]) -> list[Row]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as e:
+        raise _csv_error(source, max(reader.line_num, 1), e) from None
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:
+        raise DataError(f"{source}:1: column(s) {', '.join(_clip(h) for h in twice[:5])} appear more than once in the "
+                        "header; name each column once")
     reader.fieldnames = header
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(
             f"{source}:1: missing column(s) {', '.join(repr(c) for c in missing)} in the header "
-            f"(found: {', '.join(repr(h) for h in header) or 'nothing'}); "
+            f"(found: {', '.join(_clip(h) for h in header[:8]) + (', ...' if len(header) > 8 else '') or 'nothing'}); "
             f"the first line must name {', '.join(required)}"
         )
     rows: list[Row] = []
     try:
         for rec in reader:
             # a short row leaves trailing cells as None ("missing"); an empty cell stays ""
+            extra = [v for v in rec.get(None) or [] if v.strip()]  # cells past the header's columns
+            if extra:
+                raise DataError(
+                    f"{source}:{reader.line_num}: {len(header) + len(rec[None])} cells but the header names "
+                    f"{len(header)}; quote texts that contain commas (\"like, this\")"
+                )
             fields = {k: v for k, v in rec.items() if k is not None}
             rows.append((reader.line_num, fields))
     except csv.Error as e:
-        raise DataError(
-            f"{source}:{reader.line_num}: malformed CSV ({e}); check the quoting"
-        ) from None
+        raise _csv_error(source, reader.line_num, e) from None
     if not rows:
         raise DataError(f"{source}: has a header but no rows; add one row per text")
     return rows
@@ -136,6 +175,13 @@ def _parse_csv(text: str, source: str, required: tuple[str, ...]) -> list[Row]:
 
 def _as_str(value: Any, column: str, source: str, line: int, *, allow_int: bool) -> str:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON can spell a lone surrogate ("\ud800"); no tokenizer takes it
+            raise DataError(
+                f"{source}:{line}: column {column!r} is not valid Unicode (lone surrogate "
+                f"{value[e.start]!r} at character {e.start}); fix the escape"
+            ) from None
         return value
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -191,7 +237,7 @@ def rows_to_dataset(
         for (line, _), s in zip(rows, splits, strict=True):
             if s not in VALID_SPLITS:
                 raise DataError(
-                    f"{source}:{line}: unknown split {s!r}; use one of {', '.join(VALID_SPLITS)}"
+                    f"{source}:{line}: unknown split {_clip(s)}; use one of {', '.join(VALID_SPLITS)}"
                 )
         _warn_shared_texts(texts, splits, source)
     if min_per_class is not None:

@@ -40,6 +40,33 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _parse_header(text: str, path: Path) -> tuple[str, dict[str, Any], list[str]]:
+    """``(name, meta, int_keyed)`` from the ``"emoscope"`` header; ``DataError`` when it is not
+    what ``save`` writes."""
+    def corrupt(why: str) -> DataError:
+        return DataError(f"{path}: emoscope metadata is corrupt ({why}); re-save the vector")
+
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise corrupt(f"not JSON: {str(e)[:60]}") from None
+    if not isinstance(header, dict):
+        raise corrupt(f"a JSON {type(header).__name__}, not an object")
+    version = header.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise DataError(f"{path}: written by a newer emoscope (format {version}, this one reads {FORMAT_VERSION}); "
+                        "upgrade emoscope")
+    name, meta = header.get("name"), header.get("meta") or {}
+    if not isinstance(name, str) or not name:
+        raise corrupt("no name")
+    if not isinstance(meta, dict):
+        raise corrupt(f"meta is a {type(meta).__name__}, not an object")
+    int_keyed = header.get("int_keyed_meta", list(_LAYER_KEYED))
+    if not isinstance(int_keyed, list) or not all(isinstance(k, str) for k in int_keyed):
+        raise corrupt("int_keyed_meta is not a list of names")
+    return name, dict(meta), int_keyed
+
+
 @dataclass(frozen=True, eq=False)
 class ConceptVector:
     """A named concept direction with one ``(d,)`` vector per layer.
@@ -250,24 +277,21 @@ class ConceptVector:
             raise DataError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); re-save it") from None
         if header_text is None:
             raise DataError(f"{path} has no emoscope metadata; it was not written by ConceptVector.save")
-        try:
-            header = json.loads(header_text)
-            name, meta = header["name"], dict(header.get("meta") or {})
-            int_keyed = list(header.get("int_keyed_meta", _LAYER_KEYED))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: emoscope metadata is corrupt ({e})") from None
+        name, meta, int_keyed = _parse_header(header_text, path)
         vectors = {}
         for key, arr in tensors.items():
             prefix, _, idx = key.partition(".")
             if prefix != "layer" or not idx.lstrip("-").isdigit():
-                raise DataError(f"{path}: unexpected tensor key {key!r} (expected 'layer.<i>')")
+                raise DataError(f"{path}: unexpected tensor key {key[:40]!r} (expected 'layer.<i>')")
+            if int(idx) in vectors:
+                raise DataError(f"{path}: two tensors for layer {int(idx)}; re-save the vector")
             vectors[int(idx)] = arr
         try:
             for key in int_keyed:
                 if isinstance(meta.get(key), dict):
                     meta[key] = {int(k): v for k, v in meta[key].items()}
         except ValueError as e:
-            raise DataError(f"{path}: emoscope metadata is corrupt ({e})") from None
+            raise DataError(f"{path}: emoscope metadata is corrupt ({str(e)[:80]})") from None
         try:
             return cls(name, vectors, meta)
         except InputError as e:
