@@ -1,5 +1,6 @@
 """Geometry of concept vectors: cosines with a null and a length control, anisotropy,
-principal angles, CKA, PCA of emotion vectors, and cross-model alignment.
+principal angles, CKA (debiased), PCA of emotion vectors against valence/arousal, and
+cross-model alignment fitted on neutral text with a shuffled-pairing control.
 
 >>> import numpy as np
 >>> from emoscope.geometry import cosine_matrix
@@ -14,6 +15,7 @@ from emoscope.geometry.alignment import (
     lstsq_align,
     procrustes_align,
 )
+from emoscope.geometry.cka import cka_matrix, debiased_cka
 from emoscope.geometry.cosine import (
     CosineNull,
     LengthControlledCosines,
@@ -22,6 +24,8 @@ from emoscope.geometry.cosine import (
     cosine_null,
     length_controlled_cosines,
 )
+from emoscope.geometry.crossmodel import compare_vectors, fit_neutral_maps
+from emoscope.geometry.emotion_space import denoise_vectors, emotion_space, load_valence_arousal
 from emoscope.geometry.subspace import EmotionPCA, emotion_pca, linear_cka, principal_angles
 
 __all__ = [
@@ -40,4 +44,11 @@ __all__ = [
     "lstsq_align",
     "evaluate_alignment",
     "AlignmentResult",
+    "debiased_cka",
+    "cka_matrix",
+    "fit_neutral_maps",
+    "compare_vectors",
+    "emotion_space",
+    "load_valence_arousal",
+    "denoise_vectors",
 ]
