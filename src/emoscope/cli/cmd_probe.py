@@ -41,7 +41,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="share of texts held out from choosing the layer (0: none)")
     add_option(p, "probe", ProbeOptions, "transfer", metavar="DATASET",
                help="a second dataset: the probe fitted here is scored on the classes both share (a control)")
-    add_option(p, "vectors", VectorOptions, "method", choices=["diff_means", "pca_diff", "probe"],
+    add_option(p, "vectors", VectorOptions, "method", choices=["diff_means", "pca_diff", "probe", "token_diff"],
                help="estimator for the saved vectors")
     add_option(p, "vectors", VectorOptions, "baseline", metavar="LABEL|all",
                shown="'neutral' when the dataset has it, else 'all' (the mean of all classes)",

@@ -54,6 +54,23 @@ def _nav(m: Manifest) -> str:
     return "<nav><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t in items) + "</ul></nav>"
 
 
+#: how to read the cross-model tables (stage ``crossmodel``)
+_TABLE_NOTES = {
+    "alignment": "Maps fitted on neutral texts only, applied to model A's emotion vectors. raw: no map (undefined when "
+                 "the widths differ); ridge: penalty by cross-validation; procrustes: orthogonal in a common PCA "
+                 "dimension; *_shuffled: the same fitted on shuffled text pairs (the control). matched_cos2 is inflated "
+                 "by what all emotion vectors share (compare mismatched_cos2); id_acc: share of A's mapped emotions "
+                 "nearest to the same emotion of B (chance_id = 1/K), also on centred vectors; r2_heldout: on held-out "
+                 "neutral texts.",
+    "cka": "Debiased (unbiased HSIC) linear CKA on the neutral texts: layer x layer within each model and model x "
+           "model; near 0 for unrelated representations even when texts and width are close.",
+    "emotion_space": "PCA of the emotion vectors centred on their mean (variance_share per component), Pearson r of "
+                     "PC1/PC2 with valence and arousal ratings and two-sided permutation p; raw and denoised vectors.",
+    "depth_peaks": "Each model's probe curve on relative depth: argmax, the earliest layer within the argmax's "
+                   "interval, the span of depths inside that interval, and the curve's shape.",
+}
+
+
 def _stage(name: str, rec: StageRecord, rd: RunDir, findings: list[Finding]) -> str:
     parts = [f'<section class="stage {esc(rec.status)}" id="stage-{esc(slug(name))}">',
              f"<h3>{esc(name)} {badge(rec.status, 's-' + rec.status)}</h3>"]
@@ -77,9 +94,37 @@ def _stage(name: str, rec: StageRecord, rd: RunDir, findings: list[Finding]) -> 
     if rec.figures:
         parts.append('<div class="grid">' + "".join(figure(f, rd.figures) for f in rec.figures) + "</div>")
     for t in rec.tables:
-        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + csv_table(rd.tables / f"{t}.csv"))
+        note = f'<p class="note">{esc(_TABLE_NOTES[t])}</p>' if t in _TABLE_NOTES else ""
+        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + note + csv_table(rd.tables / f"{t}.csv"))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _promoted(rd: RunDir) -> str:
+    """What each vector promotes through the unembedding (tables ``promoted_tokens`` and
+    ``promoted_non_latin``), one line per vector: tokens with their script in brackets."""
+    import csv
+
+    def mark(r: dict[str, str]) -> str:
+        return f"{r['token']!r}" + ("" if r.get("script") in ("LATIN", "-") else f" [{r.get('script')}]")
+
+    parts = []
+    for name, sides in (("promoted_tokens", ("top", "bottom")), ("promoted_non_latin", (None,))):
+        path = rd.tables / f"{name}.csv"
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        lines: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            lines.setdefault((r["vector"], r.get("side", "non-Latin")), []).append(mark(r))
+        body = [(v, side, ", ".join(toks)) for (v, side), toks in lines.items() if side in sides or None in sides]
+        parts.append(f"<h4>{esc(name)}</h4>" + data_table(["vector", "side", "tokens (script when not Latin)"], body))
+    if not parts:
+        return ""
+    return ('<section id="promoted"><h2>What the vectors promote</h2><p class="muted">Each vector through the final '
+            "norm and the unembedding (a logit lens of the direction alone): the tokens it raises most (top) and "
+            "lowers most (bottom).</p>" + "".join(parts) + "</section>")
 
 
 def _other_outputs(m: Manifest, rd: RunDir) -> str:
@@ -161,6 +206,7 @@ def render_report(run_dir: str | os.PathLike[str]) -> str:
         f"Judged with checklist version {checklist_version()}.</p>"
         + findings_table(findings) + _controls_legend(findings) + "</section>",
         f'<section id="stages"><h2>Stages</h2>{stages}</section>',
+        _promoted(rd),
         f'<section id="other-outputs"><h2>Other outputs</h2>{other or "<p class=muted>none</p>"}</section>',
         f'<section id="manifest"><h2>Manifest</h2>{_manifest(m)}</section>',
         f'<section id="spec"><h2>Spec</h2><pre>{esc(spec_text)}</pre></section>',

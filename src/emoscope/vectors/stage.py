@@ -25,7 +25,7 @@ __all__ = ["VectorOptions", "vectors_stage", "check_vectors"]
 class VectorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["diff_means", "pca_diff", "probe"] = "diff_means"
+    method: Literal["diff_means", "pca_diff", "probe", "token_diff"] = "diff_means"  # token_diff: text minus twin
     baseline: str | None = None  # a class, or "all"; None: "neutral" when the dataset has it, else "all"
 
 
@@ -36,6 +36,9 @@ def _baseline(spec, dataset) -> tuple[str, list[str]]:  # noqa: ANN001
     opts: VectorOptions = spec.options("vectors")
     classes = list(require_classes(dataset, "vectors", spec.dataset))
     baseline = resolve_baseline(classes, opts.baseline, what="vectors: baseline", source=spec.dataset)
+    if opts.method == "token_diff" and (baseline == "all" or getattr(dataset, "groups", None) is None):
+        raise InputError(f"vectors: method 'token_diff' pairs each text with its {baseline!r} twin by group; "
+                         f"{spec.dataset} needs a 'group' column and a baseline class (e.g. emotion-word-templates)")
     targets = [c for c in classes if c not in ("neutral", baseline)]
     if not targets:
         raise InputError(f"vectors: no class of {spec.dataset} is left to fit against baseline {baseline!r} "
@@ -70,7 +73,8 @@ def vectors_stage(ctx: RunContext) -> StageResult:
     vectors = fit_vectors(by_layer, labels, method=opts.method, baseline=baseline,
                           meta={"model": model.name, "weights_sha256": model.weights_sha256,
                                 "dataset": ctx.spec.dataset, "dataset_sha256": data.sha256,
-                                "position": acts.position})
+                                "position": acts.position},
+                          **({"groups": data.groups} if opts.method == "token_diff" else {}))
     out = ctx.run_dir.root / "vectors"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
