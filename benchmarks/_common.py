@@ -1,4 +1,6 @@
-"""Shared benchmark helpers: thread pinning, timing, JSON output, bench prompts."""
+"""Shared benchmark helpers: thread pinning, timing, logging, load average, JSON output, bench
+prompts, and the greedy-agreement check (outputs trimmed at end-of-sequence, a difference
+excused only at a near-tie of the reference)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,69 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+NEAR_TIE = 1e-3  # a greedy difference whose reference logit gap is below this is a floating-point near-tie
+
+
+def sayer(name: str) -> Callable[[str], None]:
+    """``say(msg)``: a timestamped progress line on stderr, tagged ``[name bench HH:MM:SS]``."""
+
+    def say(msg: str) -> None:
+        print(f"[{name} bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def load_avg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other jobs on the machine), or ``[]``."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def trim(seq: Sequence[int], stop: Collection[int]) -> list[int]:
+    """Token ids through the first end-of-sequence token."""
+    out = []
+    for t in seq:
+        out.append(int(t))
+        if int(t) in stop:
+            break
+    return out
+
+
+def agreement(got_rows: Sequence[Sequence[int]], ref_rows: Sequence[Sequence[int]], stop: Collection[int],
+              gap: Callable[[int, int, int], float], near_tie: float = NEAR_TIE) -> dict[str, Any]:
+    """Row-by-row greedy agreement of ``got_rows`` with ``ref_rows`` (both trimmed at ``stop``).
+
+    A row that differs counts as ``near_tie`` when ``gap(row, step, got_token)``, the reference's
+    logit gap at the first differing step (NaN when unknown), is below ``near_tie``; otherwise as a
+    mismatch (the first ten are listed).
+    """
+    same = near = 0
+    bad = []
+    for r, (g, ref) in enumerate(zip(got_rows, ref_rows, strict=True)):
+        g, ref = trim(g, stop), trim(ref, stop)
+        if g == ref:
+            same += 1
+            continue
+        step = next((i for i, (a, b) in enumerate(zip(g, ref, strict=False)) if a != b), min(len(g), len(ref)))
+        d = float(gap(r, step, g[step])) if step < min(len(g), len(ref)) else float("nan")
+        if d < near_tie:
+            near += 1
+        else:
+            bad.append({"row": r, "step": step, "gap": d})
+    return {"rows": len(got_rows), "identical": same, "near_tie": near, "mismatch": len(bad), "mismatches": bad[:10]}
 
 
 def pin_threads(n: int) -> None:

@@ -10,10 +10,13 @@
     (``emoscope.heads.sweep.decode_configs``) against running the configurations one at a time
     (the same loop, one configuration's prompts per decode) and, for ``positions=all``, against
     ``transformers.generate`` per configuration under plain o_proj pre-hooks that zero the heads'
-    slices. Two windows: ``all`` (prompt and generated tokens ablated, so every row prefills its own
-    prompt) and ``generated`` (the unedited prompts prefilled once and shared by all rows). Greedy outputs
-    must agree row by row; a difference counts only when the first differing step is a near-tie
-    (logit gap < 1e-3 in the configuration run alone).
+    slices. Two windows: ``all`` (prompt and generated tokens ablated: every row prefills the blocks
+    from the lowest ablated layer up on its own prompt, the blocks below once per unique prompt, and,
+    timed beside it as ``batched_full_prefill``, the previous method with every block per row) and
+    ``generated`` (the unedited prompts prefilled once and shared by all rows). The repeats are
+    interleaved (min of each kept) and CPU time is recorded beside wall time: other jobs share the
+    cores. Greedy outputs must agree row by row; a difference counts only when the first differing
+    step is a near-tie (logit gap < 1e-3 in the configuration run alone).
 
     python benchmarks/heads.py --out bench-results/heads.json
 """
@@ -21,26 +24,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_time, pin_threads, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    NEAR_TIE,
+    agreement,
+    load_avg,
+    machine,
+    median_time,
+    pin_threads,
+    sayer,
+    write_json,
+)
 
-NEAR_TIE = 1e-3
-
-
-def _say(msg: str) -> None:
-    print(f"[heads bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _load_avg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+_say = sayer("heads")
 
 
 def main() -> int:
@@ -53,6 +53,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=8, help="ablation configurations")
     ap.add_argument("--heads-per-config", type=int, default=8)
     ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--chosen", default=None,
+                    help="ablate these heads (L.H,...) instead of the screen's top --heads-per-config, e.g. the "
+                         "heads of a CLI screen, whose random sets can match their layers")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-generate", action="store_true", help="skip the transformers.generate comparison")
     ap.add_argument("--positions", nargs="+", default=["all", "generated"], choices=["all", "generated"],
@@ -68,13 +71,14 @@ def main() -> int:
     from emoscope.datasets import load_dataset
     from emoscope.heads import head_projections, random_head_sets, screen_heads
     from emoscope.heads.screen import screen_directions
+    from emoscope.heads.select import parse_heads
     from emoscope.heads.sweep import HeadConfig, decode_configs
     from emoscope.models import load_model
     from emoscope.models.batching import eos_ids, pad_batch
     from emoscope.models.heads import head_shape
     from emoscope.vectors import ConceptVector, DiffMeans
 
-    load_start = _load_avg()
+    load_start = load_avg()
     model = load_model(args.model)
     tok = model.tokenizer
     n_heads, hd = head_shape(model, 0)
@@ -120,69 +124,73 @@ def main() -> int:
                  "top_heads": [f"{int(r.layer)}.{int(r['head'])}" for _, r in res.table.sort_values("rank").head(8).iterrows()]}
 
     # (2) k configurations of 8 heads: the screen's top 8 and k - 1 random sets of the same layers
-    chosen = res.top(args.heads_per_config)
-    randoms, _ = random_head_sets(chosen, args.k - 1, n_layers=model.n_layers, n_heads=n_heads, seed=0)
+    chosen = list(parse_heads(args.chosen).heads) if args.chosen else res.top(args.heads_per_config)
+    randoms, match = random_head_sets(chosen, args.k - 1, n_layers=model.n_layers, n_heads=n_heads, seed=0)
     configs = [HeadConfig("chosen", "chosen", "zero", tuple(chosen))]
     configs += [HeadConfig("random", f"random-{j}", "zero", s) for j, s in enumerate(randoms)]
     prompts = load_dataset("neutral-starts").texts[: args.n_prompts]
     pids = [list(tok(model.chat(p), add_special_tokens=False)["input_ids"]) for p in prompts]
     n, P, stop = args.max_new_tokens, len(pids), eos_ids(model)
 
-    def trim(seq):
-        out = []
-        for t in seq:
-            out.append(int(t))
-            if int(t) in stop:
-                break
-        return out
-
-    def agreement(got_rows, ref_rows, ref_gaps):
-        same = near = 0
-        bad = []
-        for r, (g, ref) in enumerate(zip(got_rows, ref_rows, strict=True)):
-            g, ref = trim(g), trim(ref)
-            if g == ref:
-                same += 1
-                continue
-            step = next((i for i, (a, b) in enumerate(zip(g, ref, strict=False)) if a != b), min(len(g), len(ref)))
-            gap = float(ref_gaps[r][step]) if ref_gaps is not None and step < len(ref_gaps[r]) else float("nan")
-            if gap < NEAR_TIE:
-                near += 1
-            else:
-                bad.append({"row": r, "step": step, "gap": gap})
-        return {"rows": len(got_rows), "identical": same, "near_tie": near, "mismatch": len(bad), "mismatches": bad[:10]}
+    def agree(got_rows, ref_rows, ref_gaps):
+        return agreement(got_rows, ref_rows, stop, lambda r, step, _tok: float(ref_gaps[r][step]))
 
     rows = [c for c in range(len(configs)) for _ in range(P)]
+    split = min(a for c in configs for a, _ in c.heads)
     ablation: dict = {"configurations": len(configs), "heads_per_configuration": args.heads_per_config, "prompts": P,
                       "rows": len(rows), "max_new_tokens": n, "prompt_tokens": [len(x) for x in pids],
-                      "chosen": [f"{a}.{b}" for a, b in chosen]}
+                      "chosen": [f"{a}.{b}" for a, b in chosen], "random_match": match,
+                      "chosen_from": "--chosen" if args.chosen else "the screen's top heads",
+                      "lowest_ablated_layer": split,
+                      "n_layers": model.n_layers}
+
+    def batched(positions, share_below):
+        return decode_configs(model, configs, pids, rows, [p for _ in configs for p in range(P)], max_new_tokens=n,
+                              batch_rows=len(rows), positions=positions, share_below=share_below)
+
+    def one_at_a_time(positions):  # the reference: one decode per configuration, its prompts as the rows
+        return [decode_configs(model, [c], pids, [0] * P, list(range(P)), max_new_tokens=n, positions=positions)
+                for c in configs]
+
     for positions in args.positions:
-        times_b, times_a, cpu_b, cpu_a = [], [], [], []
+        # positions=all: the batched sweep with the blocks below the lowest ablated layer prefilled once per
+        # prompt (share_below, the default) and, as the previous method, with a full prefill per row
+        ways = {"batched": lambda p=positions: batched(p, True), "one_at_a_time": lambda p=positions: one_at_a_time(p)}
+        if positions != "generated":
+            ways["batched_full_prefill"] = lambda p=positions: batched(p, False)
+        wall: dict[str, list[float]] = {k: [] for k in ways}
+        cpu: dict[str, list[float]] = {k: [] for k in ways}
+        out: dict = {}
         for _ in range(args.sweep_repeats):  # interleaved, min of each: robust to other work on the machine
-            t0, c0 = time.perf_counter(), time.process_time()
-            batched = decode_configs(model, configs, pids, rows, [p for _ in configs for p in range(P)],
-                                     max_new_tokens=n, batch_rows=len(rows), positions=positions)
-            times_b.append(time.perf_counter() - t0)
-            cpu_b.append(time.process_time() - c0)
-            t0, c0 = time.perf_counter(), time.process_time()
-            alone = [decode_configs(model, [c], pids, [0] * P, list(range(P)), max_new_tokens=n, positions=positions)
-                     for c in configs]
-            times_a.append(time.perf_counter() - t0)
-            cpu_a.append(time.process_time() - c0)
-            _say(f"positions={positions}: batched sweep ({len(rows)} rows) {times_b[-1]:.1f} s wall / {cpu_b[-1]:.1f} s "
-                 f"CPU, one configuration at a time {times_a[-1]:.1f} s wall / {cpu_a[-1]:.1f} s CPU")
-        t_batched, t_alone = min(times_b), min(times_a)
+            for name, fn in ways.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                out[name] = fn()
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+            _say(f"positions={positions}: " + "; ".join(f"{k} {wall[k][-1]:.1f} s wall / {cpu[k][-1]:.1f} s CPU"
+                                                       for k in ways))
+        alone = out["one_at_a_time"]
         ref_tokens = [t for a in alone for t in a.tokens]
         ref_gaps = [g for a in alone for g in a.gaps]
-        ablation[positions] = {
-            "batched_seconds": t_batched, "one_at_a_time_seconds": t_alone, "speedup_vs_one_at_a_time": t_alone / t_batched,
-            "batched_seconds_all": times_b, "one_at_a_time_seconds_all": times_a,
-            "batched_cpu_seconds": min(cpu_b), "one_at_a_time_cpu_seconds": min(cpu_a),
-            "speedup_cpu_time": min(cpu_a) / min(cpu_b),
-            "prefill": "one per row" if positions != "generated" else "unique prompts once, KV cache shared by the rows",
-            "agreement_batched_vs_alone": agreement(batched.tokens, ref_tokens, ref_gaps)}
+        t_alone, c_alone = min(wall["one_at_a_time"]), min(cpu["one_at_a_time"])
+        res = {"one_at_a_time_seconds": t_alone, "one_at_a_time_cpu_seconds": c_alone,
+               "one_at_a_time_seconds_all": wall["one_at_a_time"], "one_at_a_time_cpu_seconds_all": cpu["one_at_a_time"]}
+        for name in [k for k in ways if k != "one_at_a_time"]:
+            pre = "batched" if name == "batched" else name
+            res.update({f"{pre}_seconds": min(wall[name]), f"{pre}_cpu_seconds": min(cpu[name]),
+                        f"{pre}_seconds_all": wall[name], f"{pre}_cpu_seconds_all": cpu[name],
+                        f"speedup_{pre}_vs_one_at_a_time": t_alone / min(wall[name]),
+                        f"speedup_cpu_{pre}_vs_one_at_a_time": c_alone / min(cpu[name]),
+                        f"agreement_{pre}_vs_alone": agree(out[name].tokens, ref_tokens, ref_gaps)})
+        res["speedup_vs_one_at_a_time"] = res["speedup_batched_vs_one_at_a_time"]
+        res["speedup_cpu_time"] = res["speedup_cpu_batched_vs_one_at_a_time"]
+        res["prefill"] = ("unique prompts once, KV cache shared by the rows" if positions == "generated" else
+                          (f"blocks 0..{split - 1} once per unique prompt, blocks {split}.. per row (batched); "
+                           if split else "every block per row in both: a configuration ablates a layer-0 head, so "
+                           "nothing below it is shared (batched); ") + "every block per row (batched_full_prefill)")
+        ablation[positions] = res
         if positions == "all":
-            all_ref_tokens, all_ref_gaps, all_batched = ref_tokens, ref_gaps, t_batched
+            all_ref_tokens, all_ref_gaps, all_batched = ref_tokens, ref_gaps, res["batched_seconds"]
     if not args.skip_generate and "all" in args.positions:
         side, tok.padding_side = tok.padding_side, "left"
         enc = tok([model.chat(p) for p in prompts], add_special_tokens=False, return_tensors="pt", padding=True)
@@ -213,16 +221,20 @@ def main() -> int:
         t_gen, cpu_gen = time.perf_counter() - t0, time.process_time() - c0
         _say(f"transformers.generate, one configuration at a time: {t_gen:.1f} s")
         ablation["all"].update({"hf_generate_one_at_a_time_seconds": t_gen, "hf_generate_cpu_seconds": cpu_gen, "speedup_vs_hf_generate": t_gen / all_batched,
-                                "agreement_hf_generate_vs_emoscope_alone": agreement(gen, all_ref_tokens, all_ref_gaps)})
+                                "agreement_hf_generate_vs_emoscope_alone": agree(gen, all_ref_tokens, all_ref_gaps)})
     payload = {
         "benchmark": "heads", "model": args.model, "n_layers": model.n_layers, "n_heads": n_heads,
         "screening": screening, "ablation": ablation, "greedy": True, "near_tie_threshold": NEAR_TIE,
         "targets": {"ablation_speedup_vs_one_at_a_time": 2.5},
         "speedup": {p: ablation[p]["speedup_vs_one_at_a_time"] for p in args.positions},
         "speedup_cpu_time": {p: ablation[p]["speedup_cpu_time"] for p in args.positions},
+        "speedup_full_prefill": {p: ablation[p].get("speedup_batched_full_prefill_vs_one_at_a_time")
+                                 for p in args.positions},
+        "speedup_cpu_full_prefill": {p: ablation[p].get("speedup_cpu_batched_full_prefill_vs_one_at_a_time")
+                                     for p in args.positions},
         "note": "wall times are the min over interleaved repeats; CPU times (process_time) measure the work done and "
                 "are the fairer comparison when other jobs share the cores",
-        "load_average_start": load_start, "load_average_end": _load_avg(), "machine": machine(),
+        "load_average_start": load_start, "load_average_end": load_avg(), "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     write_json(args.out, payload)

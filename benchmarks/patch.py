@@ -28,13 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, pin_threads, write_json  # noqa: E402
+from _common import NEAR_TIE, agreement, machine, pin_threads, sayer, trim, write_json  # noqa: E402
 
-NEAR_TIE = 1e-3
-
-
-def _say(msg: str) -> None:
-    print(f"[patch bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+_say = sayer("patch")
 
 
 def main() -> int:
@@ -70,14 +66,6 @@ def main() -> int:
     stop = eos_ids(model)
     n = args.max_new_tokens
 
-    def trim(seq):
-        out = []
-        for t in seq:
-            out.append(int(t))
-            if int(t) in stop:
-                break
-        return out
-
     def sweep(share: bool) -> PatchSweep:
         return PatchSweep(model, anger, prompts, layers, ["last"], source_name="anger", neutral=neutral,
                           n_random=args.n_random, max_new_tokens=n, scorers=(), target="nrc_anger",
@@ -104,7 +92,7 @@ def main() -> int:
             dec = decode_rows(model, ids, row_prompt, plan.edits, Window("generated"), max_new_tokens=n,
                               share_prefill=False, shared_prefix=untouched if share else None)
             times[name].append(time.perf_counter() - t0)
-            decoded[name] = [trim(x) for x in dec.tokens]
+            decoded[name] = [trim(x, stop) for x in dec.tokens]
             _say(f"{name}: {times[name][-1]:.1f} s")
     for name, ts in times.items():
         results[name] = {"seconds": min(ts), "all_seconds": ts, "rows": len(t), "timing": f"best of {len(ts)}"}
@@ -135,7 +123,7 @@ def main() -> int:
         finally:
             if handle is not None:
                 handle.remove()
-        return trim(out.sequences[0, width:].tolist()), torch.stack(out.scores, 1)[0]
+        return trim(out.sequences[0, width:].tolist(), stop), torch.stack(out.scores, 1)[0]
 
     m = len(t) if args.one_at_a_time_rows < 0 else min(args.one_at_a_time_rows, len(t))
     pick = np.linspace(0, len(t) - 1, m).round().astype(int).tolist()
@@ -145,21 +133,14 @@ def main() -> int:
     results["hf_one_at_a_time"] = {"seconds_measured": dt, "rows_measured": m, "seconds": dt * len(t) / m,
                                    "extrapolated": m < len(t),
                                    "note": f"{m} of {len(t)} rows timed; seconds = measured x rows / rows_measured"}
-    same = near = 0
-    bad = []
-    for r, (ref, scores) in refs.items():
-        got = decoded["emoscope_shared_heads"][r]
-        if got == ref:
-            same += 1
-            continue
-        step = next((i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b), min(len(got), len(ref)))
-        gap = float(scores[step, ref[step]] - scores[step, got[step]]) if step < min(len(got), len(ref)) else None
-        if gap is not None and gap < NEAR_TIE:
-            near += 1
-        else:
-            bad.append({"row": r, "kind": t.at[r, "kind"], "step": step, "gap": gap})
-    results["hf_one_at_a_time"]["agreement_vs_emoscope"] = {"rows": m, "identical": same, "near_tie": near,
-                                                            "mismatch": len(bad), "mismatches": bad[:10]}
+    got = [decoded["emoscope_shared_heads"][r] for r in pick]
+    ref = [refs[r][0] for r in pick]
+
+    def gap(i, step, tok):  # the reference's own logit margin of its token over ours at the first difference
+        scores = refs[pick[i]][1]
+        return float(scores[step, ref[i][step]] - scores[step, tok])
+
+    results["hf_one_at_a_time"]["agreement_vs_emoscope"] = agreement(got, ref, stop, gap)
     _say(f"one at a time: {dt:.1f} s for {m} rows")
     emo = results["emoscope_shared_heads"]["seconds"]
     payload = {

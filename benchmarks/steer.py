@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, pin_threads, write_json  # noqa: E402
+from _common import trim as trim_at  # noqa: E402
 
 STRENGTHS = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0]
 NEAR_TIE = 1e-3
@@ -88,12 +89,7 @@ def main() -> int:
     n = args.max_new_tokens
 
     def trim(seq):
-        out = []
-        for t in seq:
-            out.append(int(t))
-            if int(t) in stop:
-                break
-        return out
+        return trim_at(seq, stop)
 
     def hf_generate(rows_prompts, s, positions):
         side, tok.padding_side = tok.padding_side, "left"

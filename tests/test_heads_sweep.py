@@ -19,24 +19,15 @@ from emoscope.models.batching import eos_ids
 from emoscope.models.heads import head_shape
 
 from .conftest import tiny_model
+from .greedy import NEAR_TIE, first_difference, same_or_near_tie, trim
 
 PROMPTS = ["Thank you so much for the", "The meeting is", "Rain is expected tomorrow afternoon across",
            "She walked to the market"]
-NEAR_TIE = 1e-3
 FAMILIES = ["llama", "gpt2", "gemma3_text"]  # GQA (llama, gemma3) and not (gpt2, Conv1D)
 
 
 def _ids(model, prompts=PROMPTS):
     return [list(model.tokenizer(p)["input_ids"]) for p in prompts]
-
-
-def _trim(tokens, stop):
-    out = []
-    for t in tokens:
-        out.append(int(t))
-        if int(t) in stop:
-            break
-    return out
 
 
 def _generate_with(model, ids, n, pre_hooks):
@@ -53,14 +44,21 @@ def _generate_with(model, ids, n, pre_hooks):
     return out.sequences[0, len(ids):].tolist(), torch.stack(out.scores, dim=1)[0]  # (steps, vocab)
 
 
-def _same_or_near_tie(got, ref_tokens, ref_scores, stop):
-    ref = _trim(ref_tokens, stop)
-    if got == ref:
-        return "same"
-    step = next(i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b)
-    gap = float(ref_scores[step, ref[step]] - ref_scores[step, got[step]])
-    assert 0 <= gap < NEAR_TIE, f"outputs differ at step {step} with logit gap {gap:.2e}: a bug, not a near-tie"
-    return "near-tie"
+def _differ_from_alone(model, configs, ids, batched, **kw):
+    """How many rows of ``batched`` (configuration-major: row ``c * n + p``) differ from
+    configuration ``c`` decoded alone on the prompts; each difference must be a near-tie of the
+    configuration run alone (its logit gap at the first differing step below ``NEAR_TIE``)."""
+    stop, n = eos_ids(model), len(ids)
+    differ = 0
+    for c, cfg in enumerate(configs):
+        alone = decode_configs(model, [cfg], ids, [0] * n, list(range(n)), **kw)
+        for p in range(n):
+            got, ref = trim(batched.tokens[c * n + p], stop), trim(alone.tokens[p], stop)
+            if got != ref:
+                step = first_difference(got, ref)
+                assert alone.gaps[p][step] < NEAR_TIE, f"{cfg.name} {cfg.method} prompt {p} differs at step {step}"
+                differ += 1
+    return differ
 
 
 def _zero_slice(head, hd, value=None):
@@ -110,9 +108,9 @@ def test_ablation_equals_a_raw_hook_in_multi_token_generation(family, method):
     for p in range(n):
         hooks = {a: _zero_slice(b, hd, None if mv is None else mv[a][b]) for a, b in heads}
         ref, scores = _generate_with(model, ids[p], 10, hooks)
-        _same_or_near_tie(dec.tokens[n + p], ref, scores, stop)  # the chosen configuration's row
+        same_or_near_tie(dec.tokens[n + p], ref, scores, stop)  # the chosen configuration's row
         base, bscores = _generate_with(model, ids[p], 10, {})
-        _same_or_near_tie(dec.tokens[p], base, bscores, stop)
+        same_or_near_tie(dec.tokens[p], base, bscores, stop)
     assert any(dec.tokens[n + p] != dec.tokens[p] for p in range(n))  # the ablation changed something
 
 
@@ -133,7 +131,6 @@ def test_mean_head_outputs_are_the_token_mean_without_the_first_token():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_head_sweep_equals_each_configuration_alone(family):
     model = tiny_model(family)
-    stop = eos_ids(model)
     mv = mean_head_outputs(model, [0, 1, 2], PROMPTS)
     configs = plan_configs([(1, 0), (2, 2)], [((1, 1), (2, 0)), ((1, 3), (2, 1)), ((1, 2), (2, 3))], ["zero", "mean"])
     ids = _ids(model)
@@ -142,16 +139,7 @@ def test_batched_head_sweep_equals_each_configuration_alone(family):
     prompts = [p for _ in configs for p in range(n)]
     batched = decode_configs(model, configs, ids, rows, prompts, max_new_tokens=10, mean_values=mv, batch_rows=11)
     assert batched.batches == 4  # 9 configurations x 4 prompts = 36 rows in chunks of 11
-    differ = 0
-    for c, cfg in enumerate(configs):
-        alone = decode_configs(model, [cfg], ids, [0] * n, list(range(n)), max_new_tokens=10, mean_values=mv)
-        for p in range(n):
-            got, ref = _trim(batched.tokens[c * n + p], stop), _trim(alone.tokens[p], stop)
-            if got != ref:  # only at a floating-point near-tie of the configuration run alone
-                step = next(i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b)
-                assert alone.gaps[p][step] < NEAR_TIE, f"{cfg.name} {cfg.method} prompt {p} differs at step {step}"
-                differ += 1
-    assert differ <= 1
+    assert _differ_from_alone(model, configs, ids, batched, max_new_tokens=10, mean_values=mv) <= 1
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -179,14 +167,14 @@ def test_head_patching_equals_a_raw_hook_and_self_patching_is_a_no_op(family):
                 return (x,)
             return hook
         ref, scores = _generate_with(model, ids[p], 8, {a: at_last(a, b) for a, b in heads})
-        _same_or_near_tie(dec.tokens[n + p], ref, scores, stop)
+        same_or_near_tie(dec.tokens[n + p], ref, scores, stop)
     assert any(dec.tokens[n + p] != dec.tokens[p] for p in range(n))  # the patch changed something
 
     own = record_head_outputs(model, ids, [1, 2], tokens=2)  # each prompt patched with its own outputs
     same = decode_configs(model, configs, ids, [0] * n + [1] * n, list(range(n)) * 2, max_new_tokens=8,
                           patch_values=own, patch_tokens=2)
     for p in range(n):
-        assert _trim(same.tokens[n + p], stop) == _trim(same.tokens[p], stop)
+        assert trim(same.tokens[n + p], stop) == trim(same.tokens[p], stop)
 
 
 def test_probe_projection_reads_the_residual_at_the_last_prompt_token():
@@ -243,4 +231,39 @@ def test_generated_window_shares_the_prefill_and_equals_a_raw_hook_on_decode_ste
 
     for p in range(n):
         ref, scores = _generate_with(model, ids[p], 8, {1: on_decode_steps})
-        _same_or_near_tie(dec.tokens[n + p], ref, scores, stop)
+        same_or_near_tie(dec.tokens[n + p], ref, scores, stop)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharing_the_blocks_below_the_lowest_ablated_layer_equals_each_configuration_alone(family):
+    """``share_below`` (the default): the rows' prompts run blocks below the lowest edited layer
+    once per unique prompt. Greedy outputs equal every configuration run alone (one decode per
+    configuration, the reference the benchmark times), and equal the same batch with a full
+    prefill per row; probes below and above the split read the same values."""
+    model = tiny_model(family)
+    mv = mean_head_outputs(model, [1, 2], PROMPTS)
+    configs = plan_configs([(1, 0), (2, 2)], [((1, 1), (2, 0)), ((1, 3), (2, 1))], ["zero", "mean"])
+    ids = _ids(model)
+    n = len(ids)
+    rows = [c for c in range(len(configs)) for _ in ids]
+    prompts = [p for _ in configs for p in range(n)]
+    u = np.random.default_rng(3).standard_normal(model.d_model)
+    u /= np.linalg.norm(u)
+    seen = []
+    handle = model.blocks[0].register_forward_hook(lambda _m, _i, o: seen.append((o[0] if isinstance(o, tuple)
+                                                                                   else o).shape))
+    try:
+        shared = decode_configs(model, configs, ids, rows, prompts, max_new_tokens=10, mean_values=mv, probe=(0, u))
+    finally:
+        handle.remove()
+    assert seen[0][0] == n  # the prefill ran block 0 once per unique prompt, not once per row
+    full = decode_configs(model, configs, ids, rows, prompts, max_new_tokens=10, mean_values=mv, probe=(0, u),
+                          share_below=False)
+    assert shared.tokens == full.tokens
+    for a, b in zip(shared.gaps, full.gaps, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(shared.proj_last, full.proj_last, atol=1e-5)
+    above = decode_configs(model, configs, ids, rows, prompts, max_new_tokens=10, mean_values=mv, probe=(2, u))
+    np.testing.assert_allclose(above.proj_last, decode_configs(model, configs, ids, rows, prompts, max_new_tokens=10,
+                               mean_values=mv, probe=(2, u), share_below=False).proj_last, atol=1e-5)
+    assert _differ_from_alone(model, configs, ids, shared, max_new_tokens=10, mean_values=mv) <= 1

@@ -15,6 +15,7 @@ from emoscope.patching.positions import parse_position_list
 from emoscope.patching.sweep import step1_token_sets
 
 from .conftest import tiny_model
+from .greedy import same_or_near_tie, trim
 
 TARGETS = ["The meeting is", "Rain is expected tomorrow afternoon across", "She walked to the market and bought",
            "Thank you so much for the"]
@@ -22,7 +23,6 @@ SOURCES = ["I cannot believe they cancelled the train again without any notice!"
            "Thank you so much for the lovely gift, it made my whole week."]
 NEUTRAL = ["The meeting is scheduled for three o'clock in room twelve.", "Rain is expected tomorrow."]
 CHEAP = ["vader", "repetition", "script"]
-NEAR_TIE = 1e-3
 N_NEW = 8
 
 
@@ -34,25 +34,6 @@ def _sweep(model, positions, **kw):
                 n_random=0, self_rows=False)
     args.update(kw)
     return PatchSweep(model, args.pop("sources"), args.pop("targets"), args.pop("layers"), positions, **args)
-
-
-def _trim(tokens, stop):
-    out = []
-    for t in tokens:
-        out.append(int(t))
-        if int(t) in stop:
-            break
-    return out
-
-
-def _same_or_near_tie(got, ref, scores, stop):
-    ref = _trim(ref, stop)
-    if got == ref:
-        return "same"
-    step = next(i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b)
-    gap = float(scores[step, ref[step]] - scores[step, got[step]])
-    assert 0 <= gap < NEAR_TIE, f"differs at step {step} with logit gap {gap:.2e}: a bug, not a near-tie"
-    return "near-tie"
 
 
 # -- positions -----------------------------------------------------------------------------------
@@ -190,7 +171,7 @@ def test_patched_generation_equals_a_raw_hook_reference(family, positions, gener
         n = align_from_end(len(tgt), len(src), parse_positions(positions)).n_patched
         assert int(r.n_patched) == n
         ref, scores = _reference(model, tgt, src, layer, n, generated, N_NEW)
-        outcomes.append(_same_or_near_tie(_trim(res.tokens[i], stop), ref, scores, stop))
+        outcomes.append(same_or_near_tie(trim(res.tokens[i], stop), ref, scores, stop))
         lp = torch.log_softmax(scores[0].float(), -1)  # the next-token view of the same patched forward
         want = float(torch.logsumexp(lp[sets[0]], -1) - torch.logsumexp(lp[sets[1]], -1))
         assert r.step1 == pytest.approx(want, abs=1e-3)
@@ -295,3 +276,33 @@ def test_sharing_the_unpatched_prompt_heads_changes_nothing(family):
     t = res.table
     tail = t.target_tokens - t.n_patched.clip(lower=1)
     assert (tail[t.positions.isin(["last", "window:3"]) | (t.kind == "baseline")] > 0).all()
+
+
+def test_covariance_matched_random_patches_sit_beside_the_isotropic_ones():
+    """``random_kind="both"``: isotropic rows ``random-k`` and covariance-matched rows
+    ``random-cov-k``, each with the norm of the delta it replaces; the covariance directions are the
+    seeded draws from the neutral covariance (recomputed here), and the steering view labels both."""
+    from emoscope.core.directions import random_layer_directions
+    from emoscope.patching.effects import steering_view
+    from emoscope.vectors.units import neutral_covariance
+
+    model = tiny_model("llama")
+    plan = _sweep(model, ["last"], layers=[1, 2], n_random=3, seed=5, random_kind="both").plan()
+    t = plan.table
+    rnd = t[t.kind == "random"]
+    assert sorted(rnd.source.unique()) == ["random-0", "random-1", "random-2", "random-cov-0", "random-cov-1",
+                                           "random-cov-2"]
+    assert set(rnd.random_kind) == {"isotropic", "covariance"} and set(t.random_kind[t.kind != "random"]) == {""}
+    want = random_layer_directions(model.d_model, [1, 2], 3, np.random.default_rng([5, 1]),
+                                   cov=neutral_covariance(model, [1, 2]))
+    for r in rnd.index[rnd.random_kind == "covariance"]:
+        k, layer = int(t.at[r, "source"].rsplit("-", 1)[1]), int(t.at[r, "layer"])
+        pr = t.index[(t.kind == "patch") & (t.prompt_id == t.at[r, "prompt_id"]) & (t.layer == layer)][0]
+        delta = (plan.values[r] - plan.clean[r])[-1]
+        assert float(delta.norm()) == pytest.approx(float((plan.values[pr] - plan.clean[pr])[-1].norm()), rel=1e-4)
+        u = torch.as_tensor(want[k][layer], dtype=torch.float32)
+        assert float(delta @ u) / float(delta.norm()) == pytest.approx(1.0, abs=1e-4)  # along the seeded draw
+    view = steering_view(t.assign(target_change=0.0))
+    assert set(view.loc[view.kind == "random", "random_kind"]) == {"isotropic", "covariance"}
+    with pytest.raises(InputError, match="random_kind"):
+        _sweep(model, ["last"], random_kind="gaussian")

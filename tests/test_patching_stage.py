@@ -205,3 +205,21 @@ def test_a_result_saves_its_tables_and_figure(tmp_path):
     names = sorted(p.name for p in written)
     assert names == ["cells.csv", "effect_by_layer.png", "effect_by_layer.svg", "outputs.csv", "summary.json"]
     assert (tmp_path / "out" / "effect_by_layer.png").stat().st_size > 1000
+
+
+def test_covariance_matched_random_patches_get_their_own_columns():
+    """With both random kinds, the unsuffixed effect is against the isotropic patches and the
+    ``_cov`` columns against the covariance-matched ones (planted to move the target by 0.15)."""
+    base = planted(0.2, k=5).table
+    cov = base[base.kind == "random"].copy()
+    cov["source"] = cov["source"].str.replace("random-", "random-cov-")
+    hit = (cov.layer == 5) & (cov.positions == "last")
+    cov.loc[hit, "target_change"] += 0.15
+    t = pd.concat([base.assign(random_kind=np.where(base.kind == "random", "isotropic", "")),
+                   cov.assign(random_kind="covariance")], ignore_index=True)
+    cells = cell_table(t, n_boot=200).set_index(["layer", "positions"])
+    c = cells.loc[(5, "last")]
+    assert c["random_kind"] == "isotropic" and c["n_random"] == 5 and c["n_random_cov"] == 5
+    assert c["effect"] == pytest.approx(0.2, abs=0.03) and c["effect_cov"] == pytest.approx(0.05, abs=0.03)
+    assert c["mean_change_random_cov"] == pytest.approx(0.15, abs=0.03) and c["effect_lo_cov"] < c["effect_cov"]
+    assert np.isnan(cell_table(base, n_boot=50).set_index(["layer", "positions"]).loc[(5, "last"), "effect_cov"])

@@ -82,7 +82,7 @@ def results(rd: RunDir) -> tuple[dict[str, bytes], list[dict]]:
 
 # ----------------------------------------------------------------------------- specs
 def test_builtin_specs_load():
-    assert set(builtin_specs()) == {"demo", "emotions", "introspection", "cross-model"}
+    assert set(builtin_specs()) == {"demo", "emotions", "introspection", "cross-model", "extraction-modes", "leakage"}
     for name in builtin_specs():
         spec = load_spec(name)
         assert spec.name == name and spec.stages
@@ -183,7 +183,8 @@ def test_every_catalogued_stage_exists_and_the_yaml_lists_nothing_else():
     from emoscope.core.stages import stage_catalog
 
     catalog = stage_catalog()
-    assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect", "heads", "patch"]
+    assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect", "heads", "patch",
+                             "crossmodel", "modes", "leakage"]
     for name, entry in catalog.items():
         info = get_stage(name)
         assert info is not None and info.fn.__module__ == entry["module"], name

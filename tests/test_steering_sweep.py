@@ -17,13 +17,14 @@ from emoscope.models.decode import RowEdits, Sampling, decode_rows
 from emoscope.models.interventions import parse_window
 from emoscope.steering import SteeringSweep, steer
 from emoscope.vectors import ConceptVector
+from tests.greedy import same_or_near_tie
+from tests.greedy import trim as _trim
 
 from .conftest import tiny_model
 
 PROMPTS = ["Thank you so much for the", "The meeting is", "Rain is expected tomorrow afternoon across",
            "She walked to the market"]
 CHEAP = ["vader", "repetition", "script"]
-NEAR_TIE = 1e-3
 
 
 def _joy(model, layers=(0, 1, 2), seed=5):
@@ -49,24 +50,9 @@ def _alone(model, prompts, vec, layer, strength, n, positions="generated", norms
     return toks, scores
 
 
-def _trim(tokens, stop):
-    out = []
-    for t in tokens:
-        out.append(int(t))
-        if int(t) in stop:
-            break
-    return out
-
-
 def _check_same_or_near_tie(got, ref_tokens, ref_scores, stop):
-    """Equal tokens, or the first differing step is a near-tie in the reference (gap < 1e-3)."""
-    ref = _trim(ref_tokens.tolist(), stop)
-    if got == ref:
-        return "same"
-    step = next(i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b)
-    gap = float(ref_scores[step, ref[step]] - ref_scores[step, got[step]])
-    assert 0 <= gap < NEAR_TIE, f"outputs differ at step {step} with logit gap {gap:.2e}: a bug, not a near-tie"
-    return "near-tie"
+    """Equal tokens, or the first differing step is a near-tie in the reference (``tests.greedy``)."""
+    return same_or_near_tie(got, ref_tokens.tolist(), ref_scores, stop)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text"])
