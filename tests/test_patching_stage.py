@@ -102,7 +102,11 @@ def test_few_prompts_need_controls_and_the_views_can_disagree():
     res = planted(0.2, n_prompts=8, step1=-1.0)
     findings, _ = patching_findings(res, alpha=0.05, seed=0, max_new_tokens=16, n_boot=200)
     assert findings[0].observation.n == 4 and findings[0].verdict != "ships"
-    assert res.cells.set_index(["layer", "positions"]).loc[(5, "last"), "views"] == "disagree"
+    cell = res.cells.set_index(["layer", "positions"]).loc[(5, "last")]
+    assert cell["step1_effect_hi"] < 0  # the planted step-1 view goes down
+    assert cell["views"] == ("disagree" if cell["effect_lo"] > 0 else "step-1 only")
+    null = planted(0.0, step1=-1.0).cells.set_index(["layer", "positions"]).loc[(5, "last")]
+    assert null["effect_lo"] <= 0 <= null["effect_hi"] and null["views"] == "step-1 only"
     one = planted(0.2, n_prompts=1)
     (f,) = patching_findings(one, n_boot=0)[0]
     assert f.claim is None and "not held out" in f.observation.metric

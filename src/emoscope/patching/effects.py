@@ -94,11 +94,38 @@ def _success(table: pd.DataFrame, value: str, n_boot: int, seed: int) -> pd.Data
     return s.set_index("layer") if len(s) else s
 
 
+def _direction(row: dict, prefix: str) -> str:
+    """``up`` / ``down`` when the view's interval excludes 0, ``none`` when it contains 0, ``""``
+    when the view was not measured."""
+    lo, hi = row.get(f"{prefix}effect_lo", np.nan), row.get(f"{prefix}effect_hi", np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return "up" if lo > 0 else "down" if hi < 0 else "none"
+
+
+def compare_views(multi: str, step1: str) -> str:
+    """How the multi-token effect and the step-1 view relate, each judged by its interval:
+    ``agree`` (both move the same way), ``disagree`` (opposite ways), ``step-1 only`` (the
+    next-token view moves, the text does not: the case a one-step analysis would misreport),
+    ``multi-token only``, ``neither``; ``""`` when a view is missing.
+
+    >>> compare_views("up", "up"), compare_views("none", "up"), compare_views("up", "down")
+    ('agree', 'step-1 only', 'disagree')
+    """
+    if not multi or not step1:
+        return ""
+    if multi == step1:
+        return "neither" if multi == "none" else "agree"
+    if "none" in (multi, step1):
+        return "step-1 only" if multi == "none" else "multi-token only"
+    return "disagree"
+
+
 def cell_table(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per (layer, positions) cell: the multi-token effect (target change over the random
     patches, interval, one-sided Wilcoxon over prompts, rank among the random draws), the same
     against the neutral source, and the step-1 view with the same statistics (``step1_*``);
-    ``views`` says whether the two views' effects have the same sign."""
+    ``views`` compares the two views by their intervals (``compare_views``)."""
     cells = cells_of(table)
     cell = _cell_ids(table)
     t = table.assign(cell=cell)
@@ -138,9 +165,7 @@ def cell_table(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
         for src, dst in (("effect", "step1_effect"), ("effect_lo", "step1_effect_lo"), ("effect_hi", "step1_effect_hi"),
                          ("p_value", "p_step1")):
             row[dst] = float(s[src]) if s is not None and src in s else np.nan
-        a, b = row["effect"], row["step1_effect"]
-        row["views"] = ("" if not (np.isfinite(a) and np.isfinite(b)) else
-                        "agree" if np.sign(a) == np.sign(b) else "disagree")
+        row["views"] = compare_views(_direction(row, ""), _direction(row, "step1_"))
         row["share_surgical"] = float((pat["regime"] == "surgical").mean()) if len(pat) else np.nan
         row["share_broken"] = float(pat["regime"].isin(_BROKEN).mean()) if len(pat) else np.nan
         row["median_ppl_ratio"] = float(np.nanmedian(pat["ppl_ratio"])) if "ppl_ratio" in pat and len(pat) \
