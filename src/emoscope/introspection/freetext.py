@@ -26,7 +26,7 @@ import torch
 
 from emoscope._progress import progress as _progress
 from emoscope.errors import InputError
-from emoscope.introspection.cells import logits_from_final
+from emoscope.introspection.cells import Injection, logits_from_final
 from emoscope.introspection.trials import Trial
 from emoscope.models.batching import eos_ids, pad_batch
 from emoscope.models.decode import RowEdits, Sampling, decode_rows
@@ -34,7 +34,7 @@ from emoscope.models.interventions import Window
 from emoscope.models.kvcache import cache_kwargs, fork_cache, prefix_cache
 from emoscope.models.standard import StandardModel
 
-__all__ = ["Grade", "grade_answer", "sample_answers", "answer_perplexity", "run_free_text", "Judge"]
+__all__ = ["Grade", "grade_answer", "sample_answers", "answer_perplexity", "run_free_text", "Judge", "sweep_free_text"]
 
 #: ``judge(question, answer, concept) -> bool | dict``: a pluggable grader (e.g. a judge model)
 Judge = Callable[[str, str, Any], Any]
@@ -219,3 +219,26 @@ def run_free_text(model: StandardModel, trial: Trial, conditions: Sequence[dict[
             row["judge"] = judge(trial.question, text, concept)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sweep_free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], bank: list[np.ndarray],
+                    cells: Sequence[Injection], labels: Sequence[tuple], n: int, *, seed: int, max_new_tokens: int,
+                    temperature: float, judge: Any, batch_size: int, progress: bool) -> pd.DataFrame:
+    """Free-text samples for every detection-trial cell of the sweep. The no-injection baseline
+    gets ``n`` samples per concept, so its false-alarm rate rests on as many answers as one
+    (layer, strength) slice of the concept cells."""
+    from emoscope.datasets import WordEntry
+
+    words = {v.name: WordEntry(v.name, v.meta.get("kind"), tuple(v.meta.get("synonyms", ()))) for v in vectors}
+    conditions = []
+    for c, (cond, name, layer, strength, scale) in zip(cells, labels, strict=True):
+        if c.trial != 0 or c.ablate:
+            continue
+        conditions.append({"condition": cond, "vector": None if c.layer is None else bank[c.vector],
+                           "name": name, "layer": layer, "strength": strength, "scale": scale,
+                           "concept": words.get(name) if cond == "concept" else None,
+                           "n_samples": n * max(1, len(vectors)) if c.layer is None else n})
+    df = run_free_text(model, trial, conditions, n_samples=n, max_new_tokens=max_new_tokens,
+                       temperature=temperature, seed=seed, batch_size=batch_size, judge=judge, progress=progress)
+    df.insert(3, "relative_depth", [None if pd.isna(x) else round(x / model.n_layers, 4) for x in df.layer])
+    return df.rename(columns={"name": "vector"})

@@ -60,15 +60,15 @@ import torch
 from emoscope.errors import InputError
 from emoscope.introspection.cells import Injection, ablation_directions, score_cells
 from emoscope.introspection.concepts import concept_vectors, random_vectors
+from emoscope.introspection.freetext import sweep_free_text
 from emoscope.introspection.heldout import N_SPLITS, HeldOutFinding, heldout_finding
 from emoscope.introspection.measure import answer_tokens
+from emoscope.introspection.summaries import ablation_baseline, flip_lens, flip_summary
 from emoscope.introspection.tables import (
     ABLATED,
     ablation_table,
-    flip_lens_strengths,
     flips_table,
     heads_table,
-    lens_table,
     per_vector_table,
     summary_table,
 )
@@ -348,7 +348,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     per_vector = per_vector_table(table)
     summary = summary_table(per_vector, n_boot=n_boot, seed=seed)
     flips = flips_table(table)
-    lens, lens_meta = _flip_lens(table, scores.lens, model.n_layers, layer_list, fs)
+    lens, lens_meta = flip_lens(table, scores.lens, model.n_layers, layer_list, fs)
     heldout = heldout_finding(per_vector, focus_layer=focus_layer, focus_strength=focus_strength,
                               fallback=(fl, fs), seed=seed, n_boot=n_boot, n_splits=n_splits)
     ablation_df = ablation_table(per_vector, n_boot=n_boot, seed=seed) if dirs else None
@@ -367,7 +367,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
 
     free_df = None
     if free_text:
-        free_df = _free_text(model, trials[0], vectors, bank, cells, labels, free_text, seed=seed,
+        free_df = sweep_free_text(model, trials[0], vectors, bank, cells, labels, free_text, seed=seed,
                              max_new_tokens=max_new_tokens, temperature=temperature, judge=judge,
                              batch_size=batch_size, progress=progress)
     meta = {
@@ -384,12 +384,12 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
         "focus_layer": fl, "focus_strength": fs, "chat_template": model.has_chat_template,
         "detection_prompt": trials[0].text, "n_cells": len(cells),
         "baseline_detection_diff": float(base[0]), "baseline_control_diff_mean": float(base[1:].mean()),
-        "heads_random": heads_random, "flips": _flip_summary(flips), **lens_meta,
+        "heads_random": heads_random, "flips": flip_summary(flips), **lens_meta,
         "ablate": ablate_name, "ablate_layers": "the injected layer only, over the injection window, after the concept"
         if dirs else None,
     }
     if dirs:
-        meta["ablation_baseline"] = _ablation_baseline(table)
+        meta["ablation_baseline"] = ablation_baseline(table)
     return InjectionResult(table, per_vector, summary, lens, norms_df, heads_df, meta, free_df, heldout,
                            flips, ablation_df)
 
@@ -415,95 +415,6 @@ def _zero(cells: Sequence[Injection], labels: Sequence[tuple], diff: np.ndarray)
                     if lab[0] == "baseline" + ABLATED}
     return np.array([ablated_base[(c.trial, c.layer)] if lab[0].endswith(ABLATED) and lab[0] != "baseline" + ABLATED
                      else diff[c.trial] for c, lab in zip(cells, labels, strict=True)], dtype=diff.dtype)
-
-
-def _flip_lens(table: pd.DataFrame, lens: np.ndarray, n_layers: int, layers: Sequence[int],
-               focus_strength: float) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The logit lens per swept layer at the strength where detection flips and the controls do
-    not (``flip_lens_strengths``), or at the focus strength where no grid strength does."""
-    chosen = flip_lens_strengths(table)
-    parts, strengths, choice, missing = [], {}, {}, []
-    for layer in layers:
-        s = chosen.get(int(layer))
-        how = "flip" if s is not None else "focus"
-        if s is None:
-            s = focus_strength
-            missing.append(int(layer))
-        part = lens_table(table, lens, n_layers, layer=int(layer), strength=s)
-        part["strength_choice"] = np.where(part.condition.str.startswith("baseline"), "none", how)
-        parts.append(part)
-        strengths[int(layer)], choice[int(layer)] = float(s), how
-    out = pd.concat(parts, ignore_index=True)
-    out = out[~((out.condition == "baseline") & out.duplicated(["condition", "kind", "lens_layer"]))]
-    note = ("logit lens per layer at the smallest strength where detection > 0 and the control mean < 0 for most "
-            "concepts")
-    if missing:
-        note += (f"; no strength of the grid does that at layer(s) {missing}: their lens is at the focus strength "
-                 f"{focus_strength:g}")
-    return out.reset_index(drop=True), {"lens_strengths": strengths, "lens_strength_choice": choice,
-                                        "lens_note": note}
-
-
-def _json_number(x: float) -> float | str | None:
-    """A float for JSON: ``None`` for nan, ``"inf"`` / ``"-inf"`` for infinities."""
-    if np.isnan(x):
-        return None
-    return float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf")
-
-
-def _flip_summary(flips: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per (condition, layer): medians of the flip strengths and the gap (``inf``: never flips in
-    the grid), and the share of vectors whose detection / control flips within the grid."""
-    out = []
-    for (cond, layer), g in flips.groupby(["condition", "layer"], sort=True):
-        row: dict[str, Any] = {"condition": cond, "layer": int(layer), "n": len(g)}
-        for col in ("detection_flip", "control_flip", "gap"):
-            x = g[col].to_numpy(float)
-            x = x[~np.isnan(x)]
-            row[f"median_{col}"] = _json_number(float(np.median(x))) if x.size else None
-        row["detection_flips_share"] = float(np.isfinite(g.detection_flip.to_numpy(float)).mean())
-        row["control_flips_share"] = float(np.isfinite(g.control_flip.to_numpy(float)).mean())
-        out.append(row)
-    return out
-
-
-def _ablation_baseline(table: pd.DataFrame) -> dict[int, dict[str, float]]:
-    """Per swept layer: the uninjected detection difference and control mean, with and without
-    the ablation at that layer."""
-    base = table[table.condition == "baseline"]
-    out = {}
-    for layer, g in table[table.condition == "baseline" + ABLATED].groupby("layer", sort=True):
-        out[int(layer)] = {
-            "detection_diff": float(base[base.kind == "detection"].logit_diff.mean()),
-            "detection_diff_ablated": float(g[g.kind == "detection"].logit_diff.mean()),
-            "control_diff_mean": float(base[base.kind == "control"].logit_diff.mean()),
-            "control_diff_mean_ablated": float(g[g.kind == "control"].logit_diff.mean()),
-        }
-    return out
-
-
-def _free_text(model: StandardModel, trial: Trial, vectors: Sequence[Any], bank: list[np.ndarray], cells: Sequence[Injection], labels: Sequence[tuple], n: int, *,
-               seed: int, max_new_tokens: int, temperature: float, judge: Any, batch_size: int,
-               progress: bool) -> pd.DataFrame:
-    """Free-text samples for every detection-trial cell of the sweep. The no-injection baseline
-    gets ``n`` samples per concept, so its false-alarm rate rests on as many answers as one
-    (layer, strength) slice of the concept cells."""
-    from emoscope.datasets import WordEntry
-    from emoscope.introspection.freetext import run_free_text
-
-    words = {v.name: WordEntry(v.name, v.meta.get("kind"), tuple(v.meta.get("synonyms", ()))) for v in vectors}
-    conditions = []
-    for c, (cond, name, layer, strength, scale) in zip(cells, labels, strict=True):
-        if c.trial != 0 or c.ablate:
-            continue
-        conditions.append({"condition": cond, "vector": None if c.layer is None else bank[c.vector],
-                           "name": name, "layer": layer, "strength": strength, "scale": scale,
-                           "concept": words.get(name) if cond == "concept" else None,
-                           "n_samples": n * max(1, len(vectors)) if c.layer is None else n})
-    df = run_free_text(model, trial, conditions, n_samples=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, seed=seed, batch_size=batch_size, judge=judge, progress=progress)
-    df.insert(3, "relative_depth", [None if pd.isna(x) else round(x / model.n_layers, 4) for x in df.layer])
-    return df.rename(columns={"name": "vector"})
 
 
 class InjectionSweep:
