@@ -27,16 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, pin_threads, write_json  # noqa: E402
-from introspect import sweep_cells  # noqa: E402
+from introspect import load_sweep, sweep_arguments  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--concepts", type=int, default=10)
-    ap.add_argument("--layers", default="0.3,0.5,0.67,0.8")
-    ap.add_argument("--strengths", default="1,2,4,8,16")
-    ap.add_argument("--batch-size", type=int, default=64)
+    sweep_arguments(ap)
     ap.add_argument("--threads", type=int, default=2, help="CPUs: local torch threads, and Ray workers")
     ap.add_argument("--out", default="bench-results/executor.json")
     args = ap.parse_args()
@@ -48,10 +44,7 @@ def main() -> int:
     from emoscope.introspection.work import cell_units, score_units
     from emoscope.models import load_model
 
-    model = load_model(args.model)
-    strengths = [float(s) for s in args.strengths.split(",")]
-    layers = model.resolve_layers(args.layers)
-    trials, cells, bank, tokens, words, _ = sweep_cells(model, args.concepts, layers, strengths)
+    model, layers, strengths, trials, cells, bank, tokens, words, _ = load_sweep(args)
     units, _ = cell_units(model, trials, cells, bank, tokens, batch_size=args.batch_size)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, pin_threads, write_json  # noqa: E402
 
 
+def sweep_arguments(ap: argparse.ArgumentParser) -> None:
+    """The work's flags (model, concepts, layers, strengths, batch size), shared with executor.py."""
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--concepts", type=int, default=10)
+    ap.add_argument("--layers", default="0.3,0.5,0.67,0.8")
+    ap.add_argument("--strengths", default="1,2,4,8,16")
+    ap.add_argument("--batch-size", type=int, default=64)
+
+
+def load_sweep(args: argparse.Namespace):  # noqa: ANN201
+    """The model and ``sweep_cells`` for parsed ``sweep_arguments``: (model, layers, strengths, *cells)."""
+    from emoscope.models import load_model
+
+    model = load_model(args.model)
+    strengths = [float(s) for s in args.strengths.split(",")]
+    layers = model.resolve_layers(args.layers)
+    return (model, layers, strengths, *sweep_cells(model, args.concepts, layers, strengths))
+
+
 def sweep_cells(model, n_concepts: int, layers: list[int], strengths: list[float]):  # noqa: ANN201
     """The benchmark's work: trials, cells (every concept x layer x strength x prompt), the unit
     vector bank, answer tokens, the concept words and the seconds spent building the vectors."""
@@ -53,11 +72,7 @@ def sweep_cells(model, n_concepts: int, layers: list[int], strengths: list[float
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--concepts", type=int, default=10)
-    ap.add_argument("--layers", default="0.3,0.5,0.67,0.8")
-    ap.add_argument("--strengths", default="1,2,4,8,16")
-    ap.add_argument("--batch-size", type=int, default=64)
+    sweep_arguments(ap)
     ap.add_argument("--loop-cells", type=int, default=34, help="cells timed in the single-forward loop")
     ap.add_argument("--max-cells", type=int, default=0, help="time the batched sweep on an even sample (0: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -70,13 +85,9 @@ def main() -> int:
 
     from emoscope.introspection import yes_no_diff
     from emoscope.introspection.cells import score_cells
-    from emoscope.models import load_model
     from emoscope.models.standard import block_output
 
-    model = load_model(args.model)
-    strengths = [float(s) for s in args.strengths.split(",")]
-    layers = model.resolve_layers(args.layers)
-    trials, cells, bank, tokens, words, t_vectors = sweep_cells(model, args.concepts, layers, strengths)
+    model, layers, strengths, trials, cells, bank, tokens, words, t_vectors = load_sweep(args)
     timed = cells
     if args.max_cells and args.max_cells < len(cells):
         timed = [cells[i] for i in np.linspace(0, len(cells) - 1, args.max_cells).round().astype(int)]
