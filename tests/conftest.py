@@ -86,6 +86,17 @@ def family_model(request):
     return tiny_model(request.param)
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails the test: the input must be refused before it."""
+    import emoscope.models
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(emoscope.models, "load_model", boom)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     from emoscope.models import load_model

@@ -154,14 +154,6 @@ def test_check_emotions_refuses_duplicates_and_empty_names():
         check_emotions("")
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(emoscope.models, "load_model", boom)
-
-
 @pytest.mark.parametrize("argv, needle", [
     (["--emotions", "joy,fear,joy"], "'joy' is listed twice"),
     (["--emotions", "joy,,fear"], "emotion 2 of 'joy,,fear' is empty"),

@@ -166,14 +166,6 @@ def test_cli_patch_prints_the_cell_table(tiny_cli, tmp_path, capsys):
     assert (out / "report.html").exists()
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(emoscope.models, "load_model", boom)
-
-
 @pytest.mark.parametrize("argv, needle", [
     (["--source", "emotions-basic:joy"], "source class 'joy' is not a class of emotions-basic (classes: anger, "),
     (["--source", "no-such-set:anger"], "no-such-set"),

@@ -8,7 +8,6 @@ import csv
 import pandas as pd
 import pytest
 
-import emoscope.models
 from emoscope.cli.main import main
 from emoscope.errors import InputError
 from emoscope.runs import RunDir, parse_spec, run_spec
@@ -44,15 +43,6 @@ def write_csv(path, rows):
 @pytest.fixture
 def two_labels(tmp_path):
     return write_csv(tmp_path / "reviews.csv", [(t, "praise") for t in PRAISE] + [(t, "complaint") for t in COMPLAINT])
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the input must be refused before it."""
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(emoscope.models, "load_model", boom)
 
 
 def cli(capsys, *argv):
