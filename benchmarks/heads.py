@@ -16,7 +16,12 @@
     ``generated`` (the unedited prompts prefilled once and shared by all rows). The repeats are
     interleaved (min of each kept) and CPU time is recorded beside wall time: other jobs share the
     cores. Greedy outputs must agree row by row; a difference counts only when the first differing
-    step is a near-tie (logit gap < 1e-3 in the configuration run alone).
+    step is a near-tie (logit gap < 1e-3 in the configuration run alone). The random sets are drawn as
+    the CLI draws them (``--random-match layer``, falling back to the chosen heads' layer band).
+    For ``all``, the same rows are also decoded with no edit at all, in one decode and in one decode
+    per configuration: the ratio of the two (``batching_ceiling``) is what batching alone can give
+    when every row prefills its own prompt; the sweep can exceed it only by sharing the blocks below
+    its lowest edited layer.
 
     python benchmarks/heads.py --out bench-results/heads.json
 """
@@ -56,6 +61,8 @@ def main() -> int:
     ap.add_argument("--chosen", default=None,
                     help="ablate these heads (L.H,...) instead of the screen's top --heads-per-config, e.g. the "
                          "heads of a CLI screen, whose random sets can match their layers")
+    ap.add_argument("--random-match", default="layer", choices=["layer", "band", "any"],
+                    help="random sets as the CLI draws them (layer, falling back to band, then any)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-generate", action="store_true", help="skip the transformers.generate comparison")
     ap.add_argument("--positions", nargs="+", default=["all", "generated"], choices=["all", "generated"],
@@ -75,7 +82,9 @@ def main() -> int:
     from emoscope.heads.sweep import HeadConfig, decode_configs
     from emoscope.models import load_model
     from emoscope.models.batching import eos_ids, pad_batch
+    from emoscope.models.decode import RowEdits, decode_rows
     from emoscope.models.heads import head_shape
+    from emoscope.models.interventions import Window
     from emoscope.vectors import ConceptVector, DiffMeans
 
     load_start = load_avg()
@@ -125,7 +134,8 @@ def main() -> int:
 
     # (2) k configurations of 8 heads: the screen's top 8 and k - 1 random sets of the same layers
     chosen = list(parse_heads(args.chosen).heads) if args.chosen else res.top(args.heads_per_config)
-    randoms, match = random_head_sets(chosen, args.k - 1, n_layers=model.n_layers, n_heads=n_heads, seed=0)
+    randoms, match = random_head_sets(chosen, args.k - 1, n_layers=model.n_layers, n_heads=n_heads, seed=0,
+                                      match=args.random_match)
     configs = [HeadConfig("chosen", "chosen", "zero", tuple(chosen))]
     configs += [HeadConfig("random", f"random-{j}", "zero", s) for j, s in enumerate(randoms)]
     prompts = load_dataset("neutral-starts").texts[: args.n_prompts]
@@ -152,12 +162,22 @@ def main() -> int:
         return [decode_configs(model, [c], pids, [0] * P, list(range(P)), max_new_tokens=n, positions=positions)
                 for c in configs]
 
+    def bare(chunk):  # the same rows with no head edit at all, `chunk` rows per decode: the batching ceiling
+        return [decode_rows(model, pids, [p for _ in configs for p in range(P)][lo: lo + chunk], RowEdits(),
+                            Window("all"), max_new_tokens=n, batch_rows=chunk, share_prefill=False)
+                for lo in range(0, len(rows), chunk)]
+
     for positions in args.positions:
         # positions=all: the batched sweep with the blocks below the lowest ablated layer prefilled once per
         # prompt (share_below, the default) and, as the previous method, with a full prefill per row
         ways = {"batched": lambda p=positions: batched(p, True), "one_at_a_time": lambda p=positions: one_at_a_time(p)}
         if positions != "generated":
             ways["batched_full_prefill"] = lambda p=positions: batched(p, False)
+            # the ceiling of batching alone: no edits, every block per row, one decode of all rows against one
+            # decode per configuration (P rows each); a sweep that edits every prompt cannot share more than
+            # the blocks below its lowest edited layer, so beyond this ratio only that sharing can help
+            ways["bare_batched"] = lambda: bare(len(rows))
+            ways["bare_one_at_a_time"] = lambda: bare(P)
         wall: dict[str, list[float]] = {k: [] for k in ways}
         cpu: dict[str, list[float]] = {k: [] for k in ways}
         out: dict = {}
@@ -175,13 +195,21 @@ def main() -> int:
         t_alone, c_alone = min(wall["one_at_a_time"]), min(cpu["one_at_a_time"])
         res = {"one_at_a_time_seconds": t_alone, "one_at_a_time_cpu_seconds": c_alone,
                "one_at_a_time_seconds_all": wall["one_at_a_time"], "one_at_a_time_cpu_seconds_all": cpu["one_at_a_time"]}
-        for name in [k for k in ways if k != "one_at_a_time"]:
+        for name in [k for k in ways if k not in ("one_at_a_time", "bare_batched", "bare_one_at_a_time")]:
             pre = "batched" if name == "batched" else name
             res.update({f"{pre}_seconds": min(wall[name]), f"{pre}_cpu_seconds": min(cpu[name]),
                         f"{pre}_seconds_all": wall[name], f"{pre}_cpu_seconds_all": cpu[name],
                         f"speedup_{pre}_vs_one_at_a_time": t_alone / min(wall[name]),
                         f"speedup_cpu_{pre}_vs_one_at_a_time": c_alone / min(cpu[name]),
                         f"agreement_{pre}_vs_alone": agree(out[name].tokens, ref_tokens, ref_gaps)})
+        if "bare_batched" in ways:
+            res.update({"bare_batched_seconds": min(wall["bare_batched"]),
+                        "bare_one_at_a_time_seconds": min(wall["bare_one_at_a_time"]),
+                        "bare_batched_cpu_seconds": min(cpu["bare_batched"]),
+                        "bare_one_at_a_time_cpu_seconds": min(cpu["bare_one_at_a_time"]),
+                        "batching_ceiling": min(wall["bare_one_at_a_time"]) / min(wall["bare_batched"]),
+                        "batching_ceiling_cpu": min(cpu["bare_one_at_a_time"]) / min(cpu["bare_batched"]),
+                        "head_edit_overhead": min(wall["batched_full_prefill"]) / min(wall["bare_batched"])})
         res["speedup_vs_one_at_a_time"] = res["speedup_batched_vs_one_at_a_time"]
         res["speedup_cpu_time"] = res["speedup_cpu_batched_vs_one_at_a_time"]
         res["prefill"] = ("unique prompts once, KV cache shared by the rows" if positions == "generated" else
@@ -232,6 +260,7 @@ def main() -> int:
                                  for p in args.positions},
         "speedup_cpu_full_prefill": {p: ablation[p].get("speedup_cpu_batched_full_prefill_vs_one_at_a_time")
                                      for p in args.positions},
+        "batching_ceiling": {p: ablation[p].get("batching_ceiling") for p in args.positions},
         "note": "wall times are the min over interleaved repeats; CPU times (process_time) measure the work done and "
                 "are the fairer comparison when other jobs share the cores",
         "load_average_start": load_start, "load_average_end": load_avg(), "machine": machine(),

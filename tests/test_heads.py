@@ -172,6 +172,22 @@ def test_random_heads_are_seeded_layer_matched_and_never_chosen():
         random_head_sets(full, 2, n_layers=1, n_heads=4, seed=0)
 
 
+def test_random_heads_fall_back_to_the_chosen_layers_band_before_any_layer():
+    # layer 8 holds 5 chosen heads of 9 (4 others): layer matching is impossible, so the sets come from
+    # layers 3..8 (the band the chosen heads span), never below or above it, never a chosen head
+    chosen = [(8, h) for h in range(5)] + [(3, 2)]
+    sets, how = random_head_sets(chosen, 40, n_layers=12, n_heads=9, seed=1)
+    assert how == "band" and len(sets) == 40 and len(set(sets)) == 40
+    layers = [a for s in sets for a, _ in s]
+    assert min(layers) == 3 and max(layers) == 8 and len(set(layers)) == 6  # the whole band is used
+    assert all(len(s) == 6 and not set(s) & set(chosen) for s in sets)
+    # the band restricted to a pool with too few heads in it: any layer of the pool
+    pool = [(a, h) for a in (0, 1, 8) for h in range(9)]
+    anyl, how = random_head_sets(chosen, 5, n_layers=12, n_heads=9, seed=1, pool=pool)
+    assert how == "any" and {a for s in anyl for a, _ in s} <= {0, 1, 8}
+    assert random_head_sets(chosen, 5, n_layers=12, n_heads=9, seed=1, match="band")[1] == "band"
+
+
 # ---- head edits: identities ------------------------------------------------------------------------
 @pytest.mark.parametrize("family", GQA_AND_NOT)
 def test_editing_no_heads_is_an_exact_identity(family):

@@ -92,8 +92,9 @@ def _arguments(p: argparse.ArgumentParser, mode: str) -> None:
         add_option(p, "heads", O, "heads", help="top:K (of the screen), L.H,L.H or L:H")
         add_option(p, "heads", O, "from_run", "--from", metavar="RUN", help="a run directory with a heads screen")
         add_option(p, "heads", O, "n_random", type=int, metavar="K", help="random head sets of the same size")
-        add_option(p, "heads", O, "random_match", choices=["layer", "any"],
-                   help="random heads: the same number per layer as the chosen ones, or any layer")
+        add_option(p, "heads", O, "random_match", choices=["layer", "band", "any"],
+                   help="random heads: the same number per layer as the chosen ones (falling back to band), "
+                        "the layers the chosen ones span (falling back to any), or any layer")
         flags = ("--target", "--prompts") if mode == "patch" else ("--prompts",)
         add_option(p, "heads", O, "prompts", *flags, help="generation prompts: built-in dataset, .txt, .jsonl or .csv")
         add_option(p, "heads", O, "n_prompts", type=count_or_all, help="use only the first N prompts ('all': every one)")

@@ -48,9 +48,10 @@ def _significant(row: dict, alpha: float) -> bool:
 
 def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *, heads: str,
                           chosen_from: str, alpha: float = 0.05, alternative: str = "two-sided", seed: int = 0,
-                          max_new_tokens: int | None = None, match: str = "layer", n_boot: int = 2000,
+                          max_new_tokens: int | None = None, match: str = "the same number per layer", n_boot: int = 2000,
                           what: str = "") -> tuple[list[Any], list[str]]:
-    """Findings and one summary line per (method, metric) of an ablation or patching sweep table."""
+    """Findings and one summary line per (method, metric) of an ablation or patching sweep table.
+    ``match``: how the random sets were matched to the chosen heads, in words (``select.describe_match``)."""
     from emoscope.audit import Control, Finding, Observation
 
     findings, lines = [], []
@@ -67,7 +68,7 @@ def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: 
             spread = seed_spread(table, method, metric, seed=seed)
             ok = _significant(row, alpha)
             k = row["k"]
-            against = (f"{k} random sets of {n_heads} heads ({'the same number per layer' if match == 'layer' else 'any layers'}"
+            against = (f"{k} random sets of {n_heads} heads ({match}"
                        f", never a chosen head)")
             note = (f"per-prompt paired Wilcoxon ({row['alternative']}) of the chosen heads' change minus the mean change "
                     f"of {against}, on {row['n']} prompts; passes when p < {alpha:g} and the interval excludes 0. The "

@@ -46,7 +46,7 @@ class HeadsOptions(BaseModel):
     heads: str = "top:8"  # top:K, L.H,L.H or L:H
     from_run: str | None = None  # a run directory with a heads screen (its table and vector)
     n_random: int = Field(default=20, ge=1)  # random head sets; a rank among k cannot reach p < 1/(k+1)
-    random_match: Literal["layer", "any"] = "layer"
+    random_match: Literal["layer", "band", "any"] = "layer"  # band: the layers the chosen heads span
     # generation
     prompts: str = "neutral-starts"  # generation prompts (the patch targets)
     n_prompts: int | None = Field(default=20, ge=1)  # None: every prompt

@@ -10,9 +10,11 @@ Head specs (``parse_heads``):
 Random heads (``random_head_sets``): ``k`` sets of the same size as the chosen set, drawn from a
 seeded generator, never containing a chosen head. ``match="layer"`` (the default) draws each set
 with as many heads in each layer as the chosen set has there (ablating a head of block 0 is not
-the same intervention as ablating one of block 20), from the other heads of that layer; when a
-layer has too few other heads the draw falls back to ``any`` (uniform over the pool of all other
-heads) and says so. Sets within one draw are distinct when enough distinct sets exist. A chosen
+the same intervention as ablating one of block 20), from the other heads of that layer. When a
+layer has too few other heads the draw falls back to ``band``: uniform over the other heads of the
+layers the chosen set spans (its lowest to its highest layer), which keeps the random sets at the
+chosen set's depth; and, when the band is too small, to ``any`` (uniform over the pool of all other
+heads). The matching used is returned, so callers can say so. Sets within one draw are distinct when enough distinct sets exist. A chosen
 set ranked among ``k`` random sets cannot reach a rank p-value below ``1 / (k + 1)``
 (``core.stats.min_pvalue``): 20 random sets put that floor below 0.05.
 
@@ -37,10 +39,11 @@ import numpy as np
 from emoscope.core.stats import rng_from
 from emoscope.errors import InputError
 
-__all__ = ["Head", "HeadSpec", "parse_heads", "check_heads", "format_heads", "random_head_sets", "RANDOM_MATCH"]
+__all__ = ["Head", "HeadSpec", "parse_heads", "check_heads", "format_heads", "random_head_sets", "RANDOM_MATCH",
+           "describe_match"]
 
 Head = tuple[int, int]
-RANDOM_MATCH = ("layer", "any")
+RANDOM_MATCH = ("layer", "band", "any")
 _HELP = "use top:K, L.H,L.H (e.g. 12.3,14.0) or L:H"
 _ONE = re.compile(r"^\s*(\d+)\s*[.:]\s*(\d+)\s*$")
 
@@ -127,9 +130,13 @@ def random_head_sets(chosen: Sequence[Head], k: int, *, n_layers: int, n_heads: 
                      seed: int | np.random.Generator | None = 0, match: str = "layer",
                      pool: Sequence[Head] | None = None) -> tuple[list[tuple[Head, ...]], str]:
     """``k`` seeded random head sets of ``len(chosen)`` heads each, none containing a chosen head,
-    and the matching actually used (``"layer"`` or ``"any"``; see the module docstring).
+    and the matching actually used (``"layer"``, ``"band"`` or ``"any"``; see the module docstring).
 
-    ``pool`` restricts ``any`` draws (e.g. to the heads a screen covered); default every head.
+    ``pool`` restricts ``band`` and ``any`` draws (e.g. to the heads a screen covered); default every head.
+
+    >>> sets, how = random_head_sets([(1, 0), (1, 1), (3, 2)], 4, n_layers=6, n_heads=2, seed=0)
+    >>> how, all(1 <= a <= 3 for s in sets for a, _ in s)
+    ('band', True)
     """
     if match not in RANDOM_MATCH:
         raise InputError(f"random head matching must be one of {RANDOM_MATCH}, got {match!r}")
@@ -143,7 +150,11 @@ def random_head_sets(chosen: Sequence[Head], k: int, *, n_layers: int, n_heads: 
     others = [h for h in pool_list if h not in chosen_set]
     need = Counter(a for a, _ in chosen_set)
     by_layer = {a: [(a, b) for b in range(n_heads) if (a, b) not in chosen_set] for a in need}
+    lo, hi = min(need), max(need)
+    band = [h for h in others if lo <= h[0] <= hi]
     if match == "layer" and any(len(by_layer[a]) < c for a, c in need.items()):
+        match = "band"
+    if match == "band" and len(band) < len(chosen_set):
         match = "any"
     if match == "any" and len(others) < len(chosen_set):
         raise InputError(f"only {len(others)} heads are left outside the {len(chosen_set)} chosen ones: too few to "
@@ -157,7 +168,8 @@ def random_head_sets(chosen: Sequence[Head], k: int, *, n_layers: int, n_heads: 
             draw = [by_layer[a][j] for a in sorted(need)
                     for j in rng.choice(len(by_layer[a]), size=need[a], replace=False)]
         else:
-            draw = [others[j] for j in rng.choice(len(others), size=len(chosen_set), replace=False)]
+            src = band if match == "band" else others
+            draw = [src[j] for j in rng.choice(len(src), size=len(chosen_set), replace=False)]
         key = tuple(sorted(draw))
         tries += 1
         if key in seen and tries < 100 * max(k, 1):  # distinct sets while distinct ones remain likely
@@ -165,3 +177,16 @@ def random_head_sets(chosen: Sequence[Head], k: int, *, n_layers: int, n_heads: 
         seen.add(key)
         sets.append(key)
     return sets, match
+
+
+def describe_match(match: str, chosen: Sequence[Head]) -> str:
+    """How random sets were matched to ``chosen``, in words (run notes and findings).
+
+    >>> describe_match("band", [(3, 1), (7, 0)])
+    'any heads of the layers 3..7 the chosen heads span'
+    """
+    if match == "layer":
+        return "the same number per layer"
+    if match == "band":
+        return f"any heads of the layers {min(a for a, _ in chosen)}..{max(a for a, _ in chosen)} the chosen heads span"
+    return "any layers"

@@ -188,19 +188,19 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     from emoscope.heads.effects import METRICS, effect_table
     from emoscope.heads.findings import intervention_findings
     from emoscope.heads.plots import effects_figure
-    from emoscope.heads.select import random_head_sets
+    from emoscope.heads.select import describe_match, random_head_sets
     from emoscope.heads.sweep import HeadSweep, mean_head_outputs, plan_configs, record_head_outputs
     from emoscope.steering.sweep import default_target
 
     model = ctx.model
     pool = None
-    if screen_meta is not None and opts.random_match == "any":
+    if screen_meta is not None:  # band and any draws stay among the heads the screen covered
         pool = [(b, h) for b in screen_meta.get("blocks", []) for h in range(n_heads)] or None
     randoms, match = random_head_sets(chosen, opts.n_random, n_layers=model.n_layers, n_heads=n_heads,
                                       seed=np.random.default_rng([ctx.seed, 11]), match=opts.random_match, pool=pool)
     if match != opts.random_match:
-        ctx.note(f"{mode}: a layer of the chosen heads has too few other heads to match random heads per layer; "
-                 "random heads are drawn from any layer instead")
+        ctx.note(f"{mode}: too few other heads to match random heads by {opts.random_match}; random heads are "
+                 f"drawn from {describe_match(match, chosen)} instead")
     rs = pd.DataFrame([{"config": f"random-{j}", "heads": ",".join(f"{a}.{b}" for a, b in s)}
                        for j, s in enumerate(randoms)] + [{"config": "chosen", "heads": ",".join(f"{a}.{b}" for a, b in chosen)}])
     ctx.write_table("heads_random_sets", rs)
@@ -255,7 +255,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     ctx.save_figure(f"heads_{mode}_effects", effects_figure(table, methods, [m for m in ("proj_gen", "target_score",
                     "ppl_ratio", "rep4") if m in table], title=f"{mode}: heads {heads_text} vs {len(randoms)} random sets"))
     ctx.note(f"{mode}: heads {heads_text}, {chosen_from}; {len(randoms)} random sets of {len(chosen)} heads "
-             f"({'same number per layer' if match == 'layer' else 'any layer'}, seeded, never a chosen head; a rank "
+             f"({describe_match(match, chosen)}, seeded, never a chosen head; a rank "
              f"among them cannot reach p below {1 / (len(randoms) + 1):.2g}); {how}")
     ctx.note(f"{mode}: {len(table)} generations of up to {opts.max_new_tokens} tokens on {len(prompts)} prompts in "
              f"{res.meta['decode_seconds']:.1f} s; target score {target}"
@@ -266,7 +266,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     asked = [m for m in opts.metrics if m in table]
     findings, lines = intervention_findings(table, methods, asked, heads=heads_text, chosen_from=chosen_from,
                                             alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
-                                            match=match, what="")
+                                            match=describe_match(match, chosen), what="")
     for f in findings:
         ctx.add_finding(f)
     for line in lines:

@@ -20,7 +20,8 @@ prompt). When the prompt is edited (``all``, ``prompt``, ``from:K``, head patchi
 configuration edits anything below the chunk's lowest edited layer ``L``, so the blocks ``0..L-1``
 of the prefill run once per unique prompt and their states and KV cache are forked to the rows
 (``models.prefill.prefill_below``; ``share_below=False`` prefills every block per row): with
-layer-matched random heads, ``L`` is the chosen heads' lowest layer for every configuration.
+layer-matched random heads (or heads of the chosen set's layer band, the fallback), ``L`` is the
+chosen heads' lowest layer for every configuration.
 The chosen heads and every random set of the same size run in the same
 batch (``kind`` = ``chosen`` / ``random``), so the random-head control costs rows, not passes.
 
