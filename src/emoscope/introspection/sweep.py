@@ -6,7 +6,8 @@ measured on the detection trial prompt without injection (all tokens except the 
 attention-sink norm is far above the rest). ``unit="token_norm"`` / ``"token_norm_robust"``
 use steering's units instead (measured on neutral text; the robust one leaves out massive
 dimensions, so strengths compare across models); see ``emoscope.vectors.units``. Every injected vector is scaled to ``strength × mean norm``, so
-concept and random vectors have exactly the same norm.
+concept and random vectors have exactly the same norm. The unit is measured in ``norms.py``; the
+tables come back as an ``InjectionResult`` (``result.py``); both are re-exported here.
 
 Random vectors (``n_random`` of each kind, default 10): ``random`` are isotropic draws,
 ``random_cov`` covariance-matched ones (drawn from the covariance of ``resid[l]`` on
@@ -49,20 +50,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from emoscope.errors import InputError
 from emoscope.introspection.cells import Injection, ablation_directions, score_cells
 from emoscope.introspection.concepts import concept_vectors, random_vectors
 from emoscope.introspection.freetext import sweep_free_text
-from emoscope.introspection.heldout import N_SPLITS, HeldOutFinding, heldout_finding
+from emoscope.introspection.heldout import N_SPLITS, heldout_finding
 from emoscope.introspection.measure import answer_tokens
+from emoscope.introspection.norms import _unit_values, resid_norm_profile
+from emoscope.introspection.result import InjectionResult
 from emoscope.introspection.summaries import ablation_baseline, flip_lens, flip_summary
 from emoscope.introspection.tables import (
     ABLATED,
@@ -72,9 +73,8 @@ from emoscope.introspection.tables import (
     per_vector_table,
     summary_table,
 )
-from emoscope.introspection.trials import Trial, build_trials
+from emoscope.introspection.trials import build_trials
 from emoscope.introspection.work import score_units
-from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
 from emoscope.vectors.units import (
     MASSIVE_SHARE,
@@ -82,7 +82,6 @@ from emoscope.vectors.units import (
     UNITS,
     measure_unit,
     neutral_covariance,
-    norm_profile,
 )
 
 __all__ = ["InjectionSweep", "InjectionResult", "run_sweep", "resid_norm_profile", "DEFAULT_LAYERS",
@@ -92,127 +91,6 @@ DEFAULT_LAYERS = (0.3, 0.5, 0.67, 0.8)
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_N_RANDOM = 10
 RANDOM_KINDS = ("isotropic", "covariance", "both")
-
-
-@dataclass
-class InjectionResult:
-    """Tables of a sweep (pandas) and what produced them.
-
-    - ``cells``: one row per forward cell (condition, vector, kind, question, layer, strength,
-      scale, logit_diff, shift, p_yes, p_no)
-    - ``per_vector``: detection shift, control shift and score per vector × layer × strength
-    - ``summary``: means over vectors with bootstrap intervals and min/max over vectors, per
-      condition (``concept``, ``random`` isotropic, ``random_cov`` covariance-matched) × layer ×
-      strength
-    - ``lens``: logit lens of the yes-no difference per swept layer, at the strength where
-      detection flips and the controls do not (else the focus strength; ``strength_choice``)
-    - ``heads``: attention from the answer position to the window per (layer, head): detection
-      and control questions with concept injection, detection without, random vectors beside
-    - ``flips``: per vector and layer, the strength where detection flips, where the control
-      flips, and the gap
-    - ``ablation``: with ``ablate``, the score with and without the ablated direction
-    - ``norms``: the mean residual norm per layer (the strength unit) and the share of it that its
-      largest dimension carries (see ``resid_norm_profile``)
-    - ``heldout``: the reported cell, chosen on half the concepts and reported on the other
-      (``emoscope.introspection.heldout``); its table is ``introspect_heldout``
-    """
-
-    cells: pd.DataFrame
-    per_vector: pd.DataFrame
-    summary: pd.DataFrame
-    lens: pd.DataFrame
-    norms: pd.DataFrame
-    heads: pd.DataFrame | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    free_text: pd.DataFrame | None = None
-    heldout: HeldOutFinding | None = None
-    flips: pd.DataFrame | None = None
-    ablation: pd.DataFrame | None = None
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        out = {"introspect_cells": self.cells, "introspect_per_vector": self.per_vector,
-               "introspect_summary": self.summary, "introspect_lens": self.lens, "introspect_norms": self.norms}
-        if self.flips is not None:
-            out["introspect_flips"] = self.flips
-        if self.ablation is not None:
-            out["introspect_ablation"] = self.ablation
-        if self.heldout is not None:
-            out["introspect_heldout"] = self.heldout.table()
-        if self.heads is not None:
-            out["introspect_heads"] = self.heads
-        if self.free_text is not None:
-            out["introspect_free_text"] = self.free_text
-        return out
-
-    def figures(self) -> dict[str, Any]:
-        from emoscope.introspection.plots import sweep_figures
-
-        return sweep_figures(self)
-
-    def save(self, out: str | os.PathLike[str]) -> Path:
-        """Write ``tables/*.csv|json``, ``figures/*.png|svg`` and ``introspect.json`` under ``out``."""
-        from emoscope._io import atomic_write_json, atomic_write_text, ensure_writable_dir
-        from emoscope.core.figures import save_figure
-
-        root = ensure_writable_dir(out)
-        tables, figs = ensure_writable_dir(root / "tables"), ensure_writable_dir(root / "figures")
-        for name, df in self.tables().items():
-            atomic_write_text(tables / f"{name}.csv", df.to_csv(index=False))
-            atomic_write_text(tables / f"{name}.json", df.to_json(orient="split", index=False, indent=1))
-        for name, fig in self.figures().items():
-            save_figure(fig, figs / name)
-        atomic_write_json(root / "introspect.json", self.meta)
-        return root
-
-    def focus(self, condition: str = "concept", layer: int | None = None) -> pd.Series:
-        """The summary row at the focus strength (and ``layer``, default the focus layer)."""
-        s = self.summary
-        layer = self.meta["focus_layer"] if layer is None else layer
-        row = s[(s.condition == condition) & (s.layer == layer) & (s.strength == self.meta["focus_strength"])]
-        if row.empty:
-            raise InputError(f"no {condition} row at layer {layer}, strength {self.meta['focus_strength']}")
-        return row.iloc[0]
-
-
-@torch.inference_mode()
-def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]) -> pd.DataFrame:
-    """Per layer, over the tokens of ``trial`` after the first, without injection: the unit
-    ``trial_norm`` (``mean_resid_norm``, mean ``‖resid[l]‖``), the dimension that carries most of
-    ``‖resid[l]‖²`` (``top_dim``, ``top_dim_share``), ``mean_norm_without_top_dim``, and the
-    norm without every massive dimension (``mean_norm_robust``; see ``emoscope.vectors.units``).
-
-    Why: models with massive activations put most of the norm into one dimension (Gemma-3-270M:
-    dimension 163 holds ~90% of ``‖resid‖²`` from layer 5 on), so one "mean residual norm" is many
-    times the rest of the residual, and a random direction of that norm lands almost entirely
-    in the other dimensions. The table lets a reader see when that is so.
-    """
-    with Injector(model) as inj:
-        S = len(trial.ids)
-        inj.gather = torch.arange(1, S, device=model.device)[None].expand(1, -1)
-        model.base(input_ids=torch.tensor([list(trial.ids)], device=model.device))
-        rows = []
-        for layer in layers:
-            h = inj.captured[layer][0].float().cpu().numpy()  # (S - 1, d_model)
-            prof = norm_profile(h)
-            top = prof["top_dim"]
-            sq = (h.astype(np.float64) ** 2).sum(1)
-            rest = float(np.sqrt(np.clip(sq - h[:, top].astype(np.float64) ** 2, 0.0, None)).mean())
-            rows.append({"layer": int(layer), "relative_depth": int(layer) / model.n_layers,
-                         "mean_resid_norm": prof["token_norm"], "top_dim": top,
-                         "top_dim_share": prof["top_dim_share"], "mean_norm_without_top_dim": rest,
-                         "mean_norm_robust": prof["token_norm_robust"],
-                         "massive_dims": ",".join(str(x) for x in prof["massive_dims"])})
-    return pd.DataFrame(rows)
-
-
-def _unit_values(model: StandardModel, unit: str, norms_df: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
-    """Strength-1 norm per layer: ``trial_norm`` from the trial prompt's profile, or a unit
-    measured on neutral text (``emoscope.vectors.units``)."""
-    if unit == "trial_norm":
-        return {int(r.layer): float(r.mean_resid_norm) for r in norms_df.itertuples()}
-    if unit in MEASURED:
-        return measure_unit(model, layers, unit).values
-    raise InputError(f"introspection unit must be 'trial_norm' or one of {MEASURED}, got {unit!r}")
 
 
 def _focus(layers: Sequence[int], strengths: Sequence[float], n_layers: int,

@@ -44,12 +44,8 @@ Rows (all in one batched decode, one edit per row)
 
 The next-token view
 -------------------
-Beside the multi-token effect every row carries ``step1``: the log-odds that the **first generated
-token** is a target token, ``log P(T+) - log P(T-)`` under the patched forward, where ``T+`` are the
-vocabulary tokens whose own text the target scorer scores above 0 (for ``nrc_anger``: tokens that
-are words the NRC lexicon tags with anger) and ``T-`` those it scores below 0 when the scorer is
-signed (``valence``), else every other token. ``step1_change`` is that minus the baseline row of
-the same prompt (nats). Targets from other scorers (a classifier) get no step-1 view (NaN).
+Every row also carries ``step1``, the log-odds that the first generated token is a target token,
+and ``step1_change`` against the baseline row of the same prompt (``step1.py`` says which tokens).
 A one-step view and the multi-token effect can disagree; ``patch_cells`` shows both per cell.
 
 >>> sweep = PatchSweep(model, anger_texts, prompts, layers=[9, 15], positions=["last"],
@@ -71,73 +67,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emoscope.core.directions import random_layer_directions
 from emoscope.errors import InputError
 from emoscope.models.batching import eos_ids
-from emoscope.models.decode import RowEdits
 from emoscope.models.interventions import Window
 from emoscope.models.work import decode_units
 from emoscope.patching.positions import PatchPositions, align_from_end, parse_position_list
 from emoscope.patching.record import class_mean, record_states
+from emoscope.patching.rows import PatchPlan, plan_edits, random_patch_directions
+from emoscope.patching.step1 import step1_token_sets, step1_value
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes
-from emoscope.steering.scorers import DEFAULT_SCORERS, score_texts, words
+from emoscope.steering.scorers import DEFAULT_SCORERS, words
 from emoscope.steering.sweep import default_target
 
 __all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "RANDOM_KINDS", "step1_token_sets"]
 
 PAIRINGS = ("class_mean", "per_target")
 RANDOM_KINDS = ("isotropic", "covariance", "both")
-_STEP1_SCORERS = {"valence": "vader"}  # target column -> scorer producing it; nrc_* -> nrc
-
-
-def _step1_scorer(target: str) -> str | None:
-    if target.startswith("nrc_"):
-        return "nrc"
-    return _STEP1_SCORERS.get(target)
-
-
-_TOKEN_SETS: dict[tuple[int, str, int], tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]] = {}
-
-
-def step1_value(sets: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
-    """The one-step view per row: ``logsumexp`` of the log-probabilities of ``T+`` minus that of
-    ``T-`` at the first generated token (``sets`` from ``step1_token_sets``)."""
-    lp = torch.log_softmax(logits.float(), dim=-1)  # (rows, vocab)
-    pos, neg = (s.to(lp.device) for s in sets)
-    return torch.logsumexp(lp[:, pos], -1) - torch.logsumexp(lp[:, neg], -1)
-
-
-def step1_token_sets(model: Any, target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(T+, T-)`` as boolean masks over the model's vocabulary (see the module doc), or ``None``
-    when the target's scorer is not a cheap text scorer or no token scores above 0. Each token's
-    text is its own decoding (``tokenizer.decode([id])``), scored once per tokenizer and target."""
-    scorer = _step1_scorer(target)
-    if scorer is None:
-        return None
-    vocab = int(model.vocab_size)
-    key = (id(model.tokenizer), target, vocab)
-    if key not in _TOKEN_SETS or _TOKEN_SETS[key][0] is not model.tokenizer:  # (an id can be reused)
-        n = min(vocab, len(model.tokenizer))
-        texts = model.tokenizer.batch_decode([[i] for i in range(n)])
-        s = np.zeros(vocab)
-        s[:n] = score_texts(texts, [scorer])[target]
-        pos = torch.as_tensor(s > 0)
-        neg = torch.as_tensor(s < 0) if (s < 0).any() else ~pos
-        _TOKEN_SETS[key] = (model.tokenizer, (pos, neg) if bool(pos.any()) and bool(neg.any()) else None)
-    return _TOKEN_SETS[key][1]
-
-
-@dataclass
-class PatchPlan:
-    """The rows of a sweep before decoding: ``table`` (one row per output: kind, source, layer,
-    positions, prompt_id, alignment counts, delta norm) and the per-row ``edits``. ``values[r]``
-    holds what row ``r`` writes at its layer (``(n, d)`` prompt states, end-aligned) and
-    ``clean[r]`` the target's clean states at those columns, for checks."""
-
-    table: pd.DataFrame
-    edits: RowEdits
-    values: list[torch.Tensor | None]
-    clean: list[torch.Tensor | None]
 
 
 @dataclass
@@ -261,7 +206,7 @@ class PatchSweep:
         neu = self._states(self.neutral) if self.neutral is not None else None
         neu_mean = class_mean(neu) if neu is not None and self.pairing == "class_mean" else None
         d = int(self.model.d_model)
-        dirs = self._random_directions(d)
+        dirs = random_patch_directions(self.model, self.layers, self.n_random, self.seed, self.random_kind, d)
 
         rows: list[dict[str, Any]] = []
         values: list[torch.Tensor | None] = []
@@ -323,62 +268,8 @@ class PatchSweep:
         cols = ["kind", "source", "random_kind", "layer", "positions", "strength", "prompt_id", "seed", "target_tokens",
                 "source_tokens", "n_patched", "unpatched_target", "unused_source", "delta_norm"]
         table = table[cols]
-        return PatchPlan(table, self._edits(table, values, gens, adds, d), values, cleans)
+        return PatchPlan(table, plan_edits(self.model, self.layers, table, values, gens, adds, d), values, cleans)
 
-    def _random_directions(self, d: int) -> list[tuple[str, str, dict[int, torch.Tensor]]]:
-        """``(row name, random kind, {layer: unit direction})`` per random draw. Covariance-matched
-        draws come from their own seeded stream (the same normals through the covariance factor
-        would correlate them with the isotropic draws), as in the steering sweep."""
-        if not self.n_random:
-            return []
-        out = []
-        kinds = ["isotropic", "covariance"] if self.random_kind == "both" else [self.random_kind]
-        for rkind in kinds:
-            if rkind == "isotropic":
-                draws = random_layer_directions(d, self.layers, self.n_random, self.seed)
-            else:
-                from emoscope.vectors.units import neutral_covariance
-
-                cov = neutral_covariance(self.model, self.layers)
-                draws = random_layer_directions(d, self.layers, self.n_random, np.random.default_rng([self.seed, 1]),
-                                                cov=cov)
-            stem = "random-" if rkind == "isotropic" else "random-cov-"
-            out += [(f"{stem}{k}", rkind, {layer: torch.as_tensor(dr[layer], dtype=torch.float32)
-                                           for layer in self.layers}) for k, dr in enumerate(draws)]
-        return out
-
-    def _edits(self, table: pd.DataFrame, values: list, gens: list, adds: list, d: int) -> RowEdits:
-        n_rows = len(table)
-        edits = RowEdits()
-        layer_of = table["layer"].to_numpy()
-        # kept on the CPU in the model's dtype (what the hook writes); moved to the device per chunk
-        store = self.model.dtype if self.model.dtype in (torch.float16, torch.bfloat16) else torch.float32
-        for layer in self.layers:
-            rows = [r for r in range(n_rows) if layer_of[r] == layer]
-            width = max([len(values[r]) for r in rows if values[r] is not None] + [0])
-            if width:
-                val = torch.zeros(n_rows, width, d, dtype=store)
-                mask = torch.zeros(n_rows, width, dtype=torch.bool)
-                for r in rows:
-                    v = values[r]
-                    if v is not None and len(v):
-                        val[r, width - len(v):] = v
-                        mask[r, width - len(v):] = True
-                edits.replace[layer], edits.replace_mask[layer] = val, mask
-            if any(gens[r] is not None for r in rows):
-                g = torch.zeros(n_rows, d)
-                gm = torch.zeros(n_rows, dtype=torch.bool)
-                for r in rows:
-                    if gens[r] is not None:
-                        g[r], gm[r] = gens[r], True
-                edits.replace_generated[layer], edits.replace_generated_mask[layer] = g, gm
-            if any(adds[r] is not None for r in rows):
-                delta = torch.zeros(n_rows, d)
-                for r in rows:
-                    if adds[r] is not None:
-                        delta[r] = adds[r]
-                edits.delta[layer] = delta.to(device=self.model.device, dtype=self.model.dtype)
-        return edits
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> PatchResult:
