@@ -114,6 +114,25 @@ def test_cli_screen_then_ablate_and_patch_from_it(tiny_cli, tmp_path, capsys):
     assert "emotions-basic:anger" in notes and "aligned from the end" in notes
 
 
+def test_random_sets_fall_back_to_the_chosen_heads_layer_band_and_say_so(tiny_cli, tmp_path, capsys):
+    # 3 of layer 1's 4 heads chosen: one other head there, so no set can match per layer; the sets come
+    # from layers 1..2 (the band the chosen heads span), and the notes and findings say so
+    out = tmp_path / "band"
+    rc = main(["-q", "heads", "ablate", "--model", "tiny", "--heads", "1.0,1.1,1.2,2.3", "--methods", "zero",
+               *SMALL, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    sets = pd.read_csv(out / "tables" / "heads_random_sets.csv")
+    drawn = [h for heads in sets.loc[sets.config != "chosen", "heads"] for h in heads.split(",")]
+    assert len(drawn) == 3 * 4 and {h.split(".")[0] for h in drawn} <= {"1", "2"}
+    assert not set(drawn) & {"1.0", "1.1", "1.2", "2.3"}
+    notes = " ".join(json.loads((out / "manifest.json").read_text())["stages"]["heads"]["notes"])
+    assert "too few other heads to match random heads by layer" in notes
+    assert "any heads of the layers 1..2 the chosen heads span" in notes
+    controls = [c.get("note", "") for line in (out / "findings.jsonl").read_text().splitlines()
+                for c in json.loads(line).get("controls", [])]
+    assert any("layers 1..2 the chosen heads span" in n for n in controls)
+
+
 def test_cli_ablate_with_top_k_and_no_screen_run_screens_first(tiny_cli, tmp_path, capsys):
     out = tmp_path / "o"
     rc = main(["-q", "heads", "ablate", "--model", "tiny", "--emotion", "anger", "--vector-layers", "1,2",
