@@ -30,6 +30,7 @@ from typing import Any
 
 from emoscope.errors import InputError
 from emoscope.models.peek import known_depth
+from emoscope.models.standard import parse_layer_text
 
 __all__ = ["known_depth", "check_layers_exist", "depth_peak", "depth_figure"]
 
@@ -41,21 +42,7 @@ def _absolute(layers: Any) -> list[int]:
     if isinstance(layers, str):
         if layers.strip().lower() == "all":
             return []
-        out: list[int] = []
-        for part in layers.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                try:
-                    out.extend(range(int(lo), int(hi) + 1))
-                    continue
-                except ValueError:
-                    pass
-            try:
-                out.append(int(part))
-            except ValueError:
-                continue
-        return out
+        return [v for v in parse_layer_text(layers, strict=False) if isinstance(v, int)]
     if isinstance(layers, bool):
         return []
     if isinstance(layers, int):

@@ -84,6 +84,36 @@ def block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def parse_layer_text(text: str, *, strict: bool = True) -> list[int | float]:
+    """The items of a comma layer spec: ints (``"-1"``), ranges (``"0-14"``) and relative depths
+    (``"0.5"``, floats). An unreadable part raises ``LayerError``, or is skipped when ``strict``
+    is False (checks that look only at the absolute indices).
+
+    >>> parse_layer_text("0-2,-1,0.5")
+    [0, 1, 2, -1, 0.5]
+    >>> parse_layer_text("3,x", strict=False)
+    [3]
+    """
+    items: list[int | float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+            try:
+                items.extend(range(int(lo), int(hi) + 1))
+                continue
+            except ValueError:
+                pass
+        try:
+            items.append(float(part) if "." in part else int(part))
+        except ValueError:
+            if strict:
+                raise LayerError(f"cannot read layer {part!r}; use e.g. 'all', '0,5,10', '0-14' or '0.5'") from None
+    return items
+
+
 @dataclass(eq=False)
 class StandardModel:
     """A causal LM with its tokenizer and a uniform view of its parts.
@@ -178,23 +208,7 @@ class StandardModel:
         if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
             return list(range(self.n_layers))
         if isinstance(layers, str):
-            items: list[Any] = []
-            for part in layers.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                if "-" in part[1:]:
-                    lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                    try:
-                        items.extend(range(int(lo), int(hi) + 1))
-                        continue
-                    except ValueError:
-                        pass
-                try:
-                    items.append(float(part) if "." in part else int(part))
-                except ValueError:
-                    raise LayerError(f"cannot read layer {part!r}; use e.g. 'all', '0,5,10', '0-14' or '0.5'") from None
-            layers = items
+            layers = parse_layer_text(layers)
         if isinstance(layers, (int, float)):
             layers = [layers]
         out: list[int] = []
