@@ -21,7 +21,7 @@ from emoscope.errors import RunDirError
 
 REQUIRED = {
     "probe": ["shuffled_labels", "length_baseline", "bow_baseline", "seed_spread", "heldout_layer_choice"],
-    "similarity": ["null_distribution", "length_control", "heldout_selection", "seed_spread"],
+    "similarity": ["null_distribution", "length_control", "heldout_selection", "seed_spread", "shared_presence"],
     "steering": ["random_vectors", "multi_token_outputs", "fluency", "heldout_selection", "seed_spread"],
     "introspection": ["control_questions", "logit_difference", "random_vectors", "heldout_selection", "seed_spread"],
 }
@@ -159,23 +159,45 @@ def test_findings_record_the_checklist_version_and_every_control_says_what_it_ru
     assert rules_out("no such control") == ""
 
 
-def test_run_correction_holm_across_claims():
-    from emoscope.core.claims import correct_claims
+def test_run_correction_is_one_holm_family_over_every_tested_finding_claim_or_not():
+    from emoscope.core.claims import correct_run
     from emoscope.core.stats import holm
 
     ps = [0.001, 0.02, 0.03, 0.04, 0.5]
     fs = [Finding(id=f"c{i}", kind="probe", claim=f"claim {i}", controls=passing("probe"),
                   observation=obs().model_copy(update={"p_value": p})) for i, p in enumerate(ps)]
-    fs.append(Finding(id="o", kind="probe", observation=obs().model_copy(update={"p_value": 0.001}),
-                      controls=passing("probe")))  # an observation: not a tested claim
-    run = correct_claims(fs)
-    assert run.n_tested == 5
-    adjusted = holm(ps)
-    got = [next(c for c in f.controls if c.name == "run_correction").value for f in run.findings[:5]]
+    # an observation whose test did not come out significant still counts in the family
+    fs.append(Finding(id="o", kind="probe", observation=obs().model_copy(update={"p_value": 0.3}),
+                      controls=passing("probe")))
+    fs.append(Finding(id="d", kind="extraction", observation=obs()))  # a description: no test, not counted
+    run = correct_run(fs)
+    assert run.n_tested == 6 and run.n_claims == 5
+    assert run.describe().startswith("6 hypotheses tested") and run.describe().endswith("5 claims")
+    adjusted = holm([*ps, 0.3])
+    got = [next(c for c in f.controls if c.name == "run_correction").value for f in run.findings[:6]]
     assert got == pytest.approx(adjusted.tolist())
-    assert [f.verdict for f in run.findings[:5]] == ["ships" if p < 0.05 else "fails" for p in adjusted]
+    assert [f.verdict for f in run.findings[:5]] == ["ships" if p < 0.05 else "fails" for p in adjusted[:5]]
     assert [f.verdict for f in fs[:5]] == ["ships"] * 5  # alone, each looked fine
-    assert run.findings[5].verdict == "holds" and not any(c.name == "run_correction" for c in run.findings[5].controls)
+    assert run.findings[5].verdict == "fails"  # the observation's corrected test did not pass
+    assert run.findings[6].verdict == "holds" and not any(c.name == "run_correction" for c in run.findings[6].controls)
+
+
+def test_a_design_whose_floor_is_above_the_corrected_level_needs_draws_not_luck():
+    from emoscope.core.claims import correct_run
+
+    def tested(p: float, floor: float | None) -> Finding:
+        return Finding(kind="probe", claim="c", controls=passing("probe"),
+                       observation=obs().model_copy(update={"p_value": p, "p_floor": floor}))
+
+    # a rank among 20 draws (floor 1/21) in a family of 3: Holm asks for p < 0.0167 of the best one
+    run = correct_run([tested(1 / 21, 1 / 21), tested(0.5, 1 / 21), tested(0.4, None)])
+    ctl = next(c for c in run.findings[0].controls if c.name == "run_correction")
+    assert ctl.passed is None and run.findings[0].verdict == "needs controls"
+    assert "at least 60 draws" in ctl.note and "cannot reach" in ctl.note
+    assert next(c for c in run.findings[2].controls if c.name == "run_correction").passed is False
+    # with enough draws the same floor logic stays out of the way
+    run = correct_run([tested(1 / 101, 1 / 101), tested(0.5, 1 / 101)])
+    assert run.findings[0].verdict == "ships"
 
 
 def test_verdict_cannot_be_set_by_hand_and_kind_must_be_known():

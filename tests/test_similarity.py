@@ -160,7 +160,8 @@ def test_shared_direction_is_a_relation_that_ships():
     assert f.verdict == "ships", f.reasons
     obs = f.observation
     assert obs.unit == "texts per class" and obs.n == 40 and obs.n_searched == 3
-    assert obs.p_value == pytest.approx(res.null.p[i]) and obs.interval[0] <= obs.value <= obs.interval[1]
+    # the recorded p is the one that decides null_distribution: Holm over the pairs
+    assert obs.p_value == pytest.approx(res.null.p_holm[i]) and obs.interval[0] <= obs.value <= obs.interval[1]
     # centring moves the centre toward e0/e1, so e2 and e3 lean the same way ("related" by a shared
     # absence); the shared-presence control, measured from neutral, keeps that from shipping
     j = _pair(res, "e2", "e3")
@@ -183,8 +184,13 @@ def test_without_neutral_the_vs_neutral_columns_are_empty():
     layers, y, t = planted(seed=2, shared=6.0, neutral=False)
     res = similarity_analysis(layers, y, t, neutral=None, n_perm=200, n_boot=200, seed=0)
     assert np.isnan(res.vs_neutral).all() and np.isnan(res.own_share).all()
-    f = similarity_findings(res)
-    assert all("shared_presence" not in {c.name for c in g.controls} for g in f)
+    # shared presence cannot be measured without neutral: recorded unjudged, so no claim ships
+    for g in similarity_findings(res):
+        sp = next(c for c in g.controls if c.name == "shared_presence")
+        assert sp.passed is None and sp.value is None and "no neutral class" in sp.note
+        assert g.verdict in ("needs controls", "fails")
+        if g.claim is not None and g.verdict == "needs controls":
+            assert any("shared direction carried by the pair ran but was not judged" in r for r in g.reasons)
 
 
 def _four(seed: int, n: int = 40, d: int = 64):

@@ -4,7 +4,7 @@ The rule, in order:
 
 1. A control that ran and did not pass (``passed=False``) -> ``fails``; the reason names it.
 2. Otherwise a required control that is missing, or that ran without an outcome
-   (``passed=None``), or an ``n`` below the kind's minimum (``min_n``; n counts the units the
+   (``passed=None``; also any control listed under ``judged_when_present``), or an ``n`` below the kind's minimum (``min_n``; n counts the units the
    value is computed on, after any held-out split) -> ``needs controls``; the reason names it.
 3. Otherwise -> ``ships`` for a claim, ``holds`` for an observation (a number that passed its
    checks, with nothing claimed about what it means).
@@ -88,7 +88,7 @@ def checklists() -> dict[str, Checklist]:
     """All checklists by kind.
 
     >>> checklists()["similarity"].required
-    ('null_distribution', 'length_control', 'heldout_selection', 'seed_spread')
+    ('null_distribution', 'length_control', 'heldout_selection', 'seed_spread', 'shared_presence')
     """
     return dict(_table()[1])
 
@@ -191,6 +191,10 @@ def assess(finding: Finding) -> tuple[str, list[str]]:
             reasons.append(f"missing control: {controls[req].label}")
         elif seen[req].passed is None:
             reasons.append(f"control without an outcome: {controls[req].label} ran but was not judged")
+    for name in _raw().get("judged_when_present", ()):
+        if name in seen and name not in ck.required and seen[name].passed is None:
+            note = f" — {seen[name].note}" if seen[name].note else ""
+            reasons.append(f"control without an outcome: {controls[name].label} ran but was not judged{note}")
     if ck.min_n is not None:
         n = finding.observation.n
         unit = finding.observation.unit or ck.n_unit

@@ -337,3 +337,63 @@ def heldout_select(values: Any, *, seed: int | np.random.Generator | None = 0, n
     est = bootstrap(out, n_boot=n_boot, seed=rng)
     p = paired_test(out, alternative) if out.size else float("nan")
     return HeldOutSelection(cell, int(v.shape[1]), sel, rep, est, p, int(out.size))
+
+
+# -- grouped label permutations and the Spearman-Brown step-up (appended by the stats review) --
+
+
+def group_permutations(labels: Any, n_perm: int, *, groups: Any = None,
+                       seed: int | np.random.Generator | None = 0) -> np.ndarray:
+    """``(n_perm, n)`` permuted copies of ``labels`` that keep the rows of a group together.
+
+    Rows that share a group (paraphrases of one prompt, texts of one scenario) are not
+    independent, so a label permutation must move them as a unit:
+
+    - no ``groups``: every row is its own unit, a uniform permutation of the rows;
+    - every group has one label: the groups' labels are permuted among the groups (null: which
+      group carries which label is exchangeable);
+    - otherwise labels are permuted within each group (null: inside a group, which row carries
+      which label is exchangeable; each group keeps its label counts, and what a group shares
+      is never counted as evidence).
+
+    >>> y = np.array(["a", "a", "b", "b"]); g = np.array([0, 0, 1, 1])
+    >>> sorted({"".join(p) for p in group_permutations(y, 30, groups=g, seed=0)})
+    ['aabb', 'bbaa']
+    >>> sorted({"".join(p) for p in group_permutations(np.array(list("abab")), 30, groups=g, seed=0)})
+    ['abab', 'abba', 'baab', 'baba']
+    """
+    y = np.asarray(labels)
+    rng = rng_from(seed)
+    n_perm = int(n_perm)
+    if groups is None:
+        return y[np.argsort(rng.random((n_perm, y.size)), axis=1)]
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise InputError(f"group_permutations: {g.size} groups for {y.size} labels")
+    _, first, inv = np.unique(g, return_index=True, return_inverse=True)  # first: a row of each group
+    G = first.size
+    if np.all(y == y[first][inv]):  # one label per group: the groups' labels move
+        return y[first][np.argsort(rng.random((n_perm, G)), axis=1)][:, inv]
+    order = np.argsort(inv, kind="stable")  # rows grouped, (n,)
+    keys = inv[order][None, :] + rng.random((n_perm, y.size))  # shuffle inside each group only
+    out = np.empty((n_perm, y.size), dtype=y.dtype)
+    out[:, order] = y[order][np.argsort(keys, axis=1)]
+    return out
+
+
+def spearman_brown(r: Any, k: float = 2.0) -> np.ndarray:
+    """The reliability of a measure ``k`` times as long as one whose reliability is ``r``:
+    ``k r / (1 + (k - 1) r)``. A split-half correlation steps up to the whole with ``k = 2``.
+    Values of ``r`` at or below -1 stay at -1 (no reliability to step up).
+
+    >>> spearman_brown(0.5).round(4).item(), spearman_brown(0.0).item(), spearman_brown(1.0).item()
+    (0.6667, 0.0, 1.0)
+    """
+    r = np.clip(np.asarray(r, dtype=np.float64), -1.0, 1.0)
+    den = 1.0 + (float(k) - 1.0) * r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, float(k) * r / np.where(den > 0, den, 1.0), -1.0)
+    return np.clip(out, -1.0, 1.0)
+
+
+__all__ += ["group_permutations", "spearman_brown"]

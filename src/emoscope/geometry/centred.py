@@ -6,7 +6,8 @@ pairwise cosine of these centred vectors is ``-1/(K-1)``, not 0 (:func:`expected
 - :func:`centred_cosines`: the ``(K, K)`` matrix of centred cosines.
 - :func:`centred_cosine_null`: its permutation null (labels permuted across the texts of the K
   classes, class sizes kept), one-sided per-pair p-values, Holm over the pairs (``PairNull``).
-- :func:`split_half_reliability`: the ceiling, each class's centred vector on two random halves.
+- :func:`split_half_reliability`: the ceiling, each class's centred vector on two random halves,
+  stepped up (Spearman-Brown) to all the texts.
 - :func:`distinctness`: "are A and B distinct?", labels permuted between A and B only.
 - ``_bootstrap_pairs``: percentile intervals, texts resampled within each class.
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emoscope.core.stats import holm, min_pvalue, permutation_pvalue, rng_from
+from emoscope.core.stats import holm, min_pvalue, permutation_pvalue, rng_from, spearman_brown
 from emoscope.errors import InputError
 from emoscope.vectors._data import as_labels, as_matrix
 
@@ -212,11 +213,18 @@ def _bootstrap_pairs(X: np.ndarray, y: np.ndarray, classes: list[str], n_boot: i
 
 
 def split_half_reliability(X: Any, y: Any, classes: list[str] | None = None, *, n_splits: int = 5,
-                           seed: int | np.random.Generator | None = 0) -> np.ndarray:
-    """``(K,)``: cosine between each class's centred vector fitted on one random half of every
-    class and the one fitted on the other half, averaged over ``n_splits`` seeded splits. Near 1
-    for a class with a strong direction of its own, near 0 for noise; a pair's centred cosine
-    cannot be told apart from a value above ``sqrt(rel_a * rel_b)`` or so (the ceiling)."""
+                           seed: int | np.random.Generator | None = 0, step_up: bool = True) -> np.ndarray:
+    """``(K,)``: the reliability of each class's centred vector fitted on **all** the texts given.
+
+    Each class's texts are halved at random; the cosine between the class's centred vector on
+    one half (of every class) and on the other is averaged over ``n_splits`` seeded splits. That
+    is the reliability of a vector fitted on half the texts; the similarity is computed on all of
+    them, so the half-size value ``r`` is stepped up with Spearman-Brown, ``2r / (1 + r)``
+    (``core.stats.spearman_brown``; ``step_up=False`` gives the half-size value). With signal
+    ``S`` and noise ``N / m`` in a class mean of ``m`` texts the cosine of two independent
+    estimates is ``S / (S + N/m)``: halving ``m`` is exactly what the step-up undoes. Near 1 for
+    a class with a strong direction of its own, near 0 for noise; a pair's observed centred
+    cosine is attenuated by ``sqrt(rel_a * rel_b)`` (the ceiling)."""
     X, y, classes, blocks = _setup(X, y, classes)
     rng = rng_from(seed)
     rel = np.zeros(len(classes))
@@ -230,7 +238,8 @@ def split_half_reliability(X: Any, y: Any, classes: list[str] | None = None, *, 
         c1, c2 = c1 - c1.mean(0), c2 - c2.mean(0)
         den = np.linalg.norm(c1, axis=1) * np.linalg.norm(c2, axis=1)
         rel += np.einsum("kd,kd->k", c1, c2) / np.where(den > 0, den, 1.0)
-    return rel / int(n_splits)
+    rel /= int(n_splits)
+    return spearman_brown(rel, 2.0) if step_up else rel
 
 
 @dataclass

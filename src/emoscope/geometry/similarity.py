@@ -12,7 +12,8 @@ nulls live in ``geometry.centred`` (re-exported here); this module holds the hel
   recomputed; a pair's null is the centred cosine of the same two class slots. One-sided
   per-pair p-values (``core.stats.permutation_pvalue``), Holm over the ``K(K-1)/2`` pairs.
 - :func:`split_half_reliability`: the ceiling: cosine between a class's centred vectors fitted
-  on two random halves of every class, averaged over seeded splits.
+  on two random halves of every class, averaged over seeded splits and stepped up
+  (Spearman-Brown, ``2r/(1+r)``) to the texts the reported cosine uses.
 - :func:`distinctness`: "are A and B distinct?": labels permuted between A and B only; the
   observed centred cosine of A and B must fall below that null (``alternative="less"``).
 - :func:`similarity_analysis`: the whole test at one layer chosen on one half of the texts

@@ -230,6 +230,26 @@ def _similarity_figure(res: SimilarityResult):  # noqa: ANN202 - a matplotlib Fi
     return fig
 
 
+def _shared_presence(res: SimilarityResult, i: int, a: str, b: str) -> Control:
+    """Related by what the pair has, not by what it lacks; judged from neutral, or not at all."""
+    import numpy as np
+
+    share = float(res.own_share[i])
+    if np.isfinite(share):
+        return Control(name="shared_presence", value=round(share, 4), passed=bool(share > 0.5), threshold="> 0.5",
+                       note=f"share of the pair's common centred direction that {a} and {b} carry themselves, "
+                       "measured from neutral (near 0: they sit at the neutral level and the other classes carry the "
+                       "opposite, so centring makes them look related by a shared absence)")
+    why = ("there is no neutral class" if res.neutral is None else
+           f"the pair's common centred direction is zero, so no share of it can be measured from {res.neutral}")
+    return Control(name="shared_presence", value=None, passed=None, threshold="> 0.5",
+                   note=f"not judged: {why}. Centring on the mean of the emotion classes makes two classes that both "
+                   "lack what the other classes carry look related (a shared absence: e.g. two weak classes among two "
+                   "strong ones), and only a reference outside the emotion classes tells presence from absence; add "
+                   "a 'neutral' class (texts that express no emotion) to the dataset, or name a reference class as "
+                   "`geometry: {baseline: CLASS}`")
+
+
 def similarity_findings(res: SimilarityResult, *, seed_sd_max: float = 0.1) -> list[Finding]:
     """``similarity`` findings: a "related" claim for each pair above its permutation null after
     Holm; when no pair is, one observation (no claim) for the pair with the largest centred cosine.
@@ -237,9 +257,16 @@ def similarity_findings(res: SimilarityResult, *, seed_sd_max: float = 0.1) -> l
     Controls: ``null_distribution`` (Holm-adjusted p < alpha), ``length_control`` (each
     length-normalised variant above its own permutation null after Holm), ``heldout_selection``
     (layer chosen on the other half of the texts, or fixed by the caller), ``seed_spread`` (sd of
-    the centred cosine over seeded reruns of split and layer choice below ``seed_sd_max``) and,
-    with a neutral class, ``shared_presence`` (``own_share > 0.5``: the pair carries its common
-    direction itself rather than sharing the absence of what the other classes have).
+    the centred cosine over seeded reruns of split and layer choice below ``seed_sd_max``) and
+    ``shared_presence`` (``own_share > 0.5``: the pair carries its common direction itself rather
+    than sharing the absence of what the other classes have). ``shared_presence`` is measured from
+    a neutral class; without one it is recorded unjudged (``passed=None``, the note says why and
+    what to add), and the checklist, which requires it, makes the verdict "needs controls".
+
+    ``observation.p_value`` is the pair's Holm-adjusted permutation p (Holm over the ``P`` pairs):
+    the p that decides ``null_distribution`` and so whether a claim is made. Every finding here
+    (the claims, or the top pair's observation) carries it; the run-wide correction then runs over
+    it with the run's other tests.
     """
     import numpy as np
 
@@ -256,7 +283,8 @@ def similarity_findings(res: SimilarityResult, *, seed_sd_max: float = 0.1) -> l
                      f"centred cosine of the same class pair recomputed; {nl.n_perm} permutations (at least 20 x "
                      f"{P} pairs), smallest attainable p {nl.min_p:.2g}; uncorrected p {nl.p[i]:.4g}, Holm over {P} "
                      f"pairs; null 95% point {nl.q95[i]:.3f}, expected -1/(K-1) = {nl.expected:.3f}; vs-neutral "
-                     f"cosine {res.vs_neutral[i]:.3f}; split-half reliability {a} {rel[a]:.2f}, {b} {rel[b]:.2f} "
+                     f"cosine {res.vs_neutral[i]:.3f}; reliability (split-half, Spearman-Brown to the report half) "
+                     f"{a} {rel[a]:.2f}, {b} {rel[b]:.2f} "
                      f"(ceiling ~{ceiling:.2f}); distinct p {res.p_distinct[i]:.3g}; random-direction p "
                      f"{res.p_random[i]:.3g}; share of the common direction carried by the pair (vs neutral) "
                      f"{res.own_share[i]:.2f}")
@@ -282,12 +310,7 @@ def similarity_findings(res: SimilarityResult, *, seed_sd_max: float = 0.1) -> l
                     f"{res.seed_layers}): "
                     + ", ".join(f"{v:.3f}" for v in res.seed_values[:, i])),
         ]
-        if np.isfinite(res.own_share[i]):  # with a neutral class: related by what they have, not what they lack
-            controls.append(Control(
-                name="shared_presence", value=round(float(res.own_share[i]), 4), passed=bool(res.own_share[i] > 0.5),
-                threshold="> 0.5", note=f"share of the pair's common centred direction that {a} and {b} carry "
-                "themselves, measured from neutral (near 0: they sit at the neutral level and the other classes "
-                "carry the opposite, so centring makes them look related by a shared absence)"))
+        controls.append(_shared_presence(res, i, a, b))
         claim = None
         if i in passing:
             claim = (f"the {a} and {b} vectors point in related directions at layer {res.layer}, beyond what all "
@@ -297,6 +320,6 @@ def similarity_findings(res: SimilarityResult, *, seed_sd_max: float = 0.1) -> l
                           value=round(float(nl.observed[i]), 4),
                           interval=(round(float(res.lo[i]), 4), round(float(res.hi[i]), 4)),
                           n=min(res.n_report[a], res.n_report[b]), unit="texts per class",
-                          p_value=float(nl.p[i]), n_searched=res.n_searched)
+                          p_value=float(nl.p_holm[i]), n_searched=res.n_searched)
         out.append(Finding(kind="similarity", claim=claim, observation=obs, controls=controls))
     return out
