@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="chat template (instruct models), completion prompt (base models), or auto")
     p.add_argument("--name", default="elicited", help="file stem of the dataset (default elicited)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model-dtype", default=None, metavar="DTYPE",
+                   help="model compute dtype, e.g. bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     p.set_defaults(func=run)
 
 
@@ -49,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--oversample must be between 1 and 20, got {args.oversample}")
     if not args.name or not all(ch.isalnum() or ch in "-_." for ch in args.name):
         raise InputError(f"--name {args.name!r} must be letters, digits, '-', '_' or '.'")
+    from emoscope.models.loading import resolve_dtype
+
+    resolve_dtype(args.model_dtype, "cpu")  # an unknown dtype is one line, before anything is written
     ensure_writable_dir(args.out)
 
     import emoscope.models
     from emoscope._progress import is_quiet
     from emoscope.elicit import elicit, save_elicited
 
-    model = emoscope.models.load_model(args.model)
+    model = emoscope.models.load_model(args.model, dtype=args.model_dtype)
     el = elicit(model, args.emotions, args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_p=args.top_p, chat=style, oversample=args.oversample,
                 progress=not is_quiet())

@@ -55,13 +55,25 @@ EXECUTORS = ("local", "ray")
 Result = dict[str, np.ndarray]
 
 
+def _uint_dtypes() -> dict[int, Any]:
+    import torch
+
+    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _canonical(x: Any) -> Any:
     """A JSON-able stand-in for ``x`` that changes whenever ``x`` does (arrays by their bytes)."""
     if isinstance(x, np.ndarray):
         return {"ndarray": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
                 "dtype": str(x.dtype), "shape": list(x.shape)}
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-        return _canonical(x.detach().cpu().numpy())
+        t = x.detach().cpu()
+        try:
+            return _canonical(t.numpy())
+        except TypeError:  # a dtype NumPy lacks (bfloat16, float8): hashed by its bytes (viewed as integers of the same width)
+            raw = t.contiguous().view(_uint_dtypes()[t.element_size()]).numpy()
+            return {"tensor": hashlib.sha256(raw.tobytes()).hexdigest(), "dtype": str(t.dtype),
+                    "shape": list(t.shape)}
     if isinstance(x, dict):
         return {str(k): _canonical(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
     if isinstance(x, (list, tuple)):

@@ -36,7 +36,7 @@ def layer_vectors(model: Any, vector: Any, layers: Sequence[int]) -> dict[int, n
     elif isinstance(vector, Mapping):
         source, name = {int(k): v for k, v in vector.items()}, "vector"
     else:
-        arr = vector.detach().cpu().numpy() if isinstance(vector, torch.Tensor) else np.asarray(vector)
+        arr = vector.detach().cpu().double().numpy() if isinstance(vector, torch.Tensor) else np.asarray(vector)
         source, name = {layer: arr for layer in layers}, "vector"
     out: dict[int, np.ndarray] = {}
     for layer in layers:
@@ -45,7 +45,7 @@ def layer_vectors(model: Any, vector: Any, layers: Sequence[int]) -> dict[int, n
             raise InputError(f"{name} has no direction for layer {layer} (it has layers {have}); "
                              "steer at one of those or refit the vector at that layer")
         arr = source[layer]
-        arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        arr = arr.detach().cpu().double().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
         if arr.ndim != 1 or arr.shape[0] != model.d_model:
             raise InputError(f"{name} has shape {arr.shape} at layer {layer} but {model.name} has "
                              f"d_model={model.d_model}; use a vector fitted on this model")
