@@ -67,11 +67,15 @@ def test_shuffled_pairing_control_is_near_chance():
     rows = {r["map"]: r for r in compare_vectors(VA, VB, maps.maps)}
     for m in ("ridge_shuffled", "procrustes_shuffled"):
         r = rows[m]
-        # cos^2 of random directions in d=60 is 1/60; overlap of random 12-dim subspaces is 12/60
+        # cos^2 of random directions in d=60 is 1/60
         assert r["matched_cos2"] < 5 * r["chance_cos2"]
-        assert abs(r["subspace_overlap"] - r["chance_overlap"]) < 0.12
         assert r["id_acc_centred"] <= 0.34
         assert maps.r2_heldout[m] < 0.05
+    # overlap of random 12-dim subspaces is 12/60; the shuffled ridge map chooses its own (large) CV
+    # penalty, so it maps into B's high-variance directions, where B's vectors lie too: above
+    # chance, which is why the control ranks the real map among shuffled maps, not against K/d
+    assert abs(rows["procrustes_shuffled"]["subspace_overlap"] - rows["procrustes_shuffled"]["chance_overlap"]) < 0.12
+    assert rows["ridge_shuffled"]["subspace_overlap"] < 0.5
     assert rows["ridge"]["subspace_overlap"] > 0.9
 
 

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from emoscope.core.stats import spearman_brown
-from emoscope.geometry.similarity import centred_cosines, similarity_analysis, split_half_reliability
+from emoscope.geometry.similarity import (
+    centred_cosines,
+    similarity_analysis,
+    split_half_reliability,
+)
 from emoscope.geometry.stage import similarity_findings
 
 MAGNITUDES = (1.0, 1.0, 5.0, 5.0)  # e0, e1 weak; e2, e3 strong; orthogonal directions

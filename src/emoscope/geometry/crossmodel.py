@@ -17,8 +17,10 @@ neutral texts* in both models (no emotion text is used):
 matched cos^2 (and the cos^2 of mismatched names, which shows how much all emotion vectors
 share), the subspace overlap of the two sets (mean cos^2 of their principal angles; ``K/d``
 for random subspaces), and the **identification test**: is A's mapped anger closer to B's anger
-than to any other of B's emotions? Its accuracy is tested against chance ``1/K`` (exact
-binomial), also on vectors centred on their mean over emotions. "raw" compares the vectors
+than to any other of B's emotions? Its p is exact over the assignments of counterparts
+(:func:`identification_pvalue`: the hits are not independent, so not a binomial), also on
+vectors centred on their mean over emotions. The shuffled-pairing test ranks the real ridge map
+among maps refitted on random pairings of the neutral texts (``geometry.pairing``). "raw" compares the vectors
 without a map, defined only when the widths match.
 
 >>> import numpy as np
@@ -40,16 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from emoscope.core.stats import binomial_test, permutation_pvalue, rng_from
+from emoscope.core.stats import permutation_pvalue, rng_from
 from emoscope.errors import InputError
 from emoscope.geometry.alignment import LinearMap
+from emoscope.geometry.pairing import ShuffledRidge, cv_penalties, matched_cos_centred, pairing_test
 from emoscope.vectors._data import as_matrix
 
 __all__ = ["NeutralMaps", "fit_neutral_maps", "compare_vectors", "matched_names", "subspace_overlap",
-           "MAP_ORDER"]
+           "identification_pvalue", "MAP_ORDER"]
 
 MAP_ORDER = ("raw", "ridge", "procrustes", "ridge_shuffled", "procrustes_shuffled")
-_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # x mean eigenvalue of the training Gram matrix
 
 
 @dataclass
@@ -66,6 +68,9 @@ class NeutralMaps:
     n_test: int
     d_a: int
     d_b: int
+    #: the ridge map refitted on ``n_pairings`` random pairings of the training rows, each with its
+    #: own CV penalty (``geometry.pairing``): the shuffled-pairing null; None when ``n_pairings=0``
+    pairings: ShuffledRidge | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -78,27 +83,6 @@ def _ridge_dual(Ac: np.ndarray, Bc: np.ndarray, lam: float) -> np.ndarray:
     """``W (d_a, d_b) = Ac^T (Ac Ac^T + lam I)^-1 Bc`` (dual form: n x n, cheap when n < d)."""
     K = Ac @ Ac.T
     return Ac.T @ np.linalg.solve(K + lam * np.eye(K.shape[0]), Bc)
-
-
-def _cv_ridge(A: np.ndarray, B: np.ndarray, n_folds: int, rng: np.random.Generator) -> tuple[float, dict[float, float]]:
-    n = A.shape[0]
-    folds = np.array_split(rng.permutation(n), n_folds)
-    scale = float(np.trace((A - A.mean(0)) @ (A - A.mean(0)).T)) / n
-    scores: dict[float, list[float]] = {lam: [] for lam in _LAMBDAS}
-    for f in folds:
-        tr = np.setdiff1d(np.arange(n), f)
-        ma, mb = A[tr].mean(0), B[tr].mean(0)
-        Ac, Bc = A[tr] - ma, B[tr] - mb
-        K = Ac @ Ac.T
-        w, U = np.linalg.eigh(K)
-        UtB = U.T @ Bc  # (n_tr, d_b)
-        Kv = (A[f] - ma) @ Ac.T  # (n_f, n_tr)
-        for lam in _LAMBDAS:
-            pred = Kv @ (U @ (UtB / (w + lam * scale)[:, None])) + mb
-            scores[lam].append(_r2(B[f], pred, mb))
-    cv = {lam: float(np.mean(v)) for lam, v in scores.items()}
-    best = max(cv, key=lambda k: cv[k])
-    return best * scale, cv
 
 
 def _procrustes_common(Ac: np.ndarray, Bc: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -114,9 +98,14 @@ def _procrustes_common(Ac: np.ndarray, Bc: np.ndarray, k: int) -> tuple[np.ndarr
 
 
 def fit_neutral_maps(NA: Any, NB: Any, *, test_share: float = 0.2, n_folds: int = 5, k_common: int | None = None,
-                     seed: int | np.random.Generator | None = 0) -> NeutralMaps:
+                     n_pairings: int = 99, seed: int | np.random.Generator | None = 0) -> NeutralMaps:
     """Fit ridge and Procrustes maps from ``NA (n, d_a)`` to ``NB (n, d_b)`` (rows: the same
-    neutral texts in both models), and their shuffled-pairing controls; R^2 on held-out rows."""
+    neutral texts in both models), and their shuffled-pairing controls; R^2 on held-out rows.
+
+    The ridge penalty is chosen by ``n_folds``-fold CV on the training rows. ``n_pairings``
+    random pairings of the training rows go through the same CV and fit
+    (``NeutralMaps.pairings``, the null of the shuffled-pairing test); the first of them also
+    gives the ``ridge_shuffled`` and ``procrustes_shuffled`` maps of the table."""
     A = as_matrix(NA, "NA", min_rows=8).astype(np.float64)
     B = as_matrix(NB, "NB", min_rows=8).astype(np.float64)
     if A.shape[0] != B.shape[0]:
@@ -124,22 +113,26 @@ def fit_neutral_maps(NA: Any, NB: Any, *, test_share: float = 0.2, n_folds: int 
                          f"and {B.shape[0]} rows")
     if not 0 < test_share < 0.5:
         raise InputError(f"test_share must be in (0, 0.5); got {test_share}")
+    if int(n_pairings) < 1:
+        raise InputError(f"n_pairings must be >= 1 (the shuffled-pairing control); got {n_pairings}")
     rng = rng_from(seed)
     n = A.shape[0]
     order = rng.permutation(n)
     n_test = max(2, int(round(test_share * n)))
     test, train = order[:n_test], order[n_test:]
-    lam, cv = _cv_ridge(A[train], B[train], n_folds, rng)
+    fold_rng = np.random.default_rng(rng.integers(2**63))  # the folds, whatever n_pairings is
+    perms = np.stack([np.arange(len(train))] + [rng.permutation(len(train)) for _ in range(int(n_pairings))])
+    lams, cv, scale = cv_penalties(A[train], B[train], perms, n_folds, fold_rng)
+    lam = float(lams[0])
     ma, mb = A[train].mean(0), B[train].mean(0)
     Ac, Bc = A[train] - ma, B[train] - mb
     k = min(A.shape[1], B.shape[1], len(train) - 1) if k_common is None else int(k_common)
     if not 1 <= k <= min(A.shape[1], B.shape[1], len(train) - 1):
         raise InputError(f"k_common must be in [1, {min(A.shape[1], B.shape[1], len(train) - 1)}]; got {k_common}")
-    perm = rng.permutation(len(train))
     maps: dict[str, LinearMap | None] = {"raw": None}
     r2: dict[str, float] = {}
-    for suffix, Bt in (("", Bc), ("_shuffled", Bc[perm])):
-        W = _ridge_dual(Ac, Bt, lam)
+    for suffix, Bt, lam_t in (("", Bc, lam), ("_shuffled", Bc[perms[1]], float(lams[1]))):
+        W = _ridge_dual(Ac, Bt, lam_t)
         maps["ridge" + suffix] = LinearMap(W, ma, mb, "ridge" + suffix)
         r2["ridge" + suffix] = _r2(B[test], (A[test] - ma) @ W + mb, mb)
         Wp, s = _procrustes_common(Ac, Bt, k)
@@ -147,9 +140,9 @@ def fit_neutral_maps(NA: Any, NB: Any, *, test_share: float = 0.2, n_folds: int 
         r2["procrustes" + suffix] = _r2(B[test], s * (A[test] - ma) @ Wp + mb, mb)
     if A.shape[1] == B.shape[1]:
         r2["raw"] = _r2(B[test], A[test] - ma + mb, mb)
-    rel = lam / (float(np.sum(Ac**2)) / len(train))
-    return NeutralMaps(maps=maps, r2_heldout=r2, lam=lam, lam_rel=rel, cv_r2=cv, k_common=k,
-                       n_train=len(train), n_test=n_test, d_a=A.shape[1], d_b=B.shape[1])
+    pairings = ShuffledRidge.fit(Ac, Bc, perms[1:], lams[1:])
+    return NeutralMaps(maps=maps, r2_heldout=r2, lam=lam, lam_rel=lam / scale, cv_r2=cv, k_common=k,
+                       n_train=len(train), n_test=n_test, d_a=A.shape[1], d_b=B.shape[1], pairings=pairings)
 
 
 def matched_names(vectors_a: Mapping[str, Any], vectors_b: Mapping[str, Any], *, label_a: str = "model A",
@@ -182,18 +175,56 @@ def subspace_overlap(X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(s**2)), np.degrees(np.arccos(s))
 
 
-def _identification(M: np.ndarray, B: np.ndarray) -> int:
-    S = _unit(M) @ _unit(B).T  # (K, K)
-    return int(np.sum(S.argmax(1) == np.arange(S.shape[0])))
+def _nearest(M: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """For each row of ``M``, the index of the row of ``B`` with the largest cosine: ``(K,)``."""
+    return (_unit(M) @ _unit(B).T).argmax(1)
+
+
+def identification_pvalue(nearest: Any) -> float:
+    """Exact p of the identification test: ``P(#{i : s(i) = nearest[i]} >= hits)`` for a uniformly
+    random assignment ``s`` of counterparts (a permutation of the ``K`` targets), where ``hits`` is
+    the observed count ``#{i : nearest[i] = i}``.
+
+    The null permutes which target is "the counterpart" (the columns of the similarity matrix); the
+    hits are not independent (under a one-to-one match they are the fixed points of a
+    permutation), so a binomial count against ``1/K`` is too small. The count is exact for any
+    ``K``: with ``c_v`` rows nearest to target ``v``, the assignments that agree with ``nearest`` on a
+    set of ``t`` rows number ``e_t(c) (K - t)!`` (``e_t``: elementary symmetric polynomial), and
+    inclusion-exclusion turns those into the distribution of the number of agreements. The
+    smallest p is ``1/K!`` (a perfect match).
+
+    >>> round(identification_pvalue([0, 1, 2, 3, 5, 4, 7, 6]), 4)  # 4 of 8: binomial would say 0.011
+    0.0191
+    >>> identification_pvalue([0, 1, 2]) == 1 / 6, identification_pvalue([0, 0, 0])  # a hub is no evidence
+    (True, 1.0)
+    """
+    from math import comb, factorial
+
+    a = np.asarray(nearest, dtype=np.int64).ravel()
+    K = a.size
+    if K == 0 or a.min() < 0 or a.max() >= K:
+        raise InputError(f"nearest must hold indices in [0, {K}); got {a.tolist()}")
+    hits = int(np.sum(a == np.arange(K)))
+    e = [1]  # elementary symmetric polynomials of the multiplicities, by degree
+    for c in np.bincount(a, minlength=K)[np.bincount(a, minlength=K) > 0].tolist():
+        e = [(e[t] if t < len(e) else 0) + (c * e[t - 1] if t >= 1 else 0) for t in range(len(e) + 1)]
+    N = [e[t] * factorial(K - t) for t in range(len(e))]  # (set of t agreements, assignment) pairs
+    exactly = [sum((-1) ** (t - h) * comb(t, h) * N[t] for t in range(h, len(N))) for h in range(len(N))]
+    return float(sum(exactly[hits:]) / factorial(K))
 
 
 def compare_vectors(vectors_a: Mapping[str, Any], vectors_b: Mapping[str, Any],
                     maps: Mapping[str, LinearMap | None], *, n_perm: int = 2000,
-                    seed: int | np.random.Generator | None = 0, labels: Sequence[str] = ("model A", "model B")
-                    ) -> list[dict[str, Any]]:
+                    seed: int | np.random.Generator | None = 0, labels: Sequence[str] = ("model A", "model B"),
+                    pairings: ShuffledRidge | None = None) -> list[dict[str, Any]]:
     """One row per map (``MAP_ORDER``): matched and mismatched cos^2, the name-permutation p of
     the matched cos^2, subspace overlap and its chance level, identification accuracy (raw and
-    centred) with binomial p against ``1/K``. ``raw`` (no map) is undefined when widths differ."""
+    centred) with its exact permutation p (:func:`identification_pvalue`; floor ``id_p_min =
+    1/K!``), and the mean matched cosine of centred vectors. ``raw`` (no map) is undefined when
+    widths differ. With ``pairings`` (``NeutralMaps.pairings``) the ``ridge`` row also gets the
+    shuffled-pairing test (``geometry.pairing.pairing_test``: ``p_pairing`` and its null)."""
+    from math import factorial
+
     names = matched_names(vectors_a, vectors_b, label_a=labels[0], label_b=labels[1])
     VA = np.stack([np.asarray(vectors_a[e], dtype=np.float64).ravel() for e in names])  # (K, d_a)
     VB = np.stack([np.asarray(vectors_b[e], dtype=np.float64).ravel() for e in names])  # (K, d_b)
@@ -215,12 +246,15 @@ def compare_vectors(vectors_a: Mapping[str, Any], vectors_b: Mapping[str, Any],
         null = np.array([np.mean(C[np.arange(K), rng.permutation(K)]) for _ in range(n_perm)])
         ov, angles = subspace_overlap(M, VB)
         ovc, _ = subspace_overlap(M - M.mean(0), VB - VB.mean(0))
-        hit, hit_c = _identification(M, VB), _identification(M - M.mean(0), VB - VB.mean(0))
+        near, near_c = _nearest(M, VB), _nearest(M - M.mean(0), VB - VB.mean(0))
         row.update(defined=True, note="", matched_cos2=matched,
                    mismatched_cos2=float((C.sum() - np.trace(C)) / (K * (K - 1))),
                    p_matched=permutation_pvalue(matched, null), subspace_overlap=ov, subspace_overlap_centred=ovc,
                    chance_overlap_centred=(K - 1) / d_b, median_angle_deg=float(np.median(angles)),
-                   id_acc=hit / K, id_p=binomial_test(hit, K, 1.0 / K),
-                   id_acc_centred=hit_c / K, id_p_centred=binomial_test(hit_c, K, 1.0 / K))
+                   id_acc=float(np.mean(near == np.arange(K))), id_p=identification_pvalue(near),
+                   id_acc_centred=float(np.mean(near_c == np.arange(K))), id_p_centred=identification_pvalue(near_c),
+                   id_p_min=1.0 / factorial(K), matched_cos_centred=matched_cos_centred(M, VB))
+        if name == "ridge" and pairings is not None:
+            row.update(pairing_test(VA, VB, M, pairings))
         rows.append(row)
     return rows

@@ -48,6 +48,9 @@ class CrossModelOptions(BaseModel):
     valence_arousal: str | None = None  # a CSV/JSON table (emotion, valence, arousal); None: the shipped one
     test_share: float = Field(default=0.2, gt=0.0, lt=0.5)  # held-out neutral texts for R^2
     n_perm: int = Field(default=9999, ge=99)
+    # maps refitted on random pairings of the neutral texts: the null of the shuffled-pairing test
+    # (floor 1 / (n_pairings + 1); at least 20 so that it can pass at 0.05)
+    n_pairings: int = Field(default=99, ge=20)
     alpha: float = 0.05
 
 
@@ -167,7 +170,7 @@ def crossmodel_stage(ctx: RunContext) -> StageResult:
             for d in depths:
                 La, Lb = pa["layers"][d], pb["layers"][d]
                 maps = fit_neutral_maps(pa["neutral"].get(La), pb["neutral"].get(Lb), test_share=opts.test_share,
-                                        seed=ctx.seed)
+                                        n_pairings=opts.n_pairings, seed=ctx.seed)
                 if d == opts.depth:
                     ctx.note(f"{a} -> {b}, layers {La} -> {Lb}: ridge penalty {maps.lam_rel:g} x the mean Gram "
                              "eigenvalue, chosen by 5-fold CV R^2 on the training neutral texts ("
@@ -177,7 +180,7 @@ def crossmodel_stage(ctx: RunContext) -> StageResult:
                              "neutral PCs removed")
                 for kind in ("raw", "denoised"):
                     rows = compare_vectors(pa["vecs"][(d, kind)], pb["vecs"][(d, kind)], maps.maps, seed=ctx.seed,
-                                           labels=(a, b))
+                                           labels=(a, b), pairings=maps.pairings)
                     for r in rows:
                         r.update(source=a, target=b, depth=d, layer_a=La, layer_b=Lb, vectors=kind,
                                  neutral_pcs_removed=(f"{pa['n_removed'][d]}/{pb['n_removed'][d]}"
@@ -190,7 +193,8 @@ def crossmodel_stage(ctx: RunContext) -> StageResult:
     cols = ["source", "target", "depth", "layer_a", "layer_b", "vectors", "map", "defined", "matched_cos2",
             "mismatched_cos2", "p_matched", "chance_cos2", "subspace_overlap", "chance_overlap",
             "subspace_overlap_centred", "chance_overlap_centred", "median_angle_deg", "id_acc", "id_p",
-            "id_acc_centred", "id_p_centred", "chance_id", "r2_heldout", "lambda_rel", "k_common", "n_emotions",
+            "id_acc_centred", "id_p_centred", "id_p_min", "chance_id", "matched_cos_centred", "p_pairing",
+            "pairing_null_mean", "pairing_null_q95", "pairing_id_acc_centred_mean", "n_pairings", "r2_heldout", "lambda_rel", "k_common", "n_emotions",
             "n_neutral_train", "n_neutral_test", "neutral_pcs_removed", "note"]
     al = pd.DataFrame(al_rows)
     ctx.write_table("alignment", al[[c for c in cols if c in al.columns]])
@@ -232,23 +236,40 @@ def crossmodel_stage(ctx: RunContext) -> StageResult:
 def alignment_finding(a: str, b: str, la: int, lb: int, rows: list[dict[str, Any]], maps: Any, *,
                       alpha: float = 0.05) -> Finding:
     """``alignment`` finding for the ridge map: centred identification of A's mapped emotion
-    vectors among B's, with the shuffled-pairing control, raw identification and held-out R^2."""
+    vectors among B's, with the shuffled-pairing control, raw identification and held-out R^2.
+
+    Two tests decide the verdict: ``identification`` (exact permutation p of the centred hits,
+    ``geometry.crossmodel.identification_pvalue``) and ``shuffled_pairing`` (rank p of the real
+    map among maps refitted on random pairings of the neutral texts, ``geometry.pairing``). The
+    claim needs both, so ``observation.p_value`` is ``max`` of the two: the p of the
+    intersection-union test of "both hold", valid at level alpha without a correction, and below
+    alpha exactly when both controls pass. A claim is still made only when identification passes.
+    """
     by = {r["map"]: r for r in rows}
     r, sh = by["ridge"], by["ridge_shuffled"]
     K = int(r["n_emotions"])
     ok_id = bool(r["id_p_centred"] < alpha)
+    p_pair = float(r["p_pairing"])
     controls = [
         Control(name="identification", value=round(float(r["id_acc_centred"]), 4), passed=ok_id,
-                threshold=f"binomial p < {alpha} against chance 1/{K}",
+                threshold=f"exact permutation p < {alpha} (chance 1/{K})",
                 note=f"centred vectors: {r['id_acc_centred']:.2f} (p {r['id_p_centred']:.3g}); uncentred "
-                     f"{r['id_acc']:.2f} (p {r['id_p']:.3g}); matched cos2 {r['matched_cos2']:.3f} vs mismatched "
-                     f"{r['mismatched_cos2']:.3f}"),
-        Control(name="shuffled_pairing", value=round(float(sh["id_acc_centred"]), 4),
-                passed=bool(sh["id_p_centred"] >= alpha and r["id_acc_centred"] > sh["id_acc_centred"]),
-                threshold="the map fitted on shuffled neutral pairs identifies no better than chance",
-                note=f"shuffled ridge: matched cos2 {sh['matched_cos2']:.3f}, overlap {sh['subspace_overlap']:.3f} "
-                     f"(chance {sh['chance_overlap']:.3f}), centred identification {sh['id_acc_centred']:.2f}; "
-                     f"Procrustes shuffled overlap {by['procrustes_shuffled']['subspace_overlap']:.3f}"),
+                     f"{r['id_acc']:.2f} (p {r['id_p']:.3g}); null: which of B's {K} emotions is the counterpart "
+                     f"is a uniformly random assignment (a permutation of the columns of the similarity matrix), "
+                     f"p counted exactly over all {K}! of them, smallest attainable {r['id_p_min']:.3g}; matched "
+                     f"cos2 {r['matched_cos2']:.3f} vs mismatched {r['mismatched_cos2']:.3f}"),
+        Control(name="shuffled_pairing", value=round(p_pair, 4), passed=bool(p_pair < alpha),
+                threshold=f"rank p < {alpha} against {int(r['n_pairings'])} shuffled-pairing maps",
+                note=f"null: which neutral text of {a} goes with which of {b} does not matter (the real pairing is "
+                     f"one of {int(r['n_pairings']) + 1} exchangeable pairings); each shuffled map refitted with its "
+                     f"own CV penalty; statistic: mean cosine of each mapped centred emotion vector with its "
+                     f"counterpart, real {r['matched_cos_centred']:.3f} vs shuffled mean {r['pairing_null_mean']:.3f} "
+                     f"(95% point {r['pairing_null_q95']:.3f}); rank p = (1 + #shuffled >= real) / (n + 1), smallest "
+                     f"attainable {r['pairing_min_p']:.3g}; shuffled maps' centred identification "
+                     f"{r['pairing_id_acc_centred_mean']:.2f} on average; first shuffled ridge map: matched cos2 "
+                     f"{sh['matched_cos2']:.3f}, overlap {sh['subspace_overlap']:.3f} (chance "
+                     f"{sh['chance_overlap']:.3f}); Procrustes shuffled overlap "
+                     f"{by['procrustes_shuffled']['subspace_overlap']:.3f}"),
         Control(name="heldout_fit", value=round(float(maps.r2_heldout["ridge"]), 4),
                 passed=bool(maps.r2_heldout["ridge"] > 0), threshold="R^2 > 0 on held-out neutral texts",
                 note=f"ridge penalty chosen by 5-fold CV on {maps.n_train} neutral texts (relative lambda "
@@ -261,11 +282,13 @@ def alignment_finding(a: str, b: str, la: int, lb: int, rows: list[dict[str, Any
              f"(centred vectors; chance 1 of {K})") if ok_id else None
     obs = Observation(metric=f"identification accuracy of {a}'s ridge-mapped, centred emotion vectors among {b}'s "
                              f"(layers {la} -> {lb})", value=round(float(r["id_acc_centred"]), 4), n=K,
-                      unit="emotions", p_value=float(r["id_p_centred"]), n_searched=1)
+                      unit="emotions", p_value=max(float(r["id_p_centred"]), p_pair), n_searched=1)
     return Finding(kind="alignment", claim=claim, observation=obs, controls=controls)
 
 
 def _space_findings(name: str, layer: int, kind: str, es: Any, alpha: float) -> list[Finding]:
+    """``emotion_space`` findings (PC1 ~ valence, PC2 ~ arousal): ``observation.p_value`` is the
+    two-sided permutation p of the correlation, the one that decides ``null_distribution``."""
     out = []
     for pc, rating in (("pc1", "valence"), ("pc2", "arousal")):
         c = es.correlations.get(pc, {}).get(rating)
