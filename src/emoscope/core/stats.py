@@ -365,8 +365,8 @@ def group_permutations(labels: Any, n_perm: int, *, groups: Any = None,
     y = np.asarray(labels)
     rng = rng_from(seed)
     n_perm = int(n_perm)
-    if groups is None:
-        return y[np.argsort(rng.random((n_perm, y.size)), axis=1)]
+    if groups is None or n_perm == 0:
+        return np.stack([y[rng.permutation(y.size)] for _ in range(n_perm)]) if n_perm else y[None, :][:0]
     g = np.asarray(groups)
     if g.shape != y.shape:
         raise InputError(f"group_permutations: {g.size} groups for {y.size} labels")

@@ -4,13 +4,17 @@
   shuffle), plus a permutation test with ``n_permutations`` shuffles of the full logistic
   probe at the chosen layer;
 - per-layer permutation p-values from a closed-form ridge probe (exact permutation test,
-  all shuffles in one matrix product), Holm-corrected across layers;
+  all shuffles in one matrix product), Holm-corrected across layers, and against the null of
+  the best layer (max over layers per shuffle: ``max_over_layers``), the p that accounts for
+  choosing the layer;
+- every label permutation keeps groups (``core.stats.group_permutations``);
 - random directions: the probe restricted to ``K - 1`` random directions (the dimension
   of the subspace a ``K``-class softmax probe uses);
 - length-only: a probe on token count and character count;
 - bag-of-words: a probe on the raw text;
 - seed spread (from the probe's seeds), a held-out split never used to choose the
-  layer, and an INLP-style nullspace curve at the chosen layer.
+  layer (its accuracy tested by a group-level permutation test, ``heldout_test``), and an
+  INLP-style nullspace curve at the chosen layer.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from emoscope.core.stats import permutation_pvalue
+from emoscope.core.stats import min_pvalue, permutation_pvalue
 from emoscope.errors import InputError
 from emoscope.probing._solver import fit_batch, subspace_basis
 from emoscope.probing.probe import Folds, cv_proba
 
-__all__ = ["ProbeControls"]
+__all__ = ["ProbeControls", "max_over_layers", "heldout_test"]
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,18 @@ class RidgePermutation:
     """Per-layer permutation test of a ridge probe's CV accuracy (exact, and cheap).
 
     Built once per dataset (labels, folds and shuffles are shared by every layer); call
-    ``test(X)`` per layer for ``(observed_acc, p, null (P,))``. Features are standardised
-    on all rows (no labels involved, so the test stays exact); the ridge fit is in kernel
-    form, so the shuffles of a fold cost one matrix product together.
+    ``test(X)`` per layer for ``(observed_acc, p, null (P,))``. ``null_labels (P, n)`` are the
+    permuted labels (``core.stats.group_permutations``: rows of a group move together). The same
+    shuffles at every layer make the null of the best layer's accuracy available (the max over
+    layers of each shuffle's accuracy: :func:`max_over_layers`). Features are standardised on
+    all rows (no labels involved, so the test stays exact); the ridge fit is in kernel form, so
+    the shuffles of a fold cost one matrix product together.
     """
 
-    def __init__(self, y: np.ndarray, folds: Folds, perms: np.ndarray, n_classes: int) -> None:
+    def __init__(self, y: np.ndarray, folds: Folds, null_labels: np.ndarray, n_classes: int) -> None:
         self.folds = folds
         self.K = n_classes
-        labels = np.concatenate([y[None, :], y[perms]], axis=0).T  # (n, 1 + P)
+        labels = np.concatenate([y[None, :], null_labels], axis=0).T  # (n, 1 + P)
         classes = np.arange(n_classes)[None, :, None]
         # One-hot in (rows, K, shuffles) layout: the argmax over K runs over contiguous
         # memory and A @ B is one GEMM.
@@ -110,6 +117,68 @@ class RidgePermutation:
         return float(acc[0]), permutation_pvalue(acc[0], acc[1:]), acc[1:]
 
 
+def max_over_layers(observed: np.ndarray, nulls: np.ndarray) -> np.ndarray:
+    """Per-layer p-values that account for the search over layers (single-step max-T).
+
+    ``observed (L,)``: each layer's statistic; ``nulls (L, P)``: the same under ``P`` label
+    shuffles shared by every layer. The null of the best layer's statistic is, for each shuffle,
+    the largest over layers; layer ``l``'s p is ``(1 + #{max null >= observed[l]}) / (1 + P)``.
+    The chosen layer's p is a valid test of "no layer carries the labels" whichever rule chose
+    it (its statistic is at most the maximum), so no further correction for the layers is due.
+
+    >>> max_over_layers(np.array([0.9, 0.5]), np.array([[0.5, 0.6, 0.55], [0.8, 0.5, 0.4]])).tolist()
+    [0.25, 1.0]
+    """
+    peak_null = np.asarray(nulls, dtype=np.float64).max(axis=0)  # (P,)
+    return np.array([permutation_pvalue(float(o), peak_null) for o in np.asarray(observed, dtype=np.float64)])
+
+
+def _log_arrangements(y: np.ndarray, groups: np.ndarray | None) -> float:
+    """log of the number of distinct label vectors ``group_permutations`` can reach."""
+    from math import lgamma
+
+    def multinomial(labels: list[Any]) -> float:
+        counts = np.unique(np.asarray(labels), return_counts=True)[1]
+        return lgamma(len(labels) + 1) - sum(lgamma(int(c) + 1) for c in counts)
+
+    if groups is None:
+        return multinomial(y.tolist())
+    blocks = [y[groups == g] for g in np.unique(groups)]
+    if all(np.all(b == b[0]) for b in blocks):
+        return multinomial([b[0] for b in blocks])
+    return sum(multinomial(b.tolist()) for b in blocks)
+
+
+def heldout_test(pred: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_permutations: int,
+                 rng: np.random.Generator) -> dict[str, Any]:
+    """Permutation test of a fixed probe's held-out accuracy, with groups as the unit.
+
+    Null: the probe's predictions carry no information about the labels; the labels are
+    permuted with ``core.stats.group_permutations`` (a group's rows move together: whole groups
+    swap labels when each group has one label, else labels are shuffled within each group), so
+    rows of one group are never counted as independent evidence (a binomial over rows is: with
+    correctness shared inside groups it rejects far more often than its level).
+    ``p = (1 + #{null >= acc}) / (1 + n_permutations)``; ``min_p``, the smallest p the design
+    can reach, is ``1 / (1 + n_permutations)`` or, with few units, ``1 / (number of distinct
+    arrangements of the labels)``, whichever is larger.
+
+    >>> y = np.repeat([0, 1], 20)
+    >>> t = heldout_test(y.copy(), y, None, 199, np.random.default_rng(0))
+    >>> t["p"], t["min_p"], t["unit"]
+    (0.005, 0.005, 'row')
+    """
+    from emoscope.core.stats import group_permutations
+
+    acc = float(np.mean(pred == y))
+    null = (group_permutations(y, n_permutations, groups=groups, seed=rng) == pred[None, :]).mean(1)
+    n_arr = float(np.exp(min(_log_arrangements(y, groups), 700.0)))
+    return {"statistic": "heldout_accuracy", "observed": acc, "p": permutation_pvalue(acc, null),
+            "n_permutations": int(n_permutations), "min_p": max(min_pvalue(n_permutations), 1.0 / n_arr),
+            "null_mean": float(null.mean()), "null_q95": float(np.quantile(null, 0.95)),
+            "unit": "row" if groups is None else "group",
+            "n_units": int(y.size if groups is None else np.unique(groups).size)}
+
+
 def logistic_permutation_test(
     X: np.ndarray,
     y: np.ndarray,
@@ -121,15 +190,20 @@ def logistic_permutation_test(
     max_iter: int,
     tol: float,
     chunk: int = 50,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Permutation test of the logistic probe's CV accuracy on fixed folds.
+    """Permutation test of the logistic probe's CV accuracy on fixed folds, at one layer.
 
-    The observed accuracy is recomputed here by the same procedure as the null. Within a
+    The observed accuracy is recomputed here by the same procedure as the null. Labels are
+    permuted with ``core.stats.group_permutations`` (rows of a group move together). Within a
     fold every shuffle shares the standardisation, so the fit runs in the row space of
     the standardised training rows (exactly equivalent: an L2 logistic weight lies in
-    that span), which makes ``n_permutations`` refits affordable.
+    that span), which makes ``n_permutations`` refits affordable. At a layer chosen as the best
+    of several this p is not corrected for the choice (``max_over_layers`` is).
     """
-    labels = np.stack([y] + [rng.permutation(y) for _ in range(n_permutations)])  # (1 + P, n)
+    from emoscope.core.stats import group_permutations
+
+    labels = np.concatenate([y[None, :], group_permutations(y, n_permutations, groups=groups, seed=rng)])
     correct = np.zeros(labels.shape[0])
     for tr, te in folds:
         mu, sd = X[tr].mean(0), X[tr].std(0)

@@ -11,7 +11,7 @@ import pandas as pd
 from emoscope._io import sha256_json
 from emoscope._progress import progress
 from emoscope.core.directions import random_subspaces
-from emoscope.core.stats import binomial_test, bootstrap, holm
+from emoscope.core.stats import bootstrap, group_permutations, holm, min_pvalue
 from emoscope.errors import InputError, LayerError
 from emoscope.probing import controls as ctl
 from emoscope.probing._solver import blas_threads
@@ -136,12 +136,14 @@ def _probe_layers(
     seeds = list(probe.seeds)
     folds = [make_folds(y, g, probe.n_folds, s) for s in seeds]
     f0 = folds[0]
-    y_shuf = rng.permutation(y) if controls.shuffled else None
+    # every label permutation keeps groups: rows of one group move together (core.stats)
+    y_shuf = group_permutations(y, 1, groups=g, seed=rng)[0] if controls.shuffled else None
     ridge = (
-        ctl.RidgePermutation(y, f0, np.stack([rng.permutation(y.size) for _ in range(controls.n_layer_permutations)]), K)
+        ctl.RidgePermutation(y, f0, group_permutations(y, controls.n_layer_permutations, groups=g, seed=rng), K)
         if controls.n_layer_permutations > 0
         else None
     )
+    ridge_obs, ridge_null = [], []  # per layer: the ridge probe's accuracy and its shuffles
     k_dir = max(1, K - 1)
     R_by_d: dict[int, np.ndarray] = {}
 
@@ -159,7 +161,12 @@ def _probe_layers(
             row.update(shuffled_acc=float(np.mean(proba[-1].argmax(1) == y_shuf)), shuffled_lo=lo, shuffled_hi=hi)
         else:
             row.update(shuffled_acc=nan, shuffled_lo=nan, shuffled_hi=nan)
-        row["perm_p"] = ridge.test(X)[1] if ridge is not None else nan
+        if ridge is not None:
+            obs_acc, row["perm_p"], null_acc = ridge.test(X)
+            ridge_obs.append(obs_acc)
+            ridge_null.append(null_acc)
+        else:
+            row["perm_p"] = nan
         if controls.random_directions and controls.n_random_draws > 0:
             d = X.shape[1]
             if d not in R_by_d:
@@ -171,15 +178,27 @@ def _probe_layers(
 
     table = pd.DataFrame(rows)
     table["perm_p_holm"] = holm(table["perm_p"].to_numpy())
+    table["perm_p_max"] = (ctl.max_over_layers(np.array(ridge_obs), np.stack(ridge_null)) if ridge is not None
+                           else np.nan)
     table["selectivity"] = table["acc"] - table["shuffled_acc"]
     peak_i = int(np.argmax(table["acc"].to_numpy()))
     peak_layer = int(table["layer"].iloc[peak_i])
     Xp = acts[peak_layer].astype(np.float64)  # (n, d), all rows
 
+    permutation_max = None
+    if ridge is not None:  # the shuffled-label test of the chosen layer, the search over layers included
+        peak_null = np.stack(ridge_null).max(axis=0)
+        permutation_max = {
+            "statistic": "cv_accuracy_ridge_best_layer", "layer": peak_layer, "observed": float(ridge_obs[peak_i]),
+            "p": float(table["perm_p_max"].iloc[peak_i]), "n_permutations": int(controls.n_layer_permutations),
+            "min_p": min_pvalue(controls.n_layer_permutations), "n_layers": len(layers),
+            "null_max_mean": float(peak_null.mean()), "null_max_q95": float(np.quantile(peak_null, 0.95)),
+            "unit": "row" if g is None else "group",
+        }
     permutation = None
     if controls.shuffled and controls.n_permutations > 0:
         permutation = ctl.logistic_permutation_test(
-            Xp[dev], y, f0, K, controls.n_permutations, rng, C, it, tol
+            Xp[dev], y, f0, K, controls.n_permutations, rng, C, it, tol, groups=g
         )
         permutation["layer"] = peak_layer
     nullspace = ctl.nullspace_curve(Xp[dev], y, f0, K, controls.nullspace_k, C, it, tol) if controls.nullspace_k > 0 else []
@@ -187,14 +206,15 @@ def _probe_layers(
     heldout = None
     if ho.size:
         fit = ctl.train_once(Xp, y_all, dev, K, C, it, tol)
-        correct = (fit.proba(Xp[ho])[:, 0].argmax(1) == y_all[ho]).astype(float)
-        acc, lo, hi = bootstrap(correct, None if g_all is None else g_all[ho], **boot)
-        # the p-value tests held-out accuracy against the majority-class rate of the dev rows
-        chance_dev = float((np.bincount(y, minlength=K) / y.size).max())
+        pred = fit.proba(Xp[ho])[:, 0].argmax(1)
+        correct = (pred == y_all[ho]).astype(float)
+        g_ho = None if g_all is None else g_all[ho]
+        acc, lo, hi = bootstrap(correct, g_ho, **boot)
+        # the p-value: a permutation test with groups as the unit (rows of a group are not independent)
+        test = ctl.heldout_test(pred, y_all[ho], g_ho, max(999, controls.n_layer_permutations), rng)
         heldout = {"acc": acc, "lo": lo, "hi": hi, "n": int(ho.size), "layer": peak_layer,
                    "n_per_class_min": int(np.bincount(y_all[ho], minlength=K).min()),
-                   "n_correct": int(correct.sum()),
-                   "p": binomial_test(int(correct.sum()), int(ho.size), chance_dev)}
+                   "n_correct": int(correct.sum()), "p": test["p"], "test": test}
 
     share = np.bincount(y, minlength=K) / y.size
     baselines: dict[str, Any] = {"chance": float(share.max()), "chance_uniform": 1.0 / K}
@@ -218,6 +238,7 @@ def _probe_layers(
         heldout_acc=heldout,
         nullspace=nullspace,
         permutation=permutation,
+        permutation_max=permutation_max,
         notes=notes,
         meta={
             "n": int(n),

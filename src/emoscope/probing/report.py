@@ -20,7 +20,7 @@ __all__ = ["ProbeReport", "SCHEMA_VERSION", "TABLE_COLUMNS"]
 SCHEMA_VERSION = 1
 TABLE_COLUMNS = [
     "layer", "rel_depth", "acc", "acc_lo", "acc_hi", "bal_acc", "f1", "auroc",
-    "shuffled_acc", "shuffled_lo", "shuffled_hi", "perm_p", "perm_p_holm",
+    "shuffled_acc", "shuffled_lo", "shuffled_hi", "perm_p", "perm_p_holm", "perm_p_max",
     "random_dir_acc", "seed_sd", "selectivity",
 ]
 
@@ -49,8 +49,10 @@ class ProbeReport:
     ``peak_rel_depth``: the best layer on the dev folds; ``heldout_acc``: that layer's
     accuracy on rows never used to choose it (``{"acc", "lo", "hi", "n", "layer"}``);
     ``nullspace``: CV accuracy at the peak after 0..k INLP removals (entry 0 = none);
-    ``permutation``: the logistic permutation test at the peak; ``confounded`` and
-    ``confound_reasons``; ``notes``: other caveats worth reading.
+    ``permutation``: the logistic permutation test at the peak (not corrected for choosing
+    it); ``permutation_max``: the shuffled-label test of the peak against the null of the best
+    layer (ridge probe, max over layers per shuffle; the table's ``perm_p_max`` at the peak);
+    ``confounded`` and ``confound_reasons``; ``notes``: other caveats worth reading.
 
     >>> rep = ProbeReport(table=pd.DataFrame({"layer": [0]}), baselines={}, peak_layer=0,
     ...                   peak_rel_depth=0.0)
@@ -65,6 +67,7 @@ class ProbeReport:
     heldout_acc: dict[str, Any] | None = None
     nullspace: list[float] = field(default_factory=list)
     permutation: dict[str, Any] | None = None
+    permutation_max: dict[str, Any] | None = None
     confounded: bool = False
     confound_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -89,6 +92,7 @@ class ProbeReport:
                 "heldout_acc": self.heldout_acc,
                 "nullspace": self.nullspace,
                 "permutation": self.permutation,
+                "permutation_max": self.permutation_max,
                 "confounded": self.confounded,
                 "confound_reasons": self.confound_reasons,
                 "notes": self.notes,
@@ -105,6 +109,7 @@ class ProbeReport:
                 baselines=d["baselines"], peak_layer=int(d["peak_layer"]),
                 peak_rel_depth=float(d["peak_rel_depth"]), heldout_acc=d.get("heldout_acc"),
                 nullspace=list(d.get("nullspace") or []), permutation=d.get("permutation"),
+                permutation_max=d.get("permutation_max"),
                 confounded=bool(d.get("confounded")), confound_reasons=list(d.get("confound_reasons") or []),
                 notes=list(d.get("notes") or []), meta=dict(d.get("meta") or {}),
             )
@@ -217,6 +222,10 @@ def judge(report: ProbeReport, controls: Any) -> None:
             notes.append(f"held-out accuracy {h['acc']:.2f} is below the dev interval: the peak choice may be optimistic")
     if report.permutation and report.permutation["p"] >= controls.alpha:
         notes.append(f"permutation test at the peak: p = {report.permutation['p']:.3f} >= {controls.alpha}")
+    pm = report.permutation_max
+    if pm and pm["p"] >= controls.alpha:
+        notes.append(f"against the best of {pm['n_layers']} layers under shuffled labels the peak is not significant: "
+                     f"p = {pm['p']:.3f} >= {controls.alpha}")
     holm_p = report.table["perm_p_holm"]
     if holm_p.notna().any() and not (holm_p < controls.alpha).any():
         notes.append(f"no layer passes the Holm-corrected permutation test at {controls.alpha}")

@@ -104,8 +104,45 @@ def transfer_control(train_X, train_y, test_X, test_y, *, source: str, target: s
                         f"({len(shared)} shared classes); 95% interval [{lo:.2f}, {hi:.2f}]")
 
 
+def _shuffled_labels(report, alpha: float) -> tuple[Control, float | None]:  # noqa: ANN001
+    """The shuffled-label control and its p: the peak against the null of the best layer.
+
+    With the per-layer ridge test (``permutation_max``): the peak's ridge CV accuracy against, per
+    label shuffle, the best accuracy over all layers (floor ``1 / (n + 1)``). Without it, the
+    logistic permutation p at the peak, Bonferroni over the layers searched. Both are computed on
+    the rows that chose the layer and account for the choice."""
+    peak, pm, perm = report.peak, report.permutation_max, report.permutation or {}
+    shuffled = peak.get("shuffled_acc")
+    value = None if shuffled is None else round(float(shuffled), 4)
+    threshold = f"permutation p < {alpha}, the search over layers included"
+    n_layers = int(len(report.table))
+    if pm:
+        p = float(pm["p"])
+        note = (f"p = {p:.4g}: null: labels carry nothing at any layer; labels shuffled {pm['n_permutations']} times "
+                f"{_unit_words(pm['unit'])}; the peak's ridge-probe CV accuracy "
+                f"{pm['observed']:.3f} against the best of {pm['n_layers']} layers per shuffle (mean "
+                f"{pm['null_max_mean']:.3f}, 95% point {pm['null_max_q95']:.3f}); smallest attainable p "
+                f"{pm['min_p']:.3g}")
+    elif perm:
+        p = min(1.0, float(perm["p"]) * n_layers)
+        note = (f"p = {p:.4g}: the logistic permutation p at the peak ({perm['p']:.4g}, {perm['n_permutations']} "
+                f"shuffles) x {n_layers} layers searched (Bonferroni)")
+    else:
+        return Control(name="shuffled_labels", value=value, passed=None, threshold=threshold, note="not run"), None
+    if perm and pm:
+        note += f"; logistic probe at the peak alone (not corrected for the choice): p = {perm['p']:.4g}"
+    return Control(name="shuffled_labels", value=value, passed=bool(p < alpha), threshold=threshold, note=note), p
+
+
 def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float = 0.05) -> Finding:
-    """A ``probe`` finding from a ``ProbeReport``: the peak-layer accuracy, its claim and controls."""
+    """A ``probe`` finding from a ``ProbeReport``: the peak-layer accuracy, its claim and controls.
+
+    ``observation.p_value`` is the p of the ``shuffled_labels`` control: the only control of the
+    probe decided by a test, and one that accounts for choosing the layer (the peak against the
+    best layer under shuffled labels), so the run-wide correction need add nothing for the
+    layers. The held-out accuracy's own permutation p (groups as the unit) is in the
+    ``heldout_layer_choice`` note; that control is judged by its grouped bootstrap interval.
+    """
     peak = report.peak
     acc, b = float(peak["acc"]), report.baselines
     chance = float(b["chance"])
@@ -118,13 +155,10 @@ def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float =
         explains = base >= ratio * acc and lo > chance
         return Control(name=name, value=round(base, 4), passed=not explains, threshold=f"< {ratio:g} x probe accuracy")
 
-    perm = report.permutation or {}
-    shuffled = peak.get("shuffled_acc")
+    alpha = float((report.meta.get("controls") or {}).get("alpha", 0.05))
+    shuffled_control, p_value = _shuffled_labels(report, alpha)
     controls = [
-        Control(name="shuffled_labels", value=None if shuffled is None else round(float(shuffled), 4),
-                passed=(perm.get("p", 1.0) < 0.05) if perm else None,
-                threshold="permutation p < 0.05", note=f"p = {perm.get('p', float('nan')):.4f}, "
-                f"{perm.get('n_permutations', '?')} permutations" if perm else "not run"),
+        shuffled_control,
         baseline("length_only", "length_baseline"),
         baseline("bow", "bow_baseline"),
     ]
@@ -139,20 +173,36 @@ def probe_finding(report, *, model_name: str, dataset: str, max_seed_sd: float =
                             threshold=f"held-out interval above chance {chance:.2f}",
                             note="not run (heldout: 0)" if not h else
                             f"layer chosen among {n_layers} on the dev rows (CV accuracy {acc:.3f}); "
-                            f"held-out [{h['lo']:.2f}, {h['hi']:.2f}], n={h['n']}"))
+                            f"held-out [{h['lo']:.2f}, {h['hi']:.2f}], n={h['n']}" + _heldout_p(h)))
     claim = f"{dataset} classes are linearly decodable from resid[{report.peak_layer}] of {model_name}"
     if h:  # the value reported is the held-out one: the layer was chosen on the other rows
         obs = Observation(metric=f"held-out accuracy at layer {report.peak_layer} (chosen among {n_layers} layers "
                                  "on the dev rows)", value=round(float(h["acc"]), 4),
                           interval=(round(float(h["lo"]), 4), round(float(h["hi"]), 4)),
                           n=int(h.get("n_per_class_min", 0)) or None, unit="held-out texts per class",
-                          p_value=h.get("p"), n_searched=n_layers)
+                          p_value=p_value, n_searched=n_layers)
     else:
         obs = Observation(metric=f"CV accuracy at layer {report.peak_layer}, the best of {n_layers} layers",
                           value=round(acc, 4), interval=(round(float(peak["acc_lo"]), 4), round(float(peak["acc_hi"]), 4)),
                           n=int(report.meta.get("n_per_class_min", 0)) or None, unit="texts per class",
-                          p_value=perm.get("p"), n_searched=n_layers)
+                          p_value=p_value, n_searched=n_layers)
     return Finding(kind="probe", claim=claim, observation=obs, controls=controls)
+
+
+def _heldout_p(h: dict) -> str:
+    t = h.get("test")
+    if not t:
+        return ""
+    return (f"; permutation p {t['p']:.3g} (null: the predictions carry no label information; labels permuted "
+            f"{t['n_permutations']} times {_unit_words(t['unit'], t['n_units'])}; smallest attainable {t['min_p']:.3g})")
+
+
+def _unit_words(unit: str, n: int | None = None) -> str:
+    count = "" if n is None else f"{n} "
+    if unit == "row":
+        return f"over the {count}rows"
+    return (f"keeping the {count}groups (rows of a group move together: whole groups swap labels, or labels move "
+            "only within a group)")
 
 
 @register_stage("probe", options_model=ProbeOptions, check=check_probe, description="per-layer probes with controls on by default")
