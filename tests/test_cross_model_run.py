@@ -104,6 +104,24 @@ def test_three_families_in_one_run(tiny_dirs, tmp_path, monkeypatch):
     assert np.allclose(same.cka, 1.0)
     kinds = {f.kind for f in rd.ledger.read()}
     assert {"alignment", "emotion_space", "depth"} <= kinds
+    # every tested finding records the p that decides its verdict; a description records none
+    for f in rd.ledger.read():
+        p = f.observation.p_value
+        if f.kind == "depth":
+            assert p is None
+        elif f.kind == "emotion_space":
+            assert p == pytest.approx(next(c for c in f.controls if c.name == "null_distribution").value, abs=5e-5)
+        elif f.kind == "alignment":  # both tests decide: the intersection-union p is the larger
+            m = f.observation.metric
+            pair = al.source.map(lambda a_, m=m: f"of {a_}'s" in m) & al.target.map(lambda b_, m=m: f"among {b_}'s" in m)
+            r = al[pair & (al["map"] == "ridge") & (al.vectors == "raw") & (al.depth == 0.5)].iloc[0]
+            assert p == pytest.approx(max(r.id_p_centred, r.p_pairing))
+            assert next(c for c in f.controls if c.name == "shuffled_pairing").passed is bool(r.p_pairing < 0.05)
+        elif f.kind == "probe":
+            key = f.id.split("@")[1].rsplit("-", 1)[0]
+            t = pd.read_csv(rd.tables / f"{key}.probe_layers.csv")
+            layer = int(f.observation.metric.split("layer ")[1].split(" ")[0])
+            assert p == pytest.approx(float(t.loc[t.layer == layer, "perm_p_max"].iloc[0]))
     # activations: each (model, text set) extracted once; every later request is a cache hit
     fresh = [(n, t) for n, t, hit in calls if not hit]
     assert len(fresh) == len(set(fresh)) == 6  # 3 models x (the dataset, neutral-corpus)
