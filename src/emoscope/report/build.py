@@ -1,150 +1,135 @@
 """Assemble ``report.html`` from a run directory: one file, opens offline.
 
-Figures are inlined as base64 images, the CSS is inlined, and the page links to nothing
-outside itself (anchors only).
+The page reads top to bottom as a reader needs it: the run summary (sentences written from
+the findings) beside the key figure; the findings at a glance, their evidence folded beneath
+each row; the papers' numbers beside the run's (yardsticks); one section per stage, figure
+first; then what no stage claims, the manifest and the spec. The HTML comes from Jinja2
+templates under ``templates/`` (autoescaped: every piece of text is escaped); figures are
+inlined as data URIs and the CSS is inlined, so the page links to nothing outside itself
+except the run's own CSV files (relative links).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from emoscope import __version__
 from emoscope._io import atomic_write_text
-from emoscope.audit import Finding, describe_counts, verdict_counts
+from emoscope.audit import describe_counts, verdict_counts
 from emoscope.audit.checklist import checklist_version, rules_out
-from emoscope.core.manifest import Manifest, StageRecord, now
-from emoscope.core.rundir import RunDir
-from emoscope.report.render import badge, csv_table, data_table, esc, figure, findings_table, slug
+from emoscope.core.manifest import now
+from emoscope.report.blocks import Figure, figure_block, frame_block, table_block
+from emoscope.report.glance import FindingRow, finding_rows
+from emoscope.report.headline import run_summary
+from emoscope.report.runview import RunView, split_name
+from emoscope.report.sections import (
+    DRAWS_PREFIX,
+    Group,
+    build_sections,
+    draws_owner,
+    load_section_data,
+    slug,
+    tables_shown_by_sections,
+)
+from emoscope.report.yardsticks import RULE, evaluate
 
-__all__ = ["write_report", "render_report"]
+__all__ = ["write_report", "render_report", "template_env", "report_css"]
 
 
-def _css() -> str:
+@functools.lru_cache(maxsize=1)
+def template_env() -> Any:
+    """The Jinja2 environment of the report's templates (autoescape on, undefined names are errors)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("emoscope.report", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["slug"] = slug
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def report_css() -> str:
+    """The report's stylesheet (inlined into every page, the comparison page too)."""
     return resources.files("emoscope.report").joinpath("report.css").read_text("utf-8")
 
 
-def _header(m: Manifest, description: str, findings: list[Finding]) -> str:
-    claims = verdict_counts(findings, claims_only=True)
-    holds = sum(f.verdict == "holds" for f in findings if not f.is_claim)
-    done = sum(r.status == "done" for r in m.stages.values())
-    skipped = sum(r.status == "skipped" for r in m.stages.values())
-    cards = [
-        ("run status", badge(m.status, "s-" + ("done" if m.status == "done" else "failed" if m.status == "failed" else "pending"))),
-        ("stages", esc(f"{done} done" + (f", {skipped} skipped" if skipped else "")
-                       + f", {len(m.stages) - done - skipped} other")),
-        ("findings", esc(f"{len(findings)} ({sum(f.is_claim for f in findings)} claim"
-                         + ("" if sum(f.is_claim for f in findings) == 1 else "s") + ")")),
-        *((f"claims: {v}", badge(str(n), "v-" + slug(v))) for v, n in claims.items()),
-        ("observations that hold", badge(str(holds), "v-holds")),
-    ]
-    card_html = "".join(f'<div class="card"><span class="muted">{esc(k)}</span><b>{v}</b></div>' for k, v in cards)
-    git = m.environment.get("git", {}) or {}
-    rev = (git.get("revision") or "no git revision")[:12] + (" (dirty)" if git.get("dirty") else "")
-    meta = f"run {m.run_id} · spec hash {m.spec_hash[:12]} · started {m.created_at} · emoscope {__version__} · {rev}"
-    desc = f"<p>{esc(description)}</p>" if description else ""
-    return f'<header><h1>{esc(m.spec_name)}</h1><p class="meta">{esc(meta)}</p>{desc}<div class="summary-cards">{card_html}</div></header>'
+def _renamer(view: RunView) -> Any:
+    """Text with the run's model names (often paths) replaced by their short keys."""
+    pairs = sorted(((n, view.label(n)) for n in view.models if view.label(n) != n), key=lambda p: -len(p[0]))
+
+    def rename(text: Any) -> str:
+        text = "" if text is None else str(text)
+        for name, key in pairs:
+            text = text.replace(name, key)
+        return text
+
+    return rename
 
 
-def _nav(m: Manifest) -> str:
-    items = [("findings", "Findings")] + [(f"stage-{slug(n)}", f"stage {n}") for n, _ in m.ordered_stages()]
-    items += [("other-outputs", "Other outputs"), ("manifest", "Manifest"), ("spec", "Spec")]
-    return "<nav><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t in items) + "</ul></nav>"
+_VERDICT_ORDER = {"ships": 0, "fails": 1, "needs controls": 2, "holds": 3}
 
 
-#: how to read the cross-model tables (stage ``crossmodel``)
-_TABLE_NOTES = {
-    "alignment": "Maps fitted on neutral texts only, applied to model A's emotion vectors. raw: no map (undefined when "
-                 "the widths differ); ridge: penalty by cross-validation; procrustes: orthogonal in a common PCA "
-                 "dimension; *_shuffled: the same fitted on shuffled text pairs (the control). matched_cos2 is inflated "
-                 "by what all emotion vectors share (compare mismatched_cos2); id_acc: share of A's mapped emotions "
-                 "nearest to the same emotion of B (chance_id = 1/K), also on centred vectors; r2_heldout: on held-out "
-                 "neutral texts.",
-    "cka": "Debiased (unbiased HSIC) linear CKA on the neutral texts: layer x layer within each model and model x "
-           "model; near 0 for unrelated representations even when texts and width are close.",
-    "emotion_space": "PCA of the emotion vectors centred on their mean (variance_share per component), Pearson r of "
-                     "PC1/PC2 with valence and arousal ratings and two-sided permutation p; raw and denoised vectors.",
-    "depth_peaks": "Each model's probe curve on relative depth: argmax, the earliest layer within the argmax's "
-                   "interval, the span of depths inside that interval, and the curve's shape.",
-}
+def _row_order(r: FindingRow) -> tuple[int, int, int]:
+    """Claims first (ships, fails, needs controls), then observations; descriptive ones last
+    (a stable sort keeps ledger order inside each group)."""
+    f = r.finding
+    return (0 if f.is_claim else 1, int(f.kind == "extraction"), _VERDICT_ORDER.get(f.verdict or "", 4))
 
 
-def _stage(name: str, rec: StageRecord, rd: RunDir, findings: list[Finding]) -> str:
-    parts = [f'<section class="stage {esc(rec.status)}" id="stage-{esc(slug(name))}">',
-             f"<h3>{esc(name)} {badge(rec.status, 's-' + rec.status)}</h3>"]
-    facts = []
-    if rec.seconds is not None:
-        facts.append(f"{rec.seconds:.2f} s")
-    if rec.attempts > 1:
-        facts.append(f"{rec.attempts} attempts")
-    mine = [f for f in findings if f.provenance.stage == name]
-    if mine:
-        facts.append(f"{len(mine)} findings")
-    if facts:
-        parts.append(f'<p class="meta">{esc(" · ".join(facts))}</p>')
-    if rec.summary:
-        parts.append(f"<p>{esc(rec.summary)}</p>")
-    parts += [f'<p class="note">{esc(n)}</p>' for n in rec.notes]
-    if rec.error:
-        parts.append(f'<p class="error">failed: {esc(rec.error)}</p>')
-    if rec.metrics:
-        parts.append(data_table(["metric", "value"], sorted(rec.metrics.items())))
-    if rec.figures:
-        parts.append('<div class="grid">' + "".join(figure(f, rd.figures) for f in rec.figures) + "</div>")
-    for t in rec.tables:
-        note = f'<p class="note">{esc(_TABLE_NOTES[t])}</p>' if t in _TABLE_NOTES else ""
-        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + note + csv_table(rd.tables / f"{t}.csv"))
-    parts.append("</section>")
-    return "".join(parts)
+def _attach_draws(view: RunView, rows: list[FindingRow]) -> set[str]:
+    """Put each ``draws_`` figure beside the finding it belongs to; the figures placed."""
+    by_id = {r.finding.id: r for r in rows}
+    placed: set[str] = set()
+    for stage, rec in view.stages():
+        ids = [f.id for f in view.stage_findings(stage)]
+        for name in rec.figures:
+            if DRAWS_PREFIX not in name:
+                continue
+            owner = draws_owner(name, stage, ids)
+            block = figure_block(view, name, "each random draw's held-out value (dots) against the candidate (line)")
+            if owner is not None and block is not None:
+                by_id[owner].figures.append(block)
+                placed.add(name)
+    return placed
 
 
-def _promoted(rd: RunDir) -> str:
-    """What each vector promotes through the unembedding (tables ``promoted_tokens`` and
-    ``promoted_non_latin``), one line per vector: tokens with their script in brackets."""
-    import csv
-
-    def mark(r: dict[str, str]) -> str:
-        return f"{r['token']!r}" + ("" if r.get("script") in ("LATIN", "-") else f" [{r.get('script')}]")
-
-    parts = []
-    for name, sides in (("promoted_tokens", ("top", "bottom")), ("promoted_non_latin", (None,))):
-        path = rd.tables / f"{name}.csv"
-        if not path.is_file():
-            continue
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        lines: dict[tuple[str, str], list[str]] = {}
-        for r in rows:
-            lines.setdefault((r["vector"], r.get("side", "non-Latin")), []).append(mark(r))
-        body = [(v, side, ", ".join(toks)) for (v, side), toks in lines.items() if side in sides or None in sides]
-        parts.append(f"<h4>{esc(name)}</h4>" + data_table(["vector", "side", "tokens (script when not Latin)"], body))
-    if not parts:
-        return ""
-    return ('<section id="promoted"><h2>What the vectors promote</h2><p class="muted">Each vector through the final '
-            "norm and the unembedding (a logit lens of the direction alone): the tokens it raises most (top) and "
-            "lowers most (bottom).</p>" + "".join(parts) + "</section>")
+def _key_figure(view: RunView, groups: list[Group]) -> Figure | None:
+    """The figure of the stage behind the run's leading finding (the first claim that ships, else
+    the first that fails, else the first observation); else the first key figure of the run."""
+    fs = view.findings
+    lead = next((f for f in fs if f.is_claim and f.verdict == "ships"), None) \
+        or next((f for f in fs if f.is_claim and f.verdict == "fails"), None) \
+        or next((f for f in fs if f.kind not in ("extraction",)), None)
+    sections = [s for g in groups for s in g.sections]
+    across = [s for s in sections if s.model is None]
+    if view.multi_model and any(s.key_figures for s in across):  # the comparison is the point of the run
+        return next(s.key_figures[0] for s in across if s.key_figures)
+    if lead is not None:
+        for s in sections:
+            if s.stage == lead.provenance.stage and s.key_figures:
+                return s.key_figures[0]
+    return next((s.key_figures[0] for s in across + sections if s.key_figures), None)
 
 
-def _other_outputs(m: Manifest, rd: RunDir) -> str:
-    owned_t = {t for r in m.stages.values() for t in r.tables}
-    owned_f = {f for r in m.stages.values() for f in r.figures}
-    tables = sorted(p.stem for p in rd.tables.glob("*.csv") if p.stem not in owned_t) if rd.tables.is_dir() else []
-    figs = sorted({p.stem for p in rd.figures.glob("*") if p.suffix in (".png", ".svg")} - owned_f) \
-        if rd.figures.is_dir() else []
-    if not tables and not figs:
-        return ""
-    parts = ['<p class="muted">Tables and figures in the run directory that no finished stage claims '
-             "(e.g. from a failed attempt).</p>"]
-    if figs:
-        parts.append('<div class="grid">' + "".join(figure(f, rd.figures) for f in figs) + "</div>")
-    for t in tables:
-        parts.append(f'<h4 id="table-{esc(slug(t))}">table {esc(t)}</h4>' + csv_table(rd.tables / f"{t}.csv"))
-    return "".join(parts)
+def _other(view: RunView) -> dict[str, Any]:
+    owned_t, owned_f = view.owned()
+    shown = set(tables_shown_by_sections())  # e.g. placebo rates: their own section shows them
+    figs = [b for f in view.figure_names if f not in owned_f and split_name(f, view.keys)[1] not in shown
+            and (b := figure_block(view, f)) is not None]
+    tables = [b for t in view.table_names if t not in owned_t and split_name(t, view.keys)[1] not in shown
+              and (b := table_block(view, t)) is not None]
+    return {"figures": figs, "tables": tables}
 
 
-def _manifest(m: Manifest) -> str:
+def _manifest(view: RunView) -> dict[str, Any]:
+    import pandas as pd
+
+    m = view.manifest
     env, hw = m.environment, m.hardware
     pk = env.get("packages", {})
     git = env.get("git", {}) or {}
@@ -155,80 +140,90 @@ def _manifest(m: Manifest) -> str:
         ("CPUs", hw.get("cpu_count")), ("torch threads", hw.get("torch_threads", "torch not loaded")),
         ("GPUs", ", ".join(hw.get("gpus") or []) or "none"), ("seeds", json.dumps(m.seeds, sort_keys=True)),
     ]
-    facts += [(f"model {n}", ", ".join(f"{k}={v}" for k, v in d.items())) for n, d in m.models.items()]
+    facts += [(f"model {view.label(n)}", ", ".join(f"{k}={v}" for k, v in d.items())) for n, d in m.models.items()]
     facts += [(f"dataset {n}", ", ".join(f"{k}={v}" for k, v in d.items())) for n, d in m.datasets.items()]
-    timing = data_table(["stage", "status", "attempts", "seconds", "findings", "started", "finished"],
-                        [(n, r.status, r.attempts, r.seconds, len(r.findings), r.started_at, r.finished_at)
-                         for n, r in m.ordered_stages()])
+    timing = pd.DataFrame([{"stage": n, "status": r.status, "attempts": r.attempts, "seconds": r.seconds,
+                            "findings": len(r.findings), "started": r.started_at, "finished": r.finished_at}
+                           for n, r in m.ordered_stages()])
     raw = json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True)
-    return (data_table(["", "value"], facts) + "<h4>Stages</h4>" + timing
-            + f"<details><summary>manifest.json</summary><pre>{esc(raw)}</pre></details>")
+    return {"facts": [(k, "" if v is None else str(v)) for k, v in facts],
+            "timing": frame_block(view, timing, "manifest", title="stages", href="manifest.json"), "raw": raw}
 
 
-def _controls_legend(findings: list[Finding]) -> str:
-    """One sentence per control that ran: what it rules out when it passes."""
+def _legend(view: RunView) -> list[tuple[str, str]]:
     seen: dict[str, str] = {}
-    for f in findings:
+    for f in view.findings:
         for c in f.controls:
             text = rules_out(c.name)
             if text and c.name not in seen:
                 seen[c.name] = text
-    if not seen:
-        return ""
-    items = "".join(f"<li><code>{esc(n)}</code>: {esc(t)}.</li>" for n, t in seen.items())
-    return f'<h4>What each control rules out</h4><ul class="legend" id="controls-legend">{items}</ul>'
+    return list(seen.items())
+
+
+def _nav(groups: list[Group], has_yardsticks: bool) -> list[tuple[str, str]]:
+    items = [("summary", "Summary"), ("findings", "Findings")]
+    if has_yardsticks:
+        items.append(("yardsticks", "Against the papers"))
+    for g in groups:
+        if g.title:  # a multi-model run: one link per model, then the stages across models
+            items.append(("group-" + slug(g.model or "run"), g.title))
+        else:
+            items += [(s.anchor, s.stage) for s in g.sections]
+    return items + [("manifest", "Manifest"), ("spec", "Spec")]
 
 
 def render_report(run_dir: str | os.PathLike[str]) -> str:
     """The report of ``run_dir`` as one HTML string (see ``write_report``)."""
-    rd = RunDir.open(run_dir)
-    m = rd.read_manifest()
-    run = rd.findings()
-    findings = run.findings
-    spec_text = rd.spec_path.read_text(encoding="utf-8") if rd.spec_path.is_file() else "(spec.yaml missing)"
-    description = ""
-    try:
-        from emoscope._io import load_yaml
-
-        description = str((load_yaml(spec_text, "spec.yaml") or {}).get("description") or "")
-    except Exception:  # noqa: BLE001 - the report still renders the raw text below
-        pass
-    stages = "".join(_stage(n, r, rd, findings) for n, r in m.ordered_stages())
-    other = _other_outputs(m, rd)
-    body = [
-        _header(m, description, findings),
-        _nav(m),
-        '<section id="findings"><h2>Findings</h2>'
-        '<p class="muted">A finding is an observation (a number with its interval); a claim says what it means. '
-        "A claim <b>ships</b> only when every control its checklist requires ran and passed, its n meets the "
-        "kind's minimum, and it survives the correction across the run's claims; an observation that passed "
-        f"its checks <b>holds</b> (nothing is claimed about what it means). {esc(describe_counts(findings, run.n_tested))}. "
-        f"Judged with checklist version {checklist_version()}.</p>"
-        + findings_table(findings) + _controls_legend(findings) + "</section>",
-        f'<section id="stages"><h2>Stages</h2>{stages}</section>',
-        _promoted(rd),
-        f'<section id="other-outputs"><h2>Other outputs</h2>{other or "<p class=muted>none</p>"}</section>',
-        f'<section id="manifest"><h2>Manifest</h2>{_manifest(m)}</section>',
-        f'<section id="spec"><h2>Spec</h2><pre>{esc(spec_text)}</pre></section>',
-        f"<footer>Written by emoscope {esc(__version__)} at {esc(now())} from {esc(rd.root.name)}/. "
-        "This file is self-contained: it loads nothing from the network.</footer>",
-    ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>emoscope report — {esc(m.spec_name)}</title><style>{_css()}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
+    load_section_data()
+    view = RunView.load(run_dir)
+    rename = _renamer(view)
+    m = view.manifest
+    rows = sorted(finding_rows(view.findings), key=_row_order)
+    stage_anchor = {n: "stage-" + slug(n) for n, _ in view.stages()}
+    for r in rows:
+        r.observation = rename(r.observation)
+        r.stage_anchor = stage_anchor.get(r.stage, "")
+        r.finding = r.finding.model_copy(update={"claim": rename(r.finding.claim) if r.finding.claim else None})
+    placed = _attach_draws(view, rows)
+    groups = build_sections(view, placed)
+    for g in groups:
+        for s in g.sections:
+            s.lead = rename(s.lead)
+    yard, yard_err = evaluate(view)
+    git = m.environment.get("git", {}) or {}
+    rev = (git["revision"][:12] if git.get("revision") else "no git revision") + (" (dirty)" if git.get("dirty") else "")
+    stages_done = sum(r.status == "done" for r in m.stages.values())
+    meta = (f"run {m.run_id} · {m.status} · {stages_done} of {len(m.stages)} stages done · started {m.created_at} · "
+            f"emoscope {__version__} · {rev}")
+    if view.multi_model:
+        meta += " · models " + ", ".join(view.keys)
+    claims = verdict_counts(view.findings, claims_only=True)
+    ctx = {
+        "run": {"title": m.spec_name, "meta": meta, "description": str(view.spec.get("description") or ""),
+                "folder": view.rd.root.name},
+        "nav": _nav(groups, bool(yard or yard_err)),
+        "summary": run_summary(view.findings, rename),
+        "counts": {"claims": [(v, n) for v, n in claims.items() if n],
+                   "holds": sum(f.verdict == "holds" for f in view.findings if not f.is_claim),
+                   "line": describe_counts(view.findings, view.n_tested)},
+        "key_figure": _key_figure(view, groups),
+        "rows": rows, "legend": _legend(view), "checklist": checklist_version(),
+        "yardsticks": yard, "yardstick_error": yard_err, "rule": RULE,
+        "groups": groups, "rename": rename, "other": _other(view), "manifest": _manifest(view),
+        "spec_text": view.spec_text, "version": __version__, "written": now(), "css": report_css(),
+    }
+    return template_env().get_template("report.html").render(**ctx)
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """Write ``RUN/report.html`` (atomically) and return its path.
 
-    Sections: findings table (colour per verdict), one section per stage in spec order
-    (skipped stages with their note, figures inlined, tables capped to 50 rows), other
-    outputs, the manifest and the resolved spec.
-
     >>> write_report("runs/demo")                              # doctest: +SKIP
     PosixPath('runs/demo/report.html')
     """
+    from emoscope.core.rundir import RunDir
+
     rd = RunDir(run_dir)
     html_text = render_report(rd.root)
     return atomic_write_text(rd.report_path, html_text)
+

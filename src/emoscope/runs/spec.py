@@ -101,6 +101,8 @@ class Spec(BaseModel):
     dataset: str | None = None
     stages: list[str]
     sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: published numbers the run is compared with in its report (emoscope.report.yardsticks)
+    yardsticks: list[Any] = Field(default_factory=list)
     resolved: dict[str, Any] = Field(default_factory=dict, repr=False)
     source: str = "<spec>"
 
@@ -120,6 +122,8 @@ class Spec(BaseModel):
                 data[stage] = opts
         for key, raw in self.sections.items():  # sections of stages not in `stages`, kept as written
             data.setdefault(key, raw)
+        if self.yardsticks:
+            data["yardsticks"] = [y.model_dump(mode="json", exclude_defaults=True) for y in self.yardsticks]
         return data
 
     def to_yaml(self) -> str:
@@ -138,8 +142,11 @@ class Spec(BaseModel):
 
     @property
     def hash(self) -> str:
-        """Hash of the resolved spec (the same for a spec and its saved ``spec.yaml``)."""
-        return sha256_json(self.to_dict())
+        """Hash of the resolved spec (the same for a spec and its saved ``spec.yaml``). Yardsticks
+        change only what the report compares with, not what runs, so they are left out."""
+        data = self.to_dict()
+        data.pop("yardsticks", None)
+        return sha256_json(data)
 
 
 def model_key(name: str) -> str:
@@ -219,6 +226,32 @@ def _pydantic_error(e: ValidationError, model: type[BaseModel], prefix: tuple[An
     return where(path, f"{dotted}: {err['msg']} (got {shown})")
 
 
+def _yardsticks(value: Any, where: _Where) -> list[Any]:
+    """The ``yardsticks:`` list, each entry validated (one ``SpecError`` line naming the entry)."""
+    from emoscope.report.yardsticks import MAX_YARDSTICKS, Yardstick
+
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise where(("yardsticks",), f"yardsticks must be a list of entries, got {type(value).__name__}")
+    if len(value) > MAX_YARDSTICKS:
+        raise where(("yardsticks",), f"at most {MAX_YARDSTICKS} yardsticks, got {len(value)}")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise where(("yardsticks", i), f"yardsticks[{i}] must be a mapping (name, paper, reported, rule, "
+                                           f"measure, ...), got {type(entry).__name__}")
+        try:
+            out.append(Yardstick.model_validate(entry))
+        except ValidationError as e:
+            raise _pydantic_error(e, Yardstick, ("yardsticks", i), where, f"yardsticks[{i}]") from None
+    names = [y.name for y in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise where(("yardsticks", names.index(dup, names.index(dup) + 1)), f"yardstick name {dup!r} is used twice")
+    return out
+
+
 def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Spec:
     """Validate already-parsed YAML ``data`` into a ``Spec`` (``text`` gives line numbers).
 
@@ -233,9 +266,12 @@ def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Sp
                         f"got {type(data).__name__}")
     stages_known = known_stages()
     core, sections = {}, {}
+    yardsticks: list[Any] = []
     for key, value in data.items():
         if key in _CORE_KEYS:
             core[key] = value
+        elif key == "yardsticks":
+            yardsticks = _yardsticks(value, where)
         elif key in stages_known:
             if value is None:
                 value = {}
@@ -243,7 +279,8 @@ def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Sp
                 raise where((key,), f"section {key!r} must be a mapping of options, got {type(value).__name__}")
             sections[key] = value
         else:
-            raise where((key,), f"unknown key {str(key)!r} at the top level{_suggest(str(key), _CORE_KEYS + stages_known)}")
+            raise where((key,), f"unknown key {str(key)!r} at the top level"
+                                f"{_suggest(str(key), _CORE_KEYS + ['yardsticks'] + stages_known)}")
     try:
         c = _Core.model_validate(core)
     except ValidationError as e:
@@ -266,7 +303,7 @@ def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Sp
             resolved[stage] = info.options_model.model_validate(sections.get(stage, {}))
         except ValidationError as e:
             raise _pydantic_error(e, info.options_model, (stage,), where, stage) from None
-    spec = Spec(**c.model_dump(), sections=sections, resolved=resolved, source=source)
+    spec = Spec(**c.model_dump(), sections=sections, yardsticks=yardsticks, resolved=resolved, source=source)
     keys = list(spec.model_keys.values())
     if len(set(keys)) < len(keys):
         raise where(("models",), f"two models share the label {max(keys, key=keys.count)!r} "
