@@ -204,7 +204,7 @@ def test_three_concepts_never_hold_or_ship(tmp_path):
     assert hs.passed is True and hs.note.startswith("chosen on 2 concepts, reported on 1")
 
 
-def test_stage_finding_records_the_heldout_test():
+def test_stage_finding_records_the_test_that_decides_it():
     from emoscope.introspection.heldout import heldout_finding as hf
     from emoscope.introspection.stage import introspection_finding
 
@@ -212,7 +212,11 @@ def test_stage_finding_records_the_heldout_test():
     f = introspection_finding(h, massive={h.layer: [7]})
     assert f.verdict == "holds", f.reasons  # 12 report concepts, every control passed, no claim
     o = f.observation
-    assert (o.n, o.unit, o.n_searched) == (12, "concepts", 4) and o.p_value == pytest.approx(h.p_value)
+    # the p the run corrects over is the comparison with random vectors (worst over kinds), not the
+    # score's own Wilcoxon p against 0
+    worst = max(h.random.p_value, h.random_cov.p_value)
+    assert (o.n, o.unit, o.n_searched) == (12, "concepts", 4) and o.p_value == pytest.approx(worst)
+    assert o.p_floor == pytest.approx(max(h.random.floor, h.random_cov.floor)) and o.p_floor < 1e-5
     assert o.value == pytest.approx(h.score.point) and f"layer {h.layer}" in o.metric
     rv = next(c for c in f.controls if c.name == "random_vectors")
     assert "must beat every kind" in rv.note and "massive dimension(s) [7]" in rv.note

@@ -21,10 +21,11 @@ from .conftest import tiny_model
 CELLS = [(3, "last"), (3, "all"), (5, "last"), (5, "all")]
 
 
-def planted(effect: float, n_prompts: int = 48, k: int = 5, neutral_effect: float = 0.0, step1: float = 1.0,
-            noise: float = 0.05, seed: int = 0, at=(5, "last")) -> PatchResult:
+def planted(effect: float, n_prompts: int = 48, k: int = 10, neutral_effect: float = 0.0, step1: float = 1.0,
+            noise: float = 0.05, seed: int = 0, at=(5, "last"), kinds=("isotropic",),
+            step1_only: float = 0.0) -> PatchResult:
     """A patch-sweep table whose source patch raises the target by ``effect`` at cell ``at`` (and
-    its step-1 view by ``step1 * effect``), the neutral patch by ``neutral_effect`` there, random
+    its step-1 view by ``step1 * effect + step1_only``), the neutral patch by ``neutral_effect`` there, random
     patches by nothing. Every output is fluent and 16 tokens long."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -33,8 +34,10 @@ def planted(effect: float, n_prompts: int = 48, k: int = 5, neutral_effect: floa
         for layer, pos in CELLS:
             rows += [("self", "self", layer, pos, p), ("patch", "anger", layer, pos, p),
                      ("neutral", "neutral", layer, pos, p)]
-            rows += [("random", f"random-{j}", layer, pos, p) for j in range(k)]
-    t = pd.DataFrame(rows, columns=["kind", "source", "layer", "positions", "prompt_id"])
+            rows += [("random", ("random-" if kd == "isotropic" else "random-cov-") + str(j), layer, pos, p, kd)
+                     for kd in kinds for j in range(k)]
+    rows = [r if len(r) == 6 else (*r, "") for r in rows]
+    t = pd.DataFrame(rows, columns=["kind", "source", "layer", "positions", "prompt_id", "random_kind"])
     t["seed"] = 0
     t["strength"] = np.where(t.kind.isin(["baseline", "self"]), 0.0, 1.0)
     hit = (t.layer == at[0]) & (t.positions == at[1])
@@ -44,7 +47,8 @@ def planted(effect: float, n_prompts: int = 48, k: int = 5, neutral_effect: floa
     t["target_change"] = change
     t["target_score"] = 0.1 + change
     t["step1_change"] = np.where(t.kind.isin(["baseline", "self"]), 0.0,
-                                 step1 * shift + noise * rng.standard_normal(len(t)))
+                                 step1 * shift + np.where(hit & (t.kind == "patch"), step1_only, 0.0)
+                                 + noise * rng.standard_normal(len(t)))
     t["regime"] = np.where(hit & (t.kind == "patch") & (effect > 0), "surgical", "no effect")
     t["n_tokens"], t["ppl_ratio"] = 16, 1.0
     t["n_patched"], t["unpatched_target"], t["unused_source"], t["delta_norm"] = 1, 0, 0, 1.0
@@ -69,18 +73,33 @@ def test_a_planted_patch_effect_ships_with_every_control():
                             "fluency": True, "seed_spread": True, "heldout_selection": True}
     assert f.claim is not None and f.verdict == "ships", f.reasons
     notes = {c.name: c.note for c in f.controls}
-    assert "ranks 1 of 6" in notes["random_patch"] and "no Bonferroni" in notes["random_patch"]
+    assert "rank 1 of 11" in notes["random_patch"] and "unit: the draw" in notes["random_patch"]
     assert "same layer and positions" in notes["neutral_source"]
-    assert "random 2 of the 5 random patches" in notes["seed_spread"]
+    assert "the whole search re-run each time for the candidate and the 10 random patches" in notes["seed_spread"]
     assert "(layer 5, positions last)" in notes["seed_spread"]
     step = findings[1]  # the next-token view of the same cell: an observation, never a claim
     assert step.claim is None and "step-1 view" in step.observation.metric and step.observation.n == 24
     assert step.observation.value == pytest.approx(0.2, abs=0.05)
-    assert "held-out effect" in summary
+    assert "held-out change" in summary
     cells = res.cells.set_index(["layer", "positions"])
     assert cells.loc[(5, "last"), "effect"] == pytest.approx(0.2, abs=0.03)
     assert cells.loc[(5, "last"), "views"] == "agree" and cells.loc[(5, "last"), "rank"] == 1
     assert cells.loc[(5, "last"), "effect_vs_neutral"] == pytest.approx(0.2, abs=0.03)
+
+
+def test_covariance_matched_patches_are_judged_too_and_a_claim_must_beat_both_kinds():
+    """``random_kind: covariance`` used to leave every effect NaN (the kind was hard-coded)."""
+    res = planted(0.2, kinds=("covariance",))
+    (f, step) = patching_findings(res, alpha=0.05, seed=0, max_new_tokens=16, n_boot=200)[0]
+    assert np.isfinite(f.observation.value) and f.observation.p_value < 1e-3 and f.verdict == "ships", f.reasons
+    assert "covariance" in next(c.note for c in f.controls if c.name == "random_patch")
+    both = planted(0.2, kinds=("isotropic", "covariance"))
+    cov = (both.table.kind == "random") & (both.table.random_kind == "covariance") & (both.table.layer == 5) \
+        & (both.table.positions == "last")
+    both.table.loc[cov, "target_change"] += 0.2  # covariance-matched patches do as well
+    (f, _) = patching_findings(both, alpha=0.05, seed=0, max_new_tokens=16, n_boot=200)[0]
+    rp = next(c for c in f.controls if c.name == "random_patch")
+    assert rp.passed is False and f.claim is None and f.observation.p_value == rp.value > 0.05
 
 
 def test_without_a_planted_effect_there_is_no_claim():
@@ -105,7 +124,7 @@ def test_few_prompts_need_controls_and_the_views_can_disagree():
     cell = res.cells.set_index(["layer", "positions"]).loc[(5, "last")]
     assert cell["step1_effect_hi"] < 0  # the planted step-1 view goes down
     assert cell["views"] == ("disagree" if cell["effect_lo"] > 0 else "step-1 only")
-    null = planted(0.0, step1=-1.0).cells.set_index(["layer", "positions"]).loc[(5, "last")]
+    null = planted(0.0, step1_only=-0.2).cells.set_index(["layer", "positions"]).loc[(5, "last")]
     assert null["effect_lo"] <= 0 <= null["effect_hi"] and null["views"] == "step-1 only"
     one = planted(0.2, n_prompts=1)
     (f,) = patching_findings(one, n_boot=0)[0]

@@ -1,6 +1,6 @@
 """Steering findings that survive a reviewer: the best cell is chosen on half the prompts and
-reported on the other half, random controls are distributions (a rank, two kinds), the effect is
-checked across seeds, and a sweep with few prompts cannot ship."""
+reported on the other half, every random vector goes through the same search and is one draw of
+the null (two kinds), the effect is checked across seeds, and a sweep with few prompts cannot ship."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emoscope.core.stats import binomial_interval, min_pvalue
+from emoscope.core.stats import binomial_interval, min_pvalue, paired_test
 from emoscope.steering import RegimeThresholds, SteeringResult, SteeringSweep
-from emoscope.steering.findings import seed_spread, select_cell, steering_findings
+from emoscope.steering.findings import entity_table, search_draws, seed_spread, steering_findings
 from emoscope.steering.plots import dose_response_figure
-from emoscope.steering.regimes import prompt_effects, success_table
+from emoscope.steering.regimes import success_table
 
 from .conftest import tiny_model
 
@@ -20,26 +20,29 @@ LAYERS = (3, 5)
 STRENGTHS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
 
 
-def planted(effect: float, n_prompts: int = 40, k: int = 3, kinds=("isotropic",), noise: float = 0.05,
-            seed: int = 0, at_layer: int = 5) -> pd.DataFrame:
+def planted(effect: float, n_prompts: int = 40, k: int = 10, kinds=("isotropic",), noise: float = 0.05,
+            seed: int = 0, at_layer: int = 5, tau: float = 0.0) -> pd.DataFrame:
     """A sweep table (one seed per prompt) whose vector moves the target by ``effect`` in the
-    intended direction at ``at_layer`` (every strength) and by nothing elsewhere; random vectors
-    move it by nothing. Every output is fluent and 16 tokens long."""
+    intended direction at ``at_layer`` (every strength) and by nothing elsewhere; every entity
+    (the vector and each random vector) also has an effect of its own per cell, ``tau`` x N(0, 1)
+    (the draw-to-draw spread real models have). Every output is fluent and 16 tokens long."""
     rng = np.random.default_rng(seed)
     cells = [(layer, s) for layer in LAYERS for s in STRENGTHS]
     names = [("vector", "joy", "")] + [("random", ("random-" if kd == "isotropic" else "random-cov-") + str(j), kd)
                                        for kd in kinds for j in range(k)]
-    rows = [("baseline", "baseline", "", -1, 0.0, p) for p in range(n_prompts)]
-    rows += [(kind, name, kd, layer, s, p) for p in range(n_prompts) for layer, s in cells for kind, name, kd in names]
-    df = pd.DataFrame(rows, columns=["kind", "vector", "random_kind", "layer", "strength", "prompt_id"])
+    own = {name: tau * rng.standard_normal(len(cells)) for _, name, _ in names}
+    rows = [("baseline", "baseline", "", -1, 0.0, p, 0.0) for p in range(n_prompts)]
+    rows += [(kind, name, kd, layer, s, p, own[name][c]) for p in range(n_prompts)
+             for c, (layer, s) in enumerate(cells) for kind, name, kd in names]
+    df = pd.DataFrame(rows, columns=["kind", "vector", "random_kind", "layer", "strength", "prompt_id", "own"])
     df["seed"] = 0
     hit = (df["kind"] == "vector") & (df["layer"] == at_layer)
-    change = noise * rng.standard_normal(len(df)) + np.where(hit, np.sign(df["strength"]) * effect, 0.0)
+    change = noise * rng.standard_normal(len(df)) + np.sign(df["strength"]) * (np.where(hit, effect, 0.0) + df["own"])
     df["target_change"] = np.where(df["kind"] == "baseline", 0.0, change)
     df["target_score"] = 0.5 + df["target_change"]
     df["regime"] = np.where(hit & (effect > 0), "surgical", "no effect")
     df["n_tokens"], df["ppl_ratio"] = 16, 1.0
-    return df
+    return df.drop(columns="own")
 
 
 def _result(df: pd.DataFrame, n_boot: int = 2000) -> SteeringResult:
@@ -54,20 +57,23 @@ def test_a_planted_effect_ships_with_every_control_passing():
     f = findings[0]
     obs = f.observation
     assert obs.n == 20 and obs.unit == "prompts" and obs.n_searched == len(LAYERS) * len(STRENGTHS)
+    # the value is the excess over the draws' mean, each draw at its own chosen cell (its best of
+    # 12 noise cells on the selection half, so about 0 on the report half)
     assert "layer 5" in obs.metric and obs.value == pytest.approx(0.2, abs=0.05) and obs.interval[0] > 0
-    assert obs.p_value < 1e-3
+    assert obs.p_value < 1e-3 and obs.p_floor is not None and obs.p_floor < 1e-4
     assert {c.name: c.passed for c in f.controls} == {"random_vectors": True, "heldout_selection": True,
                                                       "multi_token_outputs": True, "fluency": True,
                                                       "seed_spread": True}
     assert f.claim is not None and f.verdict == "ships", f.reasons
     notes = {c.name: c.note for c in f.controls}
-    assert "per-prompt paired Wilcoxon of vector change minus mean random change (unit: prompt)" in notes["random_vectors"]
-    assert "no Bonferroni" in notes["random_vectors"] and f"cannot go below p = {min_pvalue(3):.2g}" in notes["random_vectors"]
-    assert "isotropic random vectors" in notes["random_vectors"] and "covariance-matched random vectors" in notes["random_vectors"]
-    assert "massive dimensions [7]" in notes["random_vectors"]
+    rv = notes["random_vectors"]
+    assert "unit: the draw" in rv and "put through the candidate's search" in rv and "rank 1 of 11" in rv
+    assert f"cannot go below {min_pvalue(10):.3g}" in rv and "20 draws reach p < 0.05" in rv
+    assert "isotropic random vectors" in rv and "covariance random vectors" in rv
+    assert "massive dimensions [7]" in rv
     assert notes["heldout_selection"].startswith("cell chosen on 20 prompts, reported on 20")
-    assert "random 1 of the 3 random vectors" in notes["seed_spread"]
-    assert "held-out effect" in summary
+    assert "the whole search re-run each time" in notes["seed_spread"]
+    assert "held-out change" in summary and "rank 1/11" in summary
 
 
 def test_success_table_ranks_the_vector_among_random_vectors_of_each_kind():
@@ -81,46 +87,55 @@ def test_success_table_ranks_the_vector_among_random_vectors_of_each_kind():
     assert (cov_only.random_kind == "covariance").all() and "effect_cov" not in cov_only
 
 
-def test_selection_uses_only_fluent_cells_of_the_selection_half():
+def test_every_entity_chooses_only_among_its_own_fluent_cells_of_the_selection_half():
     df = planted(0.2)
     broken = (df.kind == "vector") & (df.layer == 5) & (df.strength == 2.0)
     df.loc[broken, "target_change"] += 1.0  # the largest effect, but collapsed text
     df.loc[broken, "regime"] = "repetitive collapse"
-    c = select_cell(df, "joy", against="isotropic", seed=3)
-    assert (c.layer, c.strength) != (5, 2.0) and c.layer == 5 and c.n_candidates == c.n_cells - 1
-    assert set(c.select_prompts).isdisjoint(c.report_prompts) and len(c.report_prompts) == 20
-    assert prompt_effects(df, "joy").shape == (40, 12)
+    # random-0 is broken (and looks strong) in one cell too: it may not choose it either
+    rb = (df.vector == "random-0") & (df.layer == 3) & (df.strength == -1.0)
+    df.loc[rb, "target_change"] -= 1.0
+    df.loc[rb, "regime"] = "explosive"
+    ent = entity_table(df, "joy", ["isotropic"])
+    assert ent.values.shape == (11, 40, 12) and ent.names[0] == "joy" and ent.kinds[1] == "isotropic"
+    d = search_draws(ent, seed=3)
+    assert (d.layer, d.strength) != (5, 2.0) and d.layer == 5 and d.n_candidates == d.n_cells - 1
+    assert ent.cells[d.cells[1]] != (3, -1.0)
+    assert set(d.select_prompts).isdisjoint(d.report_prompts) and len(d.report_prompts) == 20
+    # the vector's value is its own mean change on the report prompts at its chosen cell
+    mine = df[(df.vector == "joy") & (df.layer == d.layer) & (df.strength == d.strength)
+              & df.prompt_id.isin(d.report_prompts)]
+    assert d.held[0] == pytest.approx(float((np.sign(mine.strength) * mine.target_change).mean()))
 
 
-def test_pure_noise_searched_for_its_best_cell_ships_at_the_test_level_only_when_held_out():
-    """Pure noise, 12 cells, 40 prompts, 3 random vectors, 200 sweeps. The held-out test of the
-    chosen cell passes at about its level; the best cell tested on all prompts passes far more often."""
+def test_a_decoy_with_a_direction_of_its_own_does_not_ship_where_a_per_prompt_test_would():
+    """The candidate is one more random vector: every entity has an effect of its own per cell
+    (tau = 1 x the prompt noise), 40 prompts, 10 draws per kind, 200 sweeps. Judged by the draws,
+    the decoy ships at most at the test's level; the per-prompt Wilcoxon of the old design (the
+    chosen cell's change minus the draws' mean change) passes most of the time."""
     n_sims, alpha = 200, 0.05
-    heldout = ships = naive = 0
+    ships = per_prompt = 0
     for sim in range(n_sims):
-        df = planted(0.0, noise=1.0, seed=1000 + sim)
-        res = _result(df, n_boot=200)
-        findings, _ = steering_findings(res, alpha=alpha, seed=sim, n_boot=200, n_seeds=3)
-        f = findings[0]
-        heldout += next(c.passed for c in f.controls if c.name == "random_vectors")
-        ships += f.verdict == "ships"
-        best = res.success.sort_values("effect", ascending=False).iloc[0]  # every cell is fluent here
-        naive += bool(best.p_value < alpha and best.effect_lo > 0)
-    h, sh, nv = (binomial_interval(x, n_sims) for x in (heldout, ships, naive))
-    print(f"\nfalse-ship rates over {n_sims} noise sweeps: held-out test {h.point:.3f} [{h.lo:.3f}, {h.hi:.3f}], "
-          f"verdict ships {sh.point:.3f} [{sh.lo:.3f}, {sh.hi:.3f}], best cell on all prompts {nv.point:.3f} "
-          f"[{nv.lo:.3f}, {nv.hi:.3f}]")
-    # a shipped claim also needs the seed spread, so it ships less often than its test passes; the
-    # held-out test alone passes at its level (its exact interval covers alpha: 10/200 with these seeds)
-    assert sh.point <= alpha and h.lo <= alpha
-    assert nv.point > 0.25 and nv.lo > h.hi  # without the split the same search ships far more often
+        df = planted(0.0, noise=1.0, tau=1.0, seed=1000 + sim)
+        res = SteeringResult(table=df, success=pd.DataFrame(), target="target", thresholds=RegimeThresholds())
+        findings, _ = steering_findings(res, alpha=alpha, seed=sim, n_boot=0, n_seeds=3, vectors=["joy"])
+        ships += findings[0].verdict == "ships"
+        d = search_draws(entity_table(df, "joy", ["isotropic"]), seed=sim, n_boot=0)
+        mine = d.entities.values[0, d.report, d.cells[0]]
+        others = d.entities.values[1:, :, d.cells[0]][:, d.report].mean(0)
+        per_prompt += paired_test(mine - others, "greater") < alpha
+    sh, pp = binomial_interval(ships, n_sims), binomial_interval(per_prompt, n_sims)
+    print(f"\ndecoy (tau 1) over {n_sims} sweeps: ships {sh.point:.3f} [{sh.lo:.3f}, {sh.hi:.3f}]; "
+          f"per-prompt test vs the draws' mean {pp.point:.3f} [{pp.lo:.3f}, {pp.hi:.3f}]")
+    assert sh.point <= alpha
+    assert pp.point > 0.4 and pp.lo > sh.hi
 
 
-def test_seed_spread_fails_on_noise_and_says_how_random_seeds_were_resampled():
-    spread = seed_spread(planted(0.0, noise=1.0, k=4, seed=7), "joy", against="isotropic", seed=0, n_seeds=5)
-    assert len(spread.estimates) == 5 and spread.subset == 2 and spread.k == 4
-    assert not spread.passed and "random 2 of the 4 random vectors" in spread.note()
-    good = seed_spread(planted(0.2, k=4), "joy", against="isotropic", n_seeds=3)
+def test_seed_spread_fails_on_noise_and_re_runs_the_whole_search():
+    spread = seed_spread(entity_table(planted(0.0, noise=1.0, k=4, seed=7), "joy"), seed=0, n_seeds=5)
+    assert len(spread.estimates) == 5 and spread.k == 4
+    assert not spread.passed and "the whole search re-run each time" in spread.note()
+    good = seed_spread(entity_table(planted(0.2, k=4), "joy"), n_seeds=3)
     assert good.passed and all(e > 0.15 for e in good.estimates)
 
 
@@ -149,6 +164,7 @@ def test_six_prompts_on_a_tiny_model_cannot_ship():
 
 def test_without_random_vectors_or_a_second_prompt_nothing_ships():
     no_random, _ = steering_findings(_result(planted(0.2, k=0), n_boot=0), n_boot=0)
+    assert no_random[0].observation.p_value is not None  # the change test still counts in the family
     ctl = {c.name: c for c in no_random[0].controls}
     assert ctl["random_vectors"].passed is None and no_random[0].claim is None
     assert "from baseline" in no_random[0].observation.metric and no_random[0].verdict != "ships"
@@ -166,4 +182,4 @@ def test_the_claim_must_beat_covariance_matched_random_vectors_too():
     findings, _ = steering_findings(_result(df), alpha=0.05, seed=0, max_new_tokens=16)
     rv = next(c for c in findings[0].controls if c.name == "random_vectors")
     assert rv.passed is False and findings[0].claim is None and findings[0].verdict == "fails"
-    assert rv.value > 0.05  # the larger p of the two comparisons
+    assert rv.value > 0.05 and findings[0].observation.p_value == rv.value  # the worst of the two kinds

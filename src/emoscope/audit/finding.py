@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 __all__ = ["SCHEMA_VERSION", "Verdict", "Observation", "Control", "Provenance", "Finding"]
 
 #: Version of the JSON layout of a finding; written on every ledger line.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``ships``: a claim that passed its checklist; ``holds``: an observation (no claim) that did.
 Verdict = Literal["ships", "holds", "needs controls", "fails"]
@@ -47,6 +47,9 @@ class Observation(_Model):
     unit: str = ""
     #: the uncorrected p-value of the test behind a claim; a run corrects across its claims (Holm)
     p_value: float | None = None
+    #: the smallest p-value the deciding test's design can give (a rank among k draws: 1/(k+1)); a
+    #: claim whose floor is above the level the run correction asks of it needs more draws, not luck
+    p_floor: float | None = None
     #: how many cells (layers, strengths, ...) a "best of" choice searched; 1 when nothing was chosen
     n_searched: int | None = None
 

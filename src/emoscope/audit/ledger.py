@@ -84,7 +84,7 @@ class Ledger:
                 if not isinstance(record, dict):
                     raise RunDirError(f"{name}:{lineno}: expected a JSON object, got {type(record).__name__}")
                 version = record.pop("schema_version", None)
-                if version not in (1, SCHEMA_VERSION):  # version 1 lacks only optional fields
+                if version not in (1, 2, SCHEMA_VERSION):  # versions 1 and 2 lack only optional fields
                     raise RunDirError(
                         f"{name}:{lineno}: schema_version {version!r} is not supported "
                         f"(this emoscope reads {SCHEMA_VERSION})"

@@ -37,11 +37,11 @@ def verdict_counts(findings: Sequence[Finding], claims_only: bool = False) -> di
 
 
 def describe_counts(findings: Sequence[Finding], n_tested: int | None = None) -> str:
-    """One line: claims by verdict, observations that hold, and how many claims the run's
-    correction ran over.
+    """One line: how many hypotheses the run's one correction ran over, claims by verdict, and
+    observations that hold.
 
     >>> describe_counts([], n_tested=0)
-    '0 claims (0 ships, 0 needs controls, 0 fails); 0 observations (0 hold); 0 claims tested, Holm across them'
+    '0 hypotheses tested (one Holm family), 0 claims (0 ships, 0 needs controls, 0 fails); 0 observations (0 hold)'
     """
     claims = [f for f in findings if f.is_claim]
     obs = [f for f in findings if not f.is_claim]
@@ -52,7 +52,8 @@ def describe_counts(findings: Sequence[Finding], n_tested: int | None = None) ->
     text = (f"{count(len(claims), 'claim')} (" + ", ".join(f"{n} {v}" for v, n in c.items()) + f"); "
             f"{count(len(obs), 'observation')} ({sum(f.verdict == 'holds' for f in obs)} hold)")
     if n_tested is not None:
-        text += f"; {count(n_tested, 'claim')} tested, Holm across them"
+        h = "hypothesis" if n_tested == 1 else "hypotheses"
+        text = f"{n_tested} {h} tested (one Holm family), " + text
     return text
 
 

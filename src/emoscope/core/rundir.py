@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from emoscope._io import atomic_write_json
 from emoscope.audit import Ledger
-from emoscope.core.claims import CorrectedRun, correct_claims
+from emoscope.core.claims import CorrectedRun, correct_run
 from emoscope.core.manifest import Manifest
 from emoscope.errors import RunDirError
 
@@ -61,9 +61,9 @@ class RunDir:
         return Ledger(self.findings_path)
 
     def findings(self, alpha: float = 0.05) -> CorrectedRun:
-        """The ledger's findings with the correction across the run's claims applied (Holm over
-        the claims that carry a p-value; see ``emoscope.core.claims``): what audit and report show."""
-        return correct_claims(self.ledger.read(), alpha)
+        """The ledger's findings with the run's one correction applied (Holm over every finding that
+        records a p-value, claim or not; see ``emoscope.core.claims``): what audit and report show."""
+        return correct_run(self.ledger.read(), alpha)
 
     def make_dirs(self) -> None:
         for d in (self.tables, self.figures, self.internal):

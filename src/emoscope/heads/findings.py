@@ -2,17 +2,18 @@
 
 Ablation and patching. One finding per method (``zero``, ``mean``, ``patch``) and metric asked
 for (``proj_gen`` and ``target_score`` by default). Nothing is chosen among cells here: every
-(method, metric) that ran is reported, on every prompt, and the run-level Holm correction across
-claims (``emoscope.core.claims``) accounts for their number. The heads themselves, when they are
-``top:K`` of a screen, were chosen on the screening texts (a labelled dataset), never on the
-generation prompts the effect is measured on, so the measurement is held out from the choice
-(``n_searched`` is 1; the note names the screen). Observation: the effect (chosen change minus
-mean random change, per prompt), its bootstrap interval, the per-prompt paired Wilcoxon p,
-``n`` = prompts, ``unit="prompts"``. Controls:
+(method, metric) that ran is a tested hypothesis, each records its deciding p whether or not it
+makes a claim, and the run-level Holm correction (``emoscope.core.claims``) runs over all of them.
+The heads themselves, when they are ``top:K`` of a screen, were chosen on the screening texts (a
+labelled dataset), never on the generation prompts the effect is measured on (``n_searched`` is
+1; the note names the screen). Observation: the chosen set's mean change minus the mean over the
+``k`` random sets, with the 95% prediction interval of one more set
+(``emoscope.heads.effects``), ``n`` = prompts, ``unit="prompts"``, ``p_floor`` the smallest p the
+deciding test can give. Controls:
 
-- ``random_heads``: passes when the paired p < ``alpha`` and the interval excludes 0 (the
-  direction named by ``alternative``); the note gives the chosen set's rank among the ``k``
-  random sets and the floor ``1 / (k + 1)`` of that rank p;
+- ``random_heads``: the unit is the head set: the chosen set's mean change against the ``k``
+  random sets' (``core.draws.draw_test``); passes when its p < ``alpha``; unjudged when the
+  design cannot reach ``alpha`` (the note says how many sets would);
 - ``multi_token_outputs``: the chosen configuration's outputs average at least
   ``MIN_MEAN_TOKENS`` generated tokens;
 - ``seed_spread``: :func:`emoscope.heads.effects.seed_spread`.
@@ -30,26 +31,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emoscope.core.draws import DEFAULT_DRAW_TEST
 from emoscope.heads.effects import effect_row, metric_label, seed_spread
+from emoscope.steering.regimes import MIN_MEAN_TOKENS
 
-__all__ = ["intervention_findings", "screen_finding", "MIN_MEAN_TOKENS"]
-
-MIN_MEAN_TOKENS = 2.0
+__all__ = ["intervention_findings", "screen_finding", "draws_figures", "MIN_MEAN_TOKENS"]
 _VERB = {"zero": "zero-ablating", "mean": "mean-ablating", "patch": "patching from the source"}
-
-
-def _significant(row: dict, alpha: float) -> bool:
-    p, lo, hi = row["p_value"], row["effect_lo"], row["effect_hi"]
-    if not (np.isfinite(p) and p < alpha and np.isfinite(lo) and np.isfinite(hi)):
-        return False
-    alt = row.get("alternative", "two-sided")
-    return bool(lo > 0 if alt == "greater" else hi < 0 if alt == "less" else (lo > 0 or hi < 0))
 
 
 def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *, heads: str,
                           chosen_from: str, alpha: float = 0.05, alternative: str = "two-sided", seed: int = 0,
                           max_new_tokens: int | None = None, match: str = "the same number per layer", n_boot: int = 2000,
-                          what: str = "") -> tuple[list[Any], list[str]]:
+                          what: str = "", test: str = DEFAULT_DRAW_TEST) -> tuple[list[Any], list[str]]:
     """Findings and one summary line per (method, metric) of an ablation or patching sweep table.
     ``match``: how the random sets were matched to the chosen heads, in words (``select.describe_match``)."""
     from emoscope.audit import Control, Finding, Observation
@@ -64,18 +57,17 @@ def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: 
         for metric in metrics:
             if metric not in table or not table[metric].notna().any():
                 continue
-            row = effect_row(table, method, metric, alternative=alternative, n_boot=n_boot, seed=seed)
+            row = effect_row(table, method, metric, alternative=alternative, n_boot=n_boot, seed=seed, test=test,
+                             alpha=alpha)
+            t = row["draws"]
             spread = seed_spread(table, method, metric, seed=seed)
-            ok = _significant(row, alpha)
             k = row["k"]
-            against = (f"{k} random sets of {n_heads} heads ({match}"
-                       f", never a chosen head)")
-            note = (f"per-prompt paired Wilcoxon ({row['alternative']}) of the chosen heads' change minus the mean change "
-                    f"of {against}, on {row['n']} prompts; passes when p < {alpha:g} and the interval excludes 0. The "
-                    f"chosen set's mean change ranks {row['rank']} of {k + 1} among the random sets' (rank p "
-                    f"{row['rank_p']:.2g}; a rank among {k} random sets cannot go below p = {row['floor']:.2g})")
+            against = f"random sets of {n_heads} heads ({match}, never a chosen head)"
+            note = (t.describe(against, searched=False)
+                    + f". The chosen heads' own change: {row['mean_change']:.3g} [{row['change_lo']:.3g}, "
+                      f"{row['change_hi']:.3g}] over {row['n']} prompts")
             controls = [
-                Control(name="random_heads", value=float(row["p_value"]), passed=ok, threshold=alpha, note=note),
+                Control(name="random_heads", value=float(t.p), passed=t.passed, threshold=alpha, note=note),
                 Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
                         passed=multi, note="mean generated tokens of the chosen heads' outputs"
                         + (f" (up to {max_new_tokens})" if max_new_tokens else "")
@@ -86,21 +78,39 @@ def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: 
             verb = _VERB.get(method, method)
             label = metric_label(metric)
             claim = None
-            if ok:
+            if t.passed:
                 way = "raises" if row["effect"] > 0 else "lowers"
                 claim = (f"{verb} heads {heads} {way} the {label} more than {verb} {n_heads} random heads "
-                         f"({what}paired over {row['n']} prompts; heads {chosen_from})")
+                         f"would ({what}{row['n']} prompts, against {k} random sets; heads {chosen_from})")
             interval = ((float(row["effect_lo"]), float(row["effect_hi"]))
                         if np.isfinite([row["effect_lo"], row["effect_hi"]]).all() else None)
             findings.append(Finding(kind="heads", claim=claim, controls=controls, observation=Observation(
-                metric=f"{label} change, {verb} heads {heads} minus {verb} random heads of the same count "
-                       f"(mean over {k} sets; heads {chosen_from})",
+                metric=f"{label} change, {verb} heads {heads} minus the mean of {k} random sets of the same count "
+                       f"(heads {chosen_from}; interval: 95% prediction range of one more random set)",
                 value=float(row["effect"]), interval=interval, n=int(row["n"]), unit="prompts",
-                p_value=float(row["p_value"]) if np.isfinite(row["p_value"]) else None, n_searched=1)))
+                p_value=float(t.p) if np.isfinite(t.p) else None, p_floor=float(t.floor), n_searched=1)))
             lines.append(f"{method} {metric}: effect {row['effect']:.3g} [{row['effect_lo']:.3g}, "
-                         f"{row['effect_hi']:.3g}] vs {k} random sets, p={row['p_value']:.2g}, n={row['n']} prompts, "
+                         f"{row['effect_hi']:.3g}] vs {k} random sets, p={t.p:.2g}, n={row['n']} prompts, "
                          f"rank {row['rank']}/{k + 1}")
     return findings, lines
+
+
+def draws_figures(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *,
+                  alternative: str = "two-sided", test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05) -> dict[str, Any]:
+    """One figure per method: each random set's mean change as a dot, the chosen set as a line, a row per metric."""
+    from emoscope.core.draws import draws_figure
+
+    out = {}
+    for method in methods:
+        tests = {metric_label(m): effect_row(table, method, m, alternative=alternative, n_boot=0, test=test,
+                                             alpha=alpha)["draws"]
+                 for m in metrics if m in table and table[m].notna().any()}
+        tests = {k: v for k, v in tests.items() if v.k}
+        if tests:
+            fig = draws_figure(tests, title=f"{_VERB.get(method, method)}: each random set (dots) and the chosen "
+                                            "heads (line)", xlabel="mean change over prompts")
+            out[f"draws_heads_{method}"] = fig
+    return out
 
 
 def screen_finding(table: pd.DataFrame, meta: dict, *, alpha: float = 0.05) -> Any:

@@ -45,8 +45,9 @@ class HeadsOptions(BaseModel):
     # which heads, and the random-head control
     heads: str = "top:8"  # top:K, L.H,L.H or L:H
     from_run: str | None = None  # a run directory with a heads screen (its table and vector)
-    n_random: int = Field(default=20, ge=1)  # random head sets; a rank among k cannot reach p < 1/(k+1)
+    n_random: int = Field(default=20, ge=1)  # random head sets, each one draw of the null (core.draws)
     random_match: Literal["layer", "band", "any"] = "layer"  # band: the layers the chosen heads span
+    random_test: Literal["interval", "rank"] = "interval"  # how the candidate is judged among the draws (core.draws)
     # generation
     prompts: str = "neutral-starts"  # generation prompts (the patch targets)
     n_prompts: int | None = Field(default=20, ge=1)  # None: every prompt

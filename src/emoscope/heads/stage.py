@@ -186,7 +186,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
 
     from emoscope._progress import is_quiet
     from emoscope.heads.effects import METRICS, effect_table
-    from emoscope.heads.findings import intervention_findings
+    from emoscope.heads.findings import draws_figures, intervention_findings
     from emoscope.heads.plots import effects_figure
     from emoscope.heads.select import describe_match, random_head_sets
     from emoscope.heads.sweep import HeadSweep, mean_head_outputs, plan_configs, record_head_outputs
@@ -255,8 +255,9 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     ctx.save_figure(f"heads_{mode}_effects", effects_figure(table, methods, [m for m in ("proj_gen", "target_score",
                     "ppl_ratio", "rep4") if m in table], title=f"{mode}: heads {heads_text} vs {len(randoms)} random sets"))
     ctx.note(f"{mode}: heads {heads_text}, {chosen_from}; {len(randoms)} random sets of {len(chosen)} heads "
-             f"({describe_match(match, chosen)}, seeded, never a chosen head; a rank "
-             f"among them cannot reach p below {1 / (len(randoms) + 1):.2g}); {how}")
+             f"({describe_match(match, chosen)}, seeded, never a chosen head; each set is one draw of the null, "
+             f"judged by the {opts.random_test} test; a two-sided rank among them cannot reach p below "
+             f"{2 / (len(randoms) + 1):.2g}); {how}")
     ctx.note(f"{mode}: {len(table)} generations of up to {opts.max_new_tokens} tokens on {len(prompts)} prompts in "
              f"{res.meta['decode_seconds']:.1f} s; target score {target}"
              + (f"; probe projection at layer {probe[0]}: proj_last = resid . u at the last prompt token, proj_gen = "
@@ -266,7 +267,9 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     asked = [m for m in opts.metrics if m in table]
     findings, lines = intervention_findings(table, methods, asked, heads=heads_text, chosen_from=chosen_from,
                                             alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
-                                            match=describe_match(match, chosen), what="")
+                                            match=describe_match(match, chosen), what="", test=opts.random_test)
+    for fname, fig in draws_figures(table, methods, asked, test=opts.random_test, alpha=opts.alpha).items():
+        ctx.save_figure(f"{fname.replace('draws_heads_', f'draws_heads_{mode}_')}", fig)
     for f in findings:
         ctx.add_finding(f)
     for line in lines:

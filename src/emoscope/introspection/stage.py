@@ -12,10 +12,13 @@ concepts. The finding is an observation (no claim unless the spec gives one in
 - control questions at the same strength: passed when the score's interval (detection shift
   minus control shift) lies above 0;
 - logit differences: passed when the detection shift's interval lies above 0;
-- random vectors: a one-sided Mann-Whitney test of the report concepts' scores against the
-  isotropic random vectors' scores at the same cell (one vector = one unit), passed at p < 0.05;
-  the note gives the covariance-matched comparison too, the rank floor of the design, and says
-  when the model has massive dimensions (then neither kind of random direction is neutral);
+- random vectors: a one-sided Mann-Whitney test of the report concepts' scores against each kind
+  of random vectors' scores at the same cell (the unit is the vector: each random vector is one
+  draw, and neither the report concepts nor the random vectors took part in choosing the cell, so
+  under the decoy null, concepts that are just more random vectors, the two are exchangeable),
+  passed at p < 0.05 against every kind that ran; the p recorded for the run's correction is this
+  one (the worst over kinds), with the rank floor of the design; the note says when the model has
+  massive dimensions (then neither kind of random direction is neutral);
 - seed spread: the held-out score over ``n_splits`` seeds of the concept split and the
   random-vector comparison over subsets of the random vectors: signs stable, sd < 0.5 × |score|.
 
@@ -115,10 +118,14 @@ def introspection_finding(h: HeldOutFinding, *, claim: str | None = None, massiv
                      f"{det.point:+.3g} [{det.lo:.3g}, {det.hi:.3g}]"),
     ]
     comps = [c for c in (h.random, h.random_cov) if c is not None]
+    p_decide, floor = h.p_value, None  # without random vectors the score's own test is the one that ran
     if comps:  # isotropic and covariance-matched: a reviewer asks for both, so the claim must beat both
         verdicts = [c.passed for c in comps]
-        controls.append(Control(name="random_vectors", value=float(max(c.p_value for c in comps)),
-                                threshold=comps[0].alpha, passed=None if None in verdicts else all(verdicts),
+        p_decide = float(max(c.p_value for c in comps))
+        floor = float(max(c.floor for c in comps))
+        controls.append(Control(name="random_vectors", value=p_decide,
+                                threshold=comps[0].alpha,
+                                passed=False if False in verdicts else None if None in verdicts else True,
                                 note=_random_note(h, massive, massive_share)))
     controls.append(Control(name="seed_spread", value=float(h.spread_sd), threshold=float(h.spread_threshold),
                             passed=h.spread_passed, note=h.spread_note))
@@ -128,7 +135,7 @@ def introspection_finding(h: HeldOutFinding, *, claim: str | None = None, massiv
             metric=f"held-out introspection score (detection shift − control shift), layer {h.layer} "
                    f"(depth {h.relative_depth:.2f}), strength {h.strength:g}",
             value=float(score.point), interval=interval, n=h.n, unit="concepts",
-            p_value=None if h.p_value != h.p_value else float(h.p_value), n_searched=h.n_searched),
+            p_value=None if p_decide != p_decide else float(p_decide), p_floor=floor, n_searched=h.n_searched),
         controls=controls,
     )
 

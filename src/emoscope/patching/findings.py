@@ -1,59 +1,57 @@
 """The ``patching`` finding of a sweep: its (layer, positions) cell chosen on half the target
-prompts, reported on the other half.
+prompts, judged against random patches put through the same search.
 
-A sweep searches several cells; the best of them is the maximum of what was searched, so a
-finding never reports the cell on the prompts it was chosen with. The choice is the steering
-sweep's own (``emoscope.steering.findings.select_cell`` on ``effects.steering_view``):
+A sweep searches several cells; the best of them is the maximum of what was searched. A patch
+read as a steering sweep (``effects.steering_view``) goes through the steering sweep's own search
+(``emoscope.steering.findings``): the unit of the random control is the draw.
 
-1. The paired effect per target prompt and cell: the patch's target change minus the mean change
-   of the random patches of the same norm on the same prompt (unit: the prompt).
-2. The prompts are split at random (``seed``) into a selection half and a report half
-   (``core.stats.heldout_select``); candidate cells are those whose patched outputs on the
-   selection half mostly stay fluent. The chosen cell's effect, bootstrap interval and one-sided
-   Wilcoxon p come from the report half only (no Bonferroni correction for the search needed).
-3. Controls, all on the report half of the chosen cell:
+1. Every entity — the source patch and each random patch of each kind (isotropic, covariance-
+   matched) — has per target prompt and cell its target change from the unpatched output.
+2. The prompts are split at random (``seed``); each entity chooses its best cell on the selection
+   half among its own mostly fluent cells, and its value is its report-half mean there. The source
+   patch's value is the candidate; each random patch's is one draw of the null.
+3. Controls, on the report half of the chosen cell:
 
-   - ``random_patch``: passes when that p < ``alpha`` and the interval is above 0; the note
-     gives the patch's rank among the k random draws' mean changes;
+   - ``random_patch``: the candidate against the draws of every kind that ran
+     (``core.draws.draw_test``); passes when every kind is beaten; the p recorded is the worst;
    - ``neutral_source``: per prompt, the patch's target change minus the neutral-source patch's
-     (the neutral class mean, or a neutral dataset, written at the same layer and positions);
-     passes when its one-sided Wilcoxon p < ``alpha`` and its interval is above 0. ``value`` is the
-     neutral patch's own change over the random patches, comparable with the observation;
-   - ``multi_token_outputs`` and ``fluency``: as for steering (mean generated tokens; median
-     perplexity ratio and the share of collapsed or explosive outputs);
-   - ``seed_spread``: ``steering.findings.seed_spread``: the whole selection re-run over
-     ``SPREAD_SEEDS`` prompt splits, each against a random half of the k random patches;
+     (the neutral class mean, or a neutral dataset, written at the same layer and positions); a
+     specific alternative source, not a random draw, so a paired test over prompts answers it:
+     passes when its one-sided Wilcoxon p < ``alpha`` and its interval is above 0;
+   - ``multi_token_outputs`` and ``fluency``: as for steering;
+   - ``seed_spread``: the whole search re-run over ``SPREAD_SEEDS`` prompt splits;
    - ``heldout_selection``: which prompts chose and which reported.
 
-4. A second finding, an observation only: the step-1 view (``step1_change``, the log-odds of
-   target tokens at the first generated token) of the same cell on the same report prompts, so the
-   ledger shows where the next-token view and the multi-token effect disagree.
+4. A second finding: the step-1 view (``step1_change``, the log-odds of target tokens at the first
+   generated token) of every entity at its chosen cell on the same report prompts, judged against
+   the draws the same way, so the ledger shows where the next-token view and the multi-token
+   effect disagree. It makes no claim, but its test counts in the run's correction.
 
 >>> findings, summary = patching_findings(result, alpha=0.05)    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
-from emoscope.core.stats import bootstrap, min_pvalue, paired_test
+from emoscope.core.draws import DEFAULT_DRAW_TEST, draw_test
+from emoscope.core.stats import bootstrap, paired_test
 from emoscope.patching.effects import cells_of, report_effects, steering_view
 from emoscope.steering.findings import (
-    MAX_BROKEN,
     SEED_SD_SHARE,
     SPREAD_SEEDS,
+    DrawSearch,
+    entity_table,
+    output_checks,
+    random_control,
+    search_draws,
     seed_spread,
-    select_cell,
 )
-from emoscope.steering.regimes import prompt_effects, success_table
-from emoscope.steering.stage import MIN_MEAN_TOKENS
+from emoscope.steering.regimes import RANDOM_KINDS, random_rows
 
-__all__ = ["patching_findings"]
-
-_BROKEN = ("repetitive collapse", "explosive")
+__all__ = ["patching_findings", "patch_draw_figures"]
 
 
 def _cell_name(cells: Any, idx: int) -> tuple[int, str]:
@@ -61,22 +59,16 @@ def _cell_name(cells: Any, idx: int) -> tuple[int, str]:
     return int(row["layer"]), str(row["positions"])
 
 
-def _rank(view: Any, name: str, cell: int, prompts: tuple[int, ...]) -> tuple[int, int, float]:
-    """(rank, k, rank_p) of the patch's mean change among the k random patches' mean changes,
-    on ``prompts`` (the steering success table's rank, on those prompts only)."""
-    v = view[view["prompt_id"].isin(list(prompts))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        s = success_table(v, "target_score", n_boot=0)
-    s = s[(s["vector"] == name) & (s["layer"] == cell)]
-    if not len(s):
-        return 0, 0, float("nan")
-    r = s.iloc[0]
-    return int(r["rank"]), int(r["n_random"]), float(r["rank_p"])
+def _search(t: Any, name: str, *, seed: int, test: str, alpha: float, n_boot: int) -> tuple[Any, list[str], DrawSearch]:
+    view = steering_view(t)
+    kinds = [k for k in RANDOM_KINDS if len(random_rows(view, k))]
+    ent = entity_table(view, name, kinds)
+    return view, kinds, search_draws(ent, seed=seed, test=test, alpha=alpha, n_boot=n_boot)
 
 
 def patching_findings(result: Any, *, alpha: float = 0.05, seed: int = 0, max_new_tokens: int | None = None,
-                      n_seeds: int = SPREAD_SEEDS, n_boot: int = 2000) -> tuple[list[Any], str]:
+                      n_seeds: int = SPREAD_SEEDS, n_boot: int = 2000,
+                      test: str = DEFAULT_DRAW_TEST) -> tuple[list[Any], str]:
     """The ``patching`` findings of a finished sweep (a ``PatchResult``, or anything with
     ``table``, ``target``, ``thresholds`` and ``meta``) and a one-line summary."""
     from emoscope.audit import Control, Finding, Observation
@@ -87,141 +79,135 @@ def patching_findings(result: Any, *, alpha: float = 0.05, seed: int = 0, max_ne
         return [], "no patched rows"
     name = str(pat["source"].iloc[0])
     cells = cells_of(t)
-    view = steering_view(t)
-    kind = "isotropic" if (t["kind"] == "random").any() else None
     n_prompts = int(pat["prompt_id"].nunique())
     if n_prompts < 2:
-        return _unsplittable(result, name, view, cells, kind, Control, Finding, Observation), "one target prompt"
-    c = select_cell(view, name, against=kind, seed=seed, n_boot=n_boot)
-    layer, pos = _cell_name(cells, c.layer)
-    report = pat[(pat["layer"] == layer) & (pat["positions"] == pos) & pat["prompt_id"].isin(list(c.report_prompts))]
-    ppl = float(np.nanmedian(report["ppl_ratio"])) if "ppl_ratio" in report and len(report) \
-        and np.isfinite(report["ppl_ratio"].to_numpy(float)).any() else float("nan")
-    broken = float(report["regime"].isin(_BROKEN).mean()) if len(report) else float("nan")
-    mean_tokens = float(report["n_tokens"].mean()) if len(report) else 0.0
-    est, p = c.estimate, c.p_value
-    n_sel, n_rep = len(c.select_prompts), len(c.report_prompts)
+        return _unsplittable(result, name, cells, Control, Finding, Observation), "one target prompt"
+    view, kinds, d = _search(t, name, seed=seed, test=test, alpha=alpha, n_boot=n_boot)
+    layer, pos = _cell_name(cells, d.layer)
+    report = pat[(pat["layer"] == layer) & (pat["positions"] == pos) & pat["prompt_id"].isin(list(d.report_prompts))]
+    n_sel, n_rep = len(d.select), len(d.report)
     where = f"layer {layer}, positions {pos}"
+    random_ctl = random_control(d, name="random_patch", draws="random patches (a seeded direction scaled, column "
+                                "by column, to the norm of the (source - clean target) delta it replaces)")
 
-    if kind is None:
-        significant = False
-        random_ctl = Control(name="random_patch", value=None, passed=None, threshold=alpha,
-                             note="no random patches ran (n_random=0): the effect is the change from the unpatched "
-                                  "output, not a change over random patches of the same norm")
-    else:
-        significant = bool(np.isfinite(p) and p < alpha and np.isfinite(est.lo) and est.lo > 0)
-        rank, k, rank_p = _rank(view, name, c.layer, c.report_prompts)
-        random_ctl = Control(
-            name="random_patch", value=float(p), passed=significant, threshold=alpha,
-            note=f"held out: per-prompt paired Wilcoxon of the patch's target change minus the mean change of {k} "
-                 f"random patches (unit: prompt), one-sided, on the {n_rep} report prompts; each random patch adds to "
-                 "the target's clean state a seeded isotropic direction scaled, column by column, to the norm of the "
-                 "(source - clean target) delta it replaces; passes when p < "
-                 f"{alpha:g} and the interval is above 0; no Bonferroni correction for the {c.n_cells} cells "
-                 f"searched: the cell was chosen on the other {n_sel} prompts. The patch ranks {rank} of {k + 1} "
-                 f"among the random patches' mean changes (rank p {rank_p:.2g}; a rank among {k} draws cannot go "
-                 f"below p = {min_pvalue(k):.2g})")
-
-    d, nest = report_effects(t, c.layer, list(c.report_prompts), n_boot=n_boot, seed=seed)
-    if len(d) and np.isfinite(d).any():
-        p_neu = paired_test(d, "greater")
-        neutral_value = float(est.point - np.nanmean(d))  # the neutral patch's own change over random
+    dn, nest = report_effects(t, d.layer, list(d.report_prompts), n_boot=n_boot, seed=seed)
+    if len(dn) and np.isfinite(dn).any():
+        p_neu = paired_test(dn, "greater")
+        neutral_value = float(d.estimate.point - np.nanmean(dn))  # the neutral patch's own change
         neutral_ok = bool(np.isfinite(p_neu) and p_neu < alpha and np.isfinite(nest.lo) and nest.lo > 0)
         neutral_ctl = Control(
             name="neutral_source", value=neutral_value, passed=neutral_ok, threshold=alpha,
             note=f"patching the neutral source ({result.meta.get('neutral') or 'neutral'}) at the same layer and "
-                 f"positions changes {result.target} by {neutral_value:.3g} "
-                 + ("over the random patches" if kind else "from the unpatched output")
-                 + f"; the source patch minus the neutral patch per report prompt: {nest.point:.3g} "
-                   f"[{nest.lo:.3g}, {nest.hi:.3g}], one-sided Wilcoxon p={p_neu:.2g} (n={int(np.isfinite(d).sum())}); "
-                   f"passes when p < {alpha:g} and the interval is above 0")
+                 f"positions changes {result.target} by {neutral_value:.3g} from the unpatched output; the source "
+                 f"patch minus the neutral patch per report prompt: {nest.point:.3g} [{nest.lo:.3g}, {nest.hi:.3g}], "
+                 f"one-sided Wilcoxon p={p_neu:.2g} (n={int(np.isfinite(dn).sum())}; one specific alternative "
+                 f"source, so the prompt is the unit); passes when p < {alpha:g} and the interval is above 0")
     else:
         neutral_ctl = Control(name="neutral_source", value=None, passed=None,
                               note="no neutral-source patch ran: what the source says is not separated from "
                                    "patching in any other text")
-    fluent = bool(np.isfinite(ppl) and ppl < th.max_ppl_ratio and broken < MAX_BROKEN)
-    multi = bool((max_new_tokens is None or max_new_tokens > 1) and mean_tokens >= MIN_MEAN_TOKENS)
-    spread = seed_spread(view, name, against=kind, seed=seed, n_seeds=n_seeds)
-    chosen = [_cell_name(cells, cell) for cell, _ in spread.cells]
-    top = max(set(chosen), key=chosen.count) if chosen else None
-    spread_note = (f"held-out effect over {len(spread.seeds)} seeds of the prompt split (seeds {list(spread.seeds)}): "
-                   + ", ".join(f"{x:.3g}" for x in spread.estimates) + f"; mean {spread.mean:.3g}, sd {spread.sd:.3g}; ")
-    if spread.k > 1:
-        spread_note += (f"each seed judged against a random {spread.subset} of the {spread.k} random patches "
-                        "(re-drawing them would need new generations); ")
-    if top is not None:
-        spread_note += f"the same cell (layer {top[0]}, positions {top[1]}) was chosen in {chosen.count(top)} of " \
-                       f"{len(chosen)}; "
-    spread_note += f"passes with the same sign in every seed and sd < {SEED_SD_SHARE:g} x |mean|"
+    spread = seed_spread(d.entities, seed=seed, n_seeds=n_seeds, what="random patches")
     controls = [
         random_ctl,
         neutral_ctl,
-        Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
-                passed=multi,
-                note="mean generated tokens of the chosen cell's patched outputs on the report prompts"
-                     + (f" (up to {max_new_tokens})" if max_new_tokens else "")
-                     + "; the effect is measured on multi-token text; the step-1 view is a separate observation"),
-        Control(name="fluency", value=ppl, passed=fluent, threshold=th.max_ppl_ratio,
-                note=f"median perplexity ratio to the unpatched output on the report prompts; {broken:.0%} collapsed "
-                     "or explosive"),
+        *output_checks(report, th, max_new_tokens, what="the chosen cell's patched outputs", baseline="unpatched"),
         Control(name="seed_spread", value=spread.sd, passed=spread.passed,
-                threshold=f"same sign, sd < {SEED_SD_SHARE:g} x |mean|", note=spread_note),
-        Control(name="heldout_selection", value=float(est.point), passed=True,
-                note=f"cell chosen on {n_sel} prompts, reported on {n_rep} (among {c.n_candidates} of {c.n_cells} "
-                     "cells mostly fluent on the selection prompts)"),
+                threshold=f"same sign, sd < {SEED_SD_SHARE:g} x |mean|",
+                note=spread.note(lambda c: "layer {}, positions {}".format(*_cell_name(cells, c[0])))),
+        Control(name="heldout_selection", value=float(d.held[0]), passed=True,
+                note=f"cell chosen on {n_sel} prompts, reported on {n_rep} (among {d.n_candidates} of {d.n_cells} "
+                     "cells mostly fluent on the selection prompts); every random patch made the same choice among "
+                     "its own fluent cells"),
     ]
     gen = " and every generated position" if result.meta.get("generated") else ""
     how = "the class mean" if result.meta.get("pairing", "class_mean") == "class_mean" else "paired source prompts"
     claim = (f"patching {name} states ({how}) into the target prompts at {where}{gen} raises {result.target} in the "
-             f"generated text more than random patches of the same norm (cell chosen on {n_sel} prompts, effect "
-             f"measured on {n_rep} others)") if significant else None
-    over = "over random patches" if kind else "from the unpatched output (no random control)"
+             f"generated text more than random patches of the same norm put through the same search (cell chosen on "
+             f"{n_sel} prompts, effect measured on {n_rep} others)") if d.passed else None
+    j, est = d.judged, d.estimate
+    if j is not None:
+        value, iv = j.excess.point, (j.excess.lo, j.excess.hi)
+        metric = (f"{result.target} change, {name} patched at {where}{gen}, minus the mean of {j.k} {kinds[0]} random "
+                  f"patches each at its own chosen cell (chosen on {n_sel} prompts among {d.n_cells} cells, reported "
+                  f"on {n_rep} held-out prompts; interval: 95% prediction range of one more draw)")
+    else:
+        value, iv = est.point, (est.lo, est.hi)
+        metric = (f"{result.target} change from the unpatched output (no random control), {name} patched at "
+                  f"{where}{gen} (chosen on {n_sel} prompts among {d.n_cells} cells, reported on {n_rep} held-out "
+                  "prompts)")
     findings = [Finding(
         kind="patching", claim=claim, controls=controls,
         observation=Observation(
-            metric=f"{result.target} change {over}, {name} patched at {where}{gen} (chosen on {n_sel} prompts among "
-                   f"{c.n_cells} cells, reported on {n_rep} held-out prompts)",
-            value=float(est.point), n=int(c.n), unit="prompts",
-            interval=(float(est.lo), float(est.hi)) if np.isfinite([est.lo, est.hi]).all() else None,
-            p_value=float(p) if np.isfinite(p) else None, n_searched=int(c.n_cells)),
+            metric=metric, value=float(value), n=int(n_rep), unit="prompts",
+            interval=(float(iv[0]), float(iv[1])) if np.isfinite(iv).all() else None,
+            p_value=float(d.p) if np.isfinite(d.p) else None, p_floor=d.floor, n_searched=int(d.n_cells)),
     )]
-    findings += _step1(t, name, kind, c, where, gen, result.target, n_boot, seed, Finding, Observation)
-    summary = (f"{name}: {where} chosen on {n_sel} prompts; held-out effect {est.point:.3g} [{est.lo:.3g}, "
-               f"{est.hi:.3g}] {over}, p={p:.2g}, n={c.n} prompts")
+    findings += _step1(t, name, kinds, d, where, gen, result.target, n_boot, seed, test, alpha, Finding, Observation)
+    summary = (f"{name}: {where} chosen on {n_sel} prompts; held-out change {est.point:.3g} [{est.lo:.3g}, "
+               f"{est.hi:.3g}]" + (f", excess over {j.k} draws {j.excess.point:.3g}, p={d.p:.2g}, rank {j.rank}/"
+                                    f"{j.k + 1}" if j is not None else " (no random control)")
+               + f", n={n_rep} prompts")
     return findings, summary
 
 
-def _step1(t: Any, name: str, kind: str | None, c: Any, where: str, gen: str, target: str, n_boot: int, seed: int,
-           Finding: Any, Observation: Any) -> list[Any]:  # noqa: N803
-    """The next-token view of the chosen cell on the same report prompts: an observation."""
+def patch_draw_figures(result: Any, *, seed: int = 0, test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05) -> dict:
+    """Each random patch's held-out value as a dot, the source patch as a line."""
+    from emoscope.core.draws import draws_figure
+
+    t = result.table
+    pat = t[t["kind"] == "patch"]
+    if not len(pat) or pat["prompt_id"].nunique() < 2:
+        return {}
+    name = str(pat["source"].iloc[0])
+    _, _, d = _search(t, name, seed=seed, test=test, alpha=alpha, n_boot=0)
+    if not d.tests:
+        return {}
+    return {"draws_patch": draws_figure(d.tests, title=f"{name} patch: held-out {result.target} change at each "
+                                                       f"entity's own chosen cell ({len(d.report)} report prompts)",
+                                        xlabel=f"{result.target} change")}
+
+
+def _step1(t: Any, name: str, kinds: list[str], d: DrawSearch, where: str, gen: str, target: str, n_boot: int,
+           seed: int, test: str, alpha: float, Finding: Any, Observation: Any) -> list[Any]:  # noqa: N803
+    """The next-token view of every entity at its own chosen cell on the same report prompts."""
     if not np.isfinite(t["step1_change"].to_numpy(float)).any():
         return []
-    e = prompt_effects(steering_view(t, "step1_change"), name, kind)
-    col = (c.layer, 1.0)
-    if col not in e.columns:
+    ent = entity_table(steering_view(t, "step1_change"), name, kinds)
+    if ent.names != d.entities.names or ent.values.shape != d.entities.values.shape:
         return []
-    v = e.loc[e.index.isin(list(c.report_prompts)), col].to_numpy(float)
-    v = v[np.isfinite(v)]
-    if not v.size:
+    e = np.arange(len(ent.names))
+    at = ent.values[e[:, None], d.report[None, :], np.maximum(d.cells, 0)[:, None]]  # (E, R)
+    with np.errstate(all="ignore"):
+        held = np.where(np.isfinite(at).any(1), np.nanmean(np.where(np.isfinite(at), at, np.nan), axis=1), np.nan)
+    mine = at[0][np.isfinite(at[0])]
+    if not mine.size:
         return []
-    est = bootstrap(v, n_boot=n_boot, seed=seed)
-    p = paired_test(v, "greater")
-    over = "over random patches" if kind else "from the unpatched forward"
+    est = bootstrap(mine, n_boot=n_boot, seed=seed)
+    tests = {k: draw_test(held[0], held[ent.draws_of(k)], test=test, alpha=alpha) for k in kinds}
+    if tests:
+        p = max(x.p for x in tests.values())
+        j = tests[kinds[0]]
+        value, iv = j.excess.point, (j.excess.lo, j.excess.hi)
+        over = f"minus the mean of {j.k} {kinds[0]} random patches, each at its own chosen cell"
+    else:
+        p, value, iv = paired_test(mine, "greater"), est.point, (est.lo, est.hi)
+        over = "change from the unpatched forward"
     return [Finding(kind="patching", observation=Observation(
-        metric=f"step-1 view: log-odds of {target} tokens at the first generated token, change {over}, {name} "
-               f"patched at {where}{gen} (the cell chosen above, same {v.size} report prompts)",
-        value=float(est.point), n=int(v.size), unit="prompts",
-        interval=(float(est.lo), float(est.hi)) if np.isfinite([est.lo, est.hi]).all() else None,
-        p_value=float(p) if np.isfinite(p) else None, n_searched=1))]
+        metric=f"step-1 view: log-odds of {target} tokens at the first generated token, {name} patched at "
+               f"{where}{gen}, {over} (the cells chosen above, same {mine.size} report prompts)",
+        value=float(value), n=int(mine.size), unit="prompts",
+        interval=(float(iv[0]), float(iv[1])) if np.isfinite(iv).all() else None,
+        p_value=float(p) if np.isfinite(p) else None,
+        p_floor=max(x.floor for x in tests.values()) if tests else None, n_searched=1))]
 
 
-def _unsplittable(result: Any, name: str, view: Any, cells: Any, kind: str | None, Control: Any, Finding: Any,  # noqa: N803
+def _unsplittable(result: Any, name: str, cells: Any, Control: Any, Finding: Any,  # noqa: N803
                   Observation: Any) -> list[Any]:  # noqa: N803
     """One target prompt: nothing to hold out, so the best cell is an observation that cannot ship."""
-    e = prompt_effects(view, name, kind)
-    means = e.mean(axis=0)
-    best = means.idxmax()
-    layer, pos = _cell_name(cells, best[0])
+    ent = entity_table(steering_view(result.table), name, [])
+    means = ent.values[0].mean(axis=0)  # (cells,)
+    best = int(np.nanargmax(means))
+    layer, pos = _cell_name(cells, ent.cells[best][0])
     return [Finding(kind="patching", controls=[
         Control(name="heldout_selection", value=None, passed=None,
                 note=f"1 target prompt: nothing to hold out, the value is the best of {len(means)} cells searched")],

@@ -60,8 +60,9 @@ class PatchOptions(BaseModel):
     generated: bool = False  # also write the source's last-token state at every generated position
     chat: bool = True  # wrap sources and targets in the model's chat template when it has one
     max_new_tokens: int = Field(default=32, ge=1)
-    n_random: int = Field(default=10, ge=0)  # random patches per cell: a rank among k cannot reach p < 1/(k+1)
-    random_kind: Literal["isotropic", "covariance", "both"] = "isotropic"  # judged against isotropic when run
+    n_random: int = Field(default=10, ge=0)  # random patches per kind, each put through the patch's search
+    random_kind: Literal["isotropic", "covariance", "both"] = "isotropic"  # the claim must beat every kind run
+    random_test: Literal["interval", "rank"] = "interval"  # how the patch is judged among the draws (core.draws)
     self_rows: bool = True  # self-patch rows (strength 0): the target patched with its own states
     scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
     target_score: str | None = None  # scorer column; default steering.sweep.default_target(CLASS)
@@ -263,9 +264,12 @@ def _notes(res: Any, opts: PatchOptions, src_name: str, cls: str, neutral: tuple
 
 
 def _record_findings(ctx: RunContext, res: Any, opts: PatchOptions) -> str:
-    from emoscope.patching.findings import patching_findings
+    from emoscope.patching.findings import patch_draw_figures, patching_findings
 
-    findings, summary = patching_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens)
+    findings, summary = patching_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+                                          test=opts.random_test)
     for f in findings:
         ctx.add_finding(f)
+    for name, fig in patch_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
+        ctx.save_figure(name, fig)
     return summary

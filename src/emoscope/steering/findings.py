@@ -1,25 +1,29 @@
-"""The ``steering`` finding of a sweep: its best cell chosen on half the prompts, reported on the other.
+"""The ``steering`` finding of a sweep: its best cell chosen on half the prompts, judged against
+random vectors put through the same search.
 
-A sweep searches many (layer, strength) cells, and the largest effect among them is the maximum
-of what was searched: on pure noise it still looks like an effect. So a finding never reports the
-cell it chose on the prompts it chose it with:
+A sweep searches many (layer, strength) cells, and the largest effect among them is the maximum of
+what was searched. A direction's advantage in a cell belongs to the direction, so it comes back on
+any other prompts: held-out prompts alone do not make the random vectors a fair comparison for the
+cell that was chosen. So the unit of the random control is the draw (``emoscope.core.draws``):
 
-1. Per vector, the paired effect per prompt and cell (``regimes.prompt_effects``: the vector's
-   target change minus the mean change of the random vectors on the same prompt and seed,
-   sign-flipped for negative strengths, averaged over seeds so the unit is the prompt) against
-   the random kind it is judged by (``regimes.judged_kind``: isotropic when run, else
-   covariance-matched).
-2. The prompts are split at random (``seed``) into a selection half and a report half
-   (``core.stats.heldout_select``). Candidate cells are those whose vector outputs on the
-   *selection* half mostly stay fluent (collapsed plus explosive share below ``MAX_BROKEN``;
-   every cell when none is), so the report half is untouched by every choice.
-3. The chosen cell's effect, bootstrap interval and one-sided Wilcoxon p-value come from the
-   report half only. That p needs no Bonferroni correction for the search: the choice used none
-   of the report prompts. ``Observation.n`` is the number of report prompts (unit ``prompts``).
-4. Controls: ``random_vectors`` (held-out p < alpha and interval above 0), ``heldout_selection``,
-   ``multi_token_outputs`` and ``fluency`` (on the report half's outputs of the chosen cell) and
-   ``seed_spread`` (the whole selection re-run over ``SPREAD_SEEDS`` prompt splits, each against
-   a random half of the k random vectors: re-drawing random vectors would need new generations).
+1. Every entity — the vector and each random vector of each kind — has, per prompt (mean over
+   seeds) and cell, its target change from the prompt's unsteered output in the intended direction
+   (``sign(strength) * target_change``: raising the target at a positive strength, lowering it at a
+   negative one).
+2. The prompts are split at random (``seed``) into a selection half and a report half. Each entity
+   chooses, on the selection half, its best cell among the cells whose *own* outputs there mostly
+   stay fluent (collapsed plus explosive share below ``MAX_BROKEN``; every cell when none is), and
+   its value is its mean on the report half at that cell. The vector's value is the candidate;
+   each random vector's value is one sample of the null.
+3. ``random_vectors``: the candidate against the draws of each kind that ran
+   (``core.draws.draw_test``: a prediction-interval test with its assumption stated, the rank
+   beside it); it passes only when every kind is beaten. The recorded p is the worst over kinds.
+   ``Observation.value`` is the candidate's excess over the draws' mean of the judged kind
+   (isotropic when it ran) with the 95% prediction interval of one more draw around it.
+4. ``heldout_selection``, ``multi_token_outputs`` and ``fluency`` (the candidate's outputs at its
+   chosen cell on the report half) and ``seed_spread`` (the whole search, candidate and draws,
+   re-run over ``SPREAD_SEEDS`` prompt splits: the excess keeps its sign and its sd stays below
+   ``SEED_SD_SHARE`` × |mean|).
 
 >>> findings, summary = steering_findings(result, alpha=0.05)   # doctest: +SKIP
 """
@@ -34,89 +38,198 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emoscope.core.stats import (
-    Interval,
-    bootstrap,
-    heldout_select,
-    min_pvalue,
-    paired_test,
-    permutation_pvalue,
+from emoscope.core.draws import (
+    DEFAULT_DRAW_TEST,
+    DrawTest,
+    draw_test,
+    draws_figure,
+    heldout_search,
+    split_units,
 )
+from emoscope.core.stats import Interval, bootstrap, paired_test
 from emoscope.errors import InputError
-from emoscope.steering.regimes import RANDOM_KINDS, judged_kind, prompt_effects, random_rows
-from emoscope.steering.stage import MIN_MEAN_TOKENS
+from emoscope.steering.regimes import (
+    BROKEN,
+    MIN_MEAN_TOKENS,
+    RANDOM_KINDS,
+    judged_kind,
+    random_rows,
+)
 
-__all__ = ["HeldOutCell", "SeedSpread", "select_cell", "seed_spread", "steering_findings", "MIN_MEAN_TOKENS",
-           "MAX_BROKEN", "SPREAD_SEEDS", "SEED_SD_SHARE"]
+__all__ = ["EntityTable", "DrawSearch", "SeedSpread", "entity_table", "search_draws", "seed_spread",
+           "steering_findings", "steering_draw_figures", "combine_passed", "output_checks", "random_control", "MIN_MEAN_TOKENS", "MAX_BROKEN",
+           "SPREAD_SEEDS", "SEED_SD_SHARE"]
 
-MAX_BROKEN = 0.5  # a candidate cell: below this share of collapsed or explosive outputs
-SPREAD_SEEDS = 5  # prompt splits (and random-vector halves) the seed_spread control re-runs
-SEED_SD_SHARE = 0.5  # seed_spread passes when the sd of the held-out effect over seeds is below this x |mean|
-_BROKEN = ("repetitive collapse", "explosive")
+MAX_BROKEN = 0.5  # a candidate cell: below this share of collapsed or explosive outputs on the selection half
+SPREAD_SEEDS = 5  # prompt splits the seed_spread control re-runs the whole search over
+SEED_SD_SHARE = 0.5  # seed_spread passes when the sd of the excess over seeds is below this x |mean|
 
 
 @dataclass(frozen=True)
-class HeldOutCell:
-    """A cell chosen on ``select_prompts`` and reported on ``report_prompts``: ``estimate``
-    (mean paired effect, bootstrap interval), ``p_value`` (one-sided Wilcoxon over the report
-    prompts), ``n`` (report prompts with a value), ``n_cells`` searched, ``n_candidates`` fluent
-    on the selection half, ``against`` the random kind (``None``: no random control ran, the
-    effect is the signed change from baseline)."""
+class EntityTable:
+    """The values one search runs on: ``values`` and ``broken``, ``(E, U, C)`` = entity (the
+    vector first, then the draws) × prompt × cell; ``kinds[e]``: ``""`` for the vector, else the
+    draw's random kind."""
 
     vector: str
-    layer: int
-    strength: float
-    against: str | None
-    estimate: Interval
-    p_value: float
-    n: int
-    n_cells: int
-    n_candidates: int
-    select_prompts: tuple[int, ...]
-    report_prompts: tuple[int, ...]
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    prompts: np.ndarray  # (U,) prompt ids
+    cells: tuple[tuple[Any, float], ...]  # (layer, strength) per cell
+    values: np.ndarray  # (E, U, C) intended-direction change, mean over seeds
+    broken: np.ndarray  # (E, U, C) share of collapsed or explosive outputs
+
+    def draws_of(self, kind: str) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.kinds) == kind)
 
 
-def select_cell(table: pd.DataFrame, vector: str, *, against: str | None = "isotropic", seed: int = 0,
-                random_names: Sequence[str] | None = None, max_broken: float = MAX_BROKEN,
-                n_boot: int = 2000) -> HeldOutCell:
-    """Choose ``vector``'s best fluent cell on half the prompts of a sweep ``table`` and report
-    it on the other half (see the module docstring). ``random_names`` restricts the random
-    control to those random vectors. Needs at least 2 prompts."""
-    effects = prompt_effects(table, vector, against, random_names)  # (prompts, cells)
-    if effects.shape[0] < 2 or effects.shape[1] < 1:
-        raise InputError(f"a held-out choice of {vector}'s cell needs at least 2 prompts and 1 steered cell, "
-                         f"got {effects.shape[0]} prompts and {effects.shape[1]} cells")
-    prompts = effects.index.to_numpy()
-    split = heldout_select(np.zeros((len(prompts), 1)), seed=seed, n_boot=0)  # the split alone
-    t = table[(table["kind"] == "vector") & (table["vector"] == vector) & (table["strength"] != 0)
-              & table["prompt_id"].isin(prompts[split.select_units])]
-    broken = t["regime"].isin(_BROKEN).groupby([t["layer"], t["strength"]]).mean()
-    fluent = broken.reindex(effects.columns).fillna(1.0).to_numpy() < max_broken  # (cells,)
-    if not fluent.any():
-        fluent[:] = True
-    values = np.array(effects.to_numpy(float), dtype=float)  # a writable copy
-    values[np.ix_(split.select_units, ~fluent)] = np.nan  # only fluent cells can be chosen
-    with warnings.catch_warnings():  # masked cells have no selection values: their mean is empty
+def entity_table(table: pd.DataFrame, vector: str, kinds: Sequence[str] = RANDOM_KINDS,
+                 value: str = "target_change") -> EntityTable:
+    """The vector and its random draws of ``kinds`` from a sweep ``table`` (strength != 0), on
+    the vector's prompts and cells."""
+    vec = table[(table["kind"] == "vector") & (table["vector"] == vector) & (table["strength"] != 0)]
+    if not len(vec):
+        raise InputError(f"no steered rows of vector {vector!r} in the sweep table")
+    parts, kind_of = [vec.assign(_kind="")], {vector: ""}
+    for k in kinds:
+        r = random_rows(table, k, vector)
+        r = r[r["strength"] != 0]
+        if len(r):
+            parts.append(r.assign(_kind=k))
+            kind_of.update(dict.fromkeys(r["vector"].astype(str).unique(), k))
+    t = pd.concat(parts)
+    names = tuple(dict.fromkeys([vector, *[n for n in kind_of if n != vector]]))
+    prompts = np.sort(vec["prompt_id"].unique())
+    cells = tuple(dict.fromkeys(zip(vec["layer"].tolist(), vec["strength"].astype(float).tolist(), strict=True)))
+    e_idx = pd.Index(names).get_indexer(t["vector"].astype(str))
+    u_idx = pd.Index(prompts).get_indexer(t["prompt_id"])
+    c_idx = pd.MultiIndex.from_tuples(cells).get_indexer(
+        pd.MultiIndex.from_arrays([t["layer"], t["strength"].astype(float)]))
+    ok = (e_idx >= 0) & (u_idx >= 0) & (c_idx >= 0)
+    shape = (len(names), len(prompts), len(cells))
+    flat = np.ravel_multi_index((e_idx[ok], u_idx[ok], c_idx[ok]), shape)
+    n = np.bincount(flat, minlength=int(np.prod(shape))).astype(float)
+    signed = np.sign(t["strength"].to_numpy(float)) * t[value].to_numpy(float)
+    fin = np.isfinite(signed[ok])
+    s = np.bincount(flat[fin], weights=signed[ok][fin], minlength=n.size)
+    nf = np.bincount(flat[fin], minlength=n.size).astype(float)
+    brk = t["regime"].isin(BROKEN).to_numpy(float)[ok] if "regime" in t else np.zeros(int(ok.sum()))
+    b = np.bincount(flat, weights=brk, minlength=n.size)
+    with np.errstate(all="ignore"):
+        values = np.where(nf > 0, s / np.maximum(nf, 1), np.nan).reshape(shape)
+        broken = np.where(n > 0, b / np.maximum(n, 1), np.nan).reshape(shape)
+    return EntityTable(vector, names, tuple(kind_of[nm] for nm in names), prompts, cells, values, broken)
+
+
+@dataclass(frozen=True)
+class DrawSearch:
+    """The vector and every draw put through one search (see the module docstring)."""
+
+    entities: EntityTable
+    select: np.ndarray  # prompt indices (into entities.prompts) the cells were chosen on
+    report: np.ndarray  # prompt indices the values are measured on
+    cells: np.ndarray  # (E,) each entity's chosen cell
+    held: np.ndarray  # (E,) each entity's report-half value at its chosen cell
+    n_candidates: int  # cells fluent for the vector on the selection half
+    tests: dict[str, DrawTest]  # per random kind that ran
+    estimate: Interval  # the vector's own report-half change (bootstrap over prompts)
+    p_change: float  # one-sided Wilcoxon of that change > 0 (the test when no random control ran)
+
+    @property
+    def vector(self) -> str:
+        return self.entities.vector
+
+    @property
+    def layer(self) -> Any:
+        return self.entities.cells[int(self.cells[0])][0]
+
+    @property
+    def strength(self) -> float:
+        return float(self.entities.cells[int(self.cells[0])][1])
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.entities.cells)
+
+    @property
+    def select_prompts(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.entities.prompts[self.select])
+
+    @property
+    def report_prompts(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.entities.prompts[self.report])
+
+    @property
+    def judged(self) -> DrawTest | None:
+        """The test the observation's value is reported against (isotropic when it ran)."""
+        return next((self.tests[k] for k in RANDOM_KINDS if k in self.tests), None)
+
+    @property
+    def p(self) -> float:
+        """The deciding p: the worst over the kinds that ran (the change test when none ran)."""
+        ps = [t.p for t in self.tests.values()]
+        return float(max(ps)) if ps else float(self.p_change)
+
+    @property
+    def floor(self) -> float | None:
+        return float(max(t.floor for t in self.tests.values())) if self.tests else None
+
+    @property
+    def passed(self) -> bool | None:
+        return combine_passed([t.passed for t in self.tests.values()]) if self.tests else None
+
+    def draw_cells(self, kind: str) -> list[tuple[Any, float]]:
+        return [self.entities.cells[int(c)] for c in self.cells[self.entities.draws_of(kind)] if c >= 0]
+
+
+def combine_passed(outcomes: Sequence[bool | None]) -> bool | None:
+    """All must pass: any ``False`` fails, else any ``None`` leaves it unjudged.
+
+    >>> combine_passed([True, None]), combine_passed([True, False, None]), combine_passed([True])
+    (None, False, True)
+    """
+    if any(o is False for o in outcomes):
+        return False
+    if any(o is None for o in outcomes):
+        return None
+    return True
+
+
+def search_draws(ent: EntityTable, *, seed: int = 0, max_broken: float = MAX_BROKEN, test: str = DEFAULT_DRAW_TEST,
+                 alpha: float = 0.05, n_boot: int = 2000) -> DrawSearch:
+    """Split the prompts (``seed``), choose every entity's cell on the selection half among its
+    own fluent cells, and judge the vector's report-half value against each kind's draws."""
+    if len(ent.prompts) < 2:
+        raise InputError(f"a held-out choice of {ent.vector}'s cell needs at least 2 prompts, got {len(ent.prompts)}")
+    select, report = split_units(len(ent.prompts), seed)
+    with warnings.catch_warnings():  # a cell with no selection output has an empty mean
         warnings.simplefilter("ignore", RuntimeWarning)
-        choice = heldout_select(values, seed=seed, n_boot=n_boot)  # same seed and units: same split
-    if not np.array_equal(choice.report_units, split.report_units):
-        raise RuntimeError("heldout_select split the prompts differently for the same seed")
-    layer, strength = effects.columns[choice.cell]
-    return HeldOutCell(str(vector), int(layer), float(strength), against, choice.estimate, choice.p_value, choice.n,
-                       choice.n_cells, int(fluent.sum()), tuple(int(p) for p in prompts[split.select_units]),
-                       tuple(int(p) for p in prompts[split.report_units]))
+        broken = np.nanmean(ent.broken[:, select, :], axis=1)  # (E, C)
+    allowed = np.where(np.isfinite(broken), broken, 1.0) < max_broken
+    s = heldout_search(ent.values, select, report, allowed)
+    tests = {}
+    for k in RANDOM_KINDS:
+        idx = ent.draws_of(k)
+        if idx.size:
+            tests[k] = draw_test(s.values[0], s.values[idx], alternative="greater", test=test, alpha=alpha)
+    mine = ent.values[0, report, s.cells[0]] if s.cells[0] >= 0 else np.zeros(0)
+    mine = mine[np.isfinite(mine)]
+    est = bootstrap(mine, n_boot=n_boot, seed=seed) if mine.size else Interval(np.nan, np.nan, np.nan)
+    p_change = paired_test(mine, "greater") if mine.size else float("nan")
+    return DrawSearch(ent, select, report, s.cells, s.values, int(allowed[0].sum()) if allowed[0].any()
+                      else len(ent.cells), tests, est, float(p_change))
 
 
 @dataclass(frozen=True)
 class SeedSpread:
-    """The held-out effect over several seeds of the prompt split and random-vector halves."""
+    """The excess over the judged kind's draws over several seeds of the prompt split."""
 
     seeds: tuple[int, ...]
     estimates: tuple[float, ...]
-    cells: tuple[tuple[int, float], ...]
-    k: int  # random vectors available
-    subset: int  # random vectors each seed is judged against
+    cells: tuple[tuple[Any, float], ...]
+    k: int  # draws the excess is taken over
     sd_share: float = SEED_SD_SHARE
+    what: str = "random vectors"
 
     @property
     def mean(self) -> float:
@@ -134,177 +247,177 @@ class SeedSpread:
         same_sign = bool(np.all(e > 0) or np.all(e < 0))
         return same_sign and self.sd < self.sd_share * abs(self.mean)
 
-    def note(self) -> str:
+    def note(self, cell_text: Any = None) -> str:
         top = max(set(self.cells), key=self.cells.count) if self.cells else None
-        text = (f"held-out effect over {len(self.seeds)} seeds of the prompt split (seeds {list(self.seeds)}): "
-                + ", ".join(f"{x:.3g}" for x in self.estimates) + f"; mean {self.mean:.3g}, sd {self.sd:.3g}; ")
-        if self.k > 1:
-            text += (f"each seed judged against a random {self.subset} of the {self.k} random vectors (re-drawing "
-                     "random vectors would need new generations, so their spread is resampled halves); ")
-        elif self.k == 1:
-            text += "one random vector ran, so only the prompt split varies; "
+        text = (f"excess over the draws' mean over {len(self.seeds)} seeds of the prompt split (seeds "
+                f"{list(self.seeds)}), the whole search re-run each time for the candidate and the {self.k} "
+                f"{self.what}: " + ", ".join(f"{x:.3g}" for x in self.estimates)
+                + f"; mean {self.mean:.3g}, sd {self.sd:.3g}; ")
         if top is not None:
-            text += f"the same cell (layer {top[0]}, strength {top[1]:g}) was chosen in {self.cells.count(top)} of " \
-                    f"{len(self.cells)}; "
+            where = cell_text(top) if cell_text else f"layer {top[0]}, strength {top[1]:g}"
+            text += f"the same cell ({where}) was chosen in {self.cells.count(top)} of {len(self.cells)}; "
         return text + f"passes with the same sign in every seed and sd < {self.sd_share:g} x |mean|"
 
 
-def seed_spread(table: pd.DataFrame, vector: str, *, against: str | None, seed: int = 0,
-                n_seeds: int = SPREAD_SEEDS, max_broken: float = MAX_BROKEN) -> SeedSpread:
-    """Re-run :func:`select_cell` with prompt-split seeds ``seed .. seed + n_seeds - 1``, each
-    against a seeded random half (``k // 2``, at least 1) of the k random vectors of kind
-    ``against``: the seed spread of the held-out effect without new generations."""
-    names = sorted(random_rows(table, against, vector)["vector"].unique()) if against else []
-    k = len(names)
-    m = max(1, k // 2) if k else 0
+def seed_spread(ent: EntityTable, *, seed: int = 0, n_seeds: int = SPREAD_SEEDS, max_broken: float = MAX_BROKEN,
+                what: str = "random vectors") -> SeedSpread:
+    """Re-run :func:`search_draws` with prompt-split seeds ``seed .. seed + n_seeds - 1``; the
+    excess is over the judged kind's draws (the signed change itself when no draws ran)."""
     seeds = tuple(int(seed) + j for j in range(int(n_seeds)))
-    estimates, cells = [], []
+    est, cells, k = [], [], 0
     for s in seeds:
-        subset = sorted(np.random.default_rng([s, 2]).choice(names, size=m, replace=False)) if k else None
-        c = select_cell(table, vector, against=against, seed=s, random_names=subset, max_broken=max_broken,
-                        n_boot=0)
-        estimates.append(float(c.estimate.point))
-        cells.append((c.layer, c.strength))
-    return SeedSpread(seeds, tuple(estimates), tuple(cells), k, m)
+        d = search_draws(ent, seed=s, max_broken=max_broken, n_boot=0)
+        t = d.judged
+        est.append(float(t.excess.point) if t is not None else float(d.estimate.point))
+        k = t.k if t is not None else 0
+        cells.append((d.layer, d.strength))
+    return SeedSpread(seeds, tuple(est), tuple(cells), k, what=what)
 
 
-def _cell_rows(table: pd.DataFrame, kind: str, name: str, layer: int, strength: float,
-               prompts: Sequence[int]) -> pd.DataFrame:
-    t = table[(table["kind"] == kind) & (table["layer"] == layer) & (table["strength"] == strength)
-              & table["prompt_id"].isin(list(prompts))]
-    return t[t["vector"] == name] if kind == "vector" else t
+def _outputs(table: pd.DataFrame, d: DrawSearch) -> pd.DataFrame:
+    t = table[(table["kind"] == "vector") & (table["vector"] == d.vector) & (table["layer"] == d.layer)
+              & (table["strength"] == d.strength) & table["prompt_id"].isin(list(d.report_prompts))]
+    return t
 
 
-def _rank(table: pd.DataFrame, c: HeldOutCell, kind: str) -> tuple[int, int, float]:
-    """(rank, k, rank_p) of the chosen cell's mean change (intended way) among the k random
-    vectors' mean changes, on the report prompts."""
-    sign = 1.0 if c.strength > 0 else -1.0
-    mine = sign * float(_cell_rows(table, "vector", c.vector, c.layer, c.strength, c.report_prompts)
-                        ["target_change"].mean())
-    r = random_rows(table, kind, c.vector)
-    r = r[(r["layer"] == c.layer) & (r["strength"] == c.strength) & r["prompt_id"].isin(list(c.report_prompts))]
-    per = sign * r.groupby("vector")["target_change"].mean().to_numpy(float)  # (k,)
-    return 1 + int(np.sum(per >= mine - 1e-12)), int(per.size), permutation_pvalue(mine, per, "greater")
+def output_checks(report: pd.DataFrame, thresholds: Any, max_new_tokens: int | None, *,
+                  what: str = "the chosen cell's outputs", baseline: str = "unsteered") -> list[Any]:
+    """The ``multi_token_outputs`` and ``fluency`` controls of a chosen cell's report outputs."""
+    from emoscope.audit import Control
+
+    ppl = (float(np.nanmedian(report["ppl_ratio"])) if "ppl_ratio" in report and len(report)
+           and np.isfinite(report["ppl_ratio"].to_numpy(float)).any() else float("nan"))
+    broken = float(report["regime"].isin(BROKEN).mean()) if len(report) else float("nan")
+    mean_tokens = float(report["n_tokens"].mean()) if len(report) else 0.0
+    fluent = bool(np.isfinite(ppl) and ppl < thresholds.max_ppl_ratio and broken < MAX_BROKEN)
+    multi = bool((max_new_tokens is None or max_new_tokens > 1) and mean_tokens >= MIN_MEAN_TOKENS)
+    return [
+        Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
+                passed=multi, note=f"mean generated tokens of {what} on the report prompts"
+                + (f" (up to {max_new_tokens})" if max_new_tokens else "")
+                + "; the effect must be seen in multi-token text, not one next-token step"),
+        Control(name="fluency", value=ppl, passed=fluent, threshold=thresholds.max_ppl_ratio,
+                note=f"median perplexity ratio to the {baseline} output on the report prompts; {broken:.0%} "
+                     "collapsed or explosive"),
+    ]
 
 
-def _other_kind(table: pd.DataFrame, c: HeldOutCell, kind: str, n_boot: int, seed: int,
-                alpha: float) -> tuple[str, bool | None, float]:
-    """The chosen cell on the same report prompts, judged against the other random kind:
-    ``(note, passed, p)`` with the same rule as the main comparison."""
-    e = prompt_effects(table, c.vector, kind)
-    col = (c.layer, c.strength)
-    if col not in e.columns:
-        return "", None, float("nan")
-    v = e.loc[e.index.isin(list(c.report_prompts)), col].to_numpy(float)
-    est = bootstrap(v, n_boot=n_boot, seed=seed)
-    p = paired_test(v, "greater")
-    rank, k, rank_p = _rank(table, c, kind)
-    passed = bool(np.isfinite(p) and p < alpha and np.isfinite(est.lo) and est.lo > 0)
-    return (f"against {k} {kind}-matched random vectors on the same report prompts: effect {est.point:.3g} "
-            f"[{est.lo:.3g}, {est.hi:.3g}], p={p:.2g}, rank {rank} of {k + 1} (rank p {rank_p:.2g})"), passed, p
+def random_control(d: DrawSearch, *, name: str, draws: str, massive_note: str = "") -> Any:
+    """The random-draw control of a search: worst p over kinds, passes when every kind is beaten."""
+    from emoscope.audit import Control
+
+    if not d.tests:
+        return Control(name=name, value=None, passed=None,
+                       note=f"no {draws} ran (n_random=0): the effect is the signed change from the unsteered "
+                            f"output, not a change over {draws}")
+    parts = [f"{kind}: " + t.describe(f"{kind} {draws}") for kind, t in d.tests.items()]
+    cells = {k: d.draw_cells(k) for k in d.tests}
+    moved = [f"the {k} draws chose {len(set(c))} distinct cells" for k, c in cells.items() if c]
+    note = ("; ".join(parts) + ("; " + ", ".join(moved) if moved else "")
+            + f"; passes only when every kind that ran is beaten (recorded p: the worst, {d.p:.3g})" + massive_note)
+    return Control(name=name, value=float(d.p), passed=d.passed, threshold=d.judged.alpha, note=note)
 
 
 def steering_findings(result: Any, *, alpha: float = 0.05, seed: int = 0, max_new_tokens: int | None = None,
                       massive_dims: Mapping[int, Sequence[int]] | None = None, n_seeds: int = SPREAD_SEEDS,
-                      n_boot: int = 2000) -> tuple[list[Any], str]:
+                      n_boot: int = 2000, test: str = DEFAULT_DRAW_TEST,
+                      vectors: Sequence[str] | None = None) -> tuple[list[Any], str]:
     """The ``steering`` findings of a finished sweep (a ``SteeringResult``, or anything with
     ``table``, ``success``, ``target`` and ``thresholds``) and a one-line summary.
 
-    Per vector: the held-out finding (a claim when the held-out p < ``alpha`` and its interval
-    is above 0) and an observation of the change at ``+|s|`` minus at ``-|s|`` in the chosen
-    layer. ``massive_dims`` (``{layer: [dims]}``, e.g. ``measure_unit(model, layers,
-    "token_norm_robust").massive_dims``) adds the caveat that no random kind is neutral there.
+    Per vector (all of them, or ``vectors``): the held-out finding (a claim when every random kind
+    that ran is beaten; the deciding p is recorded either way) and an observation of the change at
+    ``+|s|`` minus at ``-|s|`` in the chosen layer. ``massive_dims`` (``{layer: [dims]}``) adds the
+    caveat that no random kind is neutral there.
     """
     from emoscope.audit import Control, Finding, Observation
 
     t, s = result.table, result.success
-    if not len(s):
+    if vectors is None and not len(s):
         return [], "no steered cells"
-    th = result.thresholds
-    kind = judged_kind(t)
-    others = [k for k in RANDOM_KINDS if k != kind and len(random_rows(t, k))] if kind else []
+    names = [str(n) for n in s["vector"].unique()] if vectors is None else list(vectors)
+    kinds = [k for k in RANDOM_KINDS if len(random_rows(t, k))]
+    main = judged_kind(t)
     findings: list[Any] = []
     summary = ""
-    for name, g in s.groupby("vector", sort=False):
-        name = str(name)
-        n_prompts = int(t.loc[(t["kind"] == "vector") & (t["vector"] == name), "prompt_id"].nunique())
-        if n_prompts < 2:
-            findings += _unsplittable(result, name, g, n_prompts, Control, Finding, Observation)
+    for name in names:
+        g = s[s["vector"] == name] if len(s) else s
+        ent = entity_table(t, name, kinds)
+        if len(ent.prompts) < 2:
+            findings += _unsplittable(result, name, g, len(ent.prompts), Control, Finding, Observation)
             continue
-        c = select_cell(t, name, against=kind, seed=seed, n_boot=n_boot)
-        report = _cell_rows(t, "vector", name, c.layer, c.strength, c.report_prompts)
-        ppl = float(np.nanmedian(report["ppl_ratio"])) if "ppl_ratio" in report and len(report) else float("nan")
-        broken = float(report["regime"].isin(_BROKEN).mean()) if len(report) else float("nan")
-        mean_tokens = float(report["n_tokens"].mean()) if len(report) else 0.0
-        est, p = c.estimate, c.p_value
-        significant = bool(kind is not None and np.isfinite(p) and p < alpha and np.isfinite(est.lo) and est.lo > 0)
-        fluent = bool(np.isfinite(ppl) and ppl < th.max_ppl_ratio and broken < MAX_BROKEN)
-        multi = bool((max_new_tokens is None or max_new_tokens > 1) and mean_tokens >= MIN_MEAN_TOKENS)
-        n_sel, n_rep = len(c.select_prompts), len(c.report_prompts)
-        if kind is None:
-            random_ctl = Control(name="random_vectors", value=None, passed=None, threshold=alpha,
-                                 note="no random vectors ran (n_random=0): the effect is the signed change from "
-                                      "the unsteered output, not a change over random vectors")
-        else:
-            rank, k, rank_p = _rank(t, c, kind)
-            note = (f"held out: per-prompt paired Wilcoxon of vector change minus mean random change (unit: prompt), "
-                    f"one-sided, on the {n_rep} report prompts; passes when p < {alpha:g} and the interval is above "
-                    f"0; no Bonferroni correction for the {c.n_cells} cells searched: the cell was chosen on the "
-                    f"other {n_sel} prompts. Judged against {k} {kind} random vectors of the same norm; the vector "
-                    f"ranks {rank} of {k + 1} among their mean changes (rank p {rank_p:.2g}; a rank among {k} random "
-                    f"vectors cannot go below p = {min_pvalue(k):.2g})")
-            worst_p = float(p)
-            for other in others:  # a reviewer asks for both kinds: the claim must beat every kind that ran
-                text, ok, p_other = _other_kind(t, c, other, n_boot, seed, alpha)
-                note += "; " + text
-                significant = significant and ok is True
-                worst_p = max(worst_p, p_other) if np.isfinite(p_other) else worst_p
-            dims = list((massive_dims or {}).get(c.layer, []))
-            if dims:
-                note += (f"; layer {c.layer} has massive dimensions {dims}: neither random kind is neutral there "
-                         "(isotropic draws avoid those dimensions, covariance-matched ones land on them)")
-            random_ctl = Control(name="random_vectors", value=worst_p, passed=significant, threshold=alpha,
-                                 note=note + "; passes only when every kind of random vector that ran is beaten")
-        spread = seed_spread(t, name, against=kind, seed=seed, n_seeds=n_seeds)
+        d = search_draws(ent, seed=seed, test=test, alpha=alpha, n_boot=n_boot)
+        n_sel, n_rep = len(d.select), len(d.report)
+        dims = list((massive_dims or {}).get(d.layer, []))
+        massive = (f"; layer {d.layer} has massive dimensions {dims}: neither random kind is neutral there "
+                   "(isotropic draws avoid those dimensions, covariance-matched ones land on them)") if dims else ""
+        spread = seed_spread(ent, seed=seed, n_seeds=n_seeds)
         controls = [
-            random_ctl,
-            Control(name="heldout_selection", value=float(est.point), passed=True,
-                    note=f"cell chosen on {n_sel} prompts, reported on {n_rep} (among {c.n_candidates} of "
-                         f"{c.n_cells} cells mostly fluent on the selection prompts)"),
-            Control(name="multi_token_outputs", value=mean_tokens, threshold=f">= {MIN_MEAN_TOKENS:g} tokens",
-                    passed=multi,
-                    note="mean generated tokens in the chosen cell's outputs on the report prompts"
-                         + (f" (up to {max_new_tokens})" if max_new_tokens else "")
-                         + "; the effect must be seen in multi-token text, not one next-token step"),
-            Control(name="fluency", value=ppl, passed=fluent, threshold=th.max_ppl_ratio,
-                    note=f"median perplexity ratio to the unsteered output on the report prompts; {broken:.0%} "
-                         "collapsed or explosive"),
+            random_control(d, name="random_vectors", draws="random vectors of the same norm", massive_note=massive),
+            Control(name="heldout_selection", value=float(d.held[0]), passed=True,
+                    note=f"cell chosen on {n_sel} prompts, reported on {n_rep} (among {d.n_candidates} of "
+                         f"{d.n_cells} cells mostly fluent on the selection prompts); every random draw made the "
+                         "same choice among its own fluent cells"),
+            *output_checks(_outputs(t, d), result.thresholds, max_new_tokens),
             Control(name="seed_spread", value=spread.sd, passed=spread.passed,
                     threshold=f"same sign, sd < {SEED_SD_SHARE:g} x |mean|", note=spread.note()),
         ]
-        direction = "raises" if c.strength > 0 else "lowers"
-        claim = (f"steering with {name} at layer {c.layer}, strength {c.strength:g} {direction} {result.target} more "
-                 f"than {kind} random vectors of the same norm, with fluent text (cell chosen on {n_sel} prompts, "
-                 f"effect measured on {n_rep} others)") if significant else None
-        over = f"over {kind} random" if kind else "from baseline (no random control)"
+        j = d.judged
+        direction = "raises" if d.strength > 0 else "lowers"
+        claim = (f"steering with {name} at layer {d.layer}, strength {d.strength:g} {direction} {result.target} more "
+                 f"than random vectors of the same norm put through the same search, with fluent text (cell chosen on "
+                 f"{n_sel} prompts, effect measured on {n_rep} others)") if d.passed else None
+        est = d.estimate
+        if j is not None:
+            value, iv = j.excess.point, (j.excess.lo, j.excess.hi)
+            metric = (f"{result.target} change in the intended direction, {name} at layer {d.layer}, strength "
+                      f"{d.strength:g}, minus the mean of {j.k} {main} random vectors each at its own chosen cell "
+                      f"(cells chosen on {n_sel} prompts among {d.n_cells}, reported on {n_rep} held-out prompts; "
+                      f"interval: 95% prediction range of one more draw)")
+        else:
+            value, iv = est.point, (est.lo, est.hi)
+            metric = (f"{result.target} change from baseline (no random control), {name} at layer {d.layer}, "
+                      f"strength {d.strength:g} (chosen on {n_sel} prompts among {d.n_cells} cells, reported on "
+                      f"{n_rep} held-out prompts)")
         findings.append(Finding(
             kind="steering", claim=claim, controls=controls,
             observation=Observation(
-                metric=f"{result.target} change {over}, {name} at layer {c.layer}, strength {c.strength:g} "
-                       f"(chosen on {n_sel} prompts among {c.n_cells} cells, reported on {n_rep} held-out prompts)",
-                value=float(est.point), n=int(c.n), unit="prompts",
-                interval=(float(est.lo), float(est.hi)) if np.isfinite([est.lo, est.hi]).all() else None,
-                p_value=float(p), n_searched=int(c.n_cells)),
+                metric=metric, value=float(value), n=int(n_rep), unit="prompts",
+                interval=(float(iv[0]), float(iv[1])) if np.isfinite(iv).all() else None,
+                p_value=float(d.p) if np.isfinite(d.p) else None, p_floor=d.floor, n_searched=int(d.n_cells)),
         ))
-        findings += _gap(g, name, c.layer, abs(c.strength), result.target, Finding, Observation)
-        summary = (f"{name}: layer {c.layer} strength {c.strength:g} chosen on {n_sel} prompts; held-out effect "
-                   f"{est.point:.3g} [{est.lo:.3g}, {est.hi:.3g}] {over}, p={p:.2g}, n={c.n} prompts")
+        findings += _gap(g, name, d.layer, abs(d.strength), result.target, Finding, Observation)
+        summary = (f"{name}: layer {d.layer} strength {d.strength:g} chosen on {n_sel} prompts; held-out change "
+                   f"{est.point:.3g} [{est.lo:.3g}, {est.hi:.3g}]"
+                   + (f", excess over {j.k} {main} draws {j.excess.point:.3g} (z {j.z:.2g}), p={d.p:.2g}, rank "
+                      f"{j.rank}/{j.k + 1}" if j is not None else " (no random control)") + f", n={n_rep} prompts")
     return findings, summary
+
+
+def steering_draw_figures(result: Any, *, seed: int = 0, test: str = DEFAULT_DRAW_TEST,
+                          alpha: float = 0.05) -> dict[str, Any]:
+    """One figure per vector with random draws: each draw's held-out value as a dot, the vector as a line."""
+    t, s = result.table, result.success
+    kinds = [k for k in RANDOM_KINDS if len(random_rows(t, k))]
+    out = {}
+    if not len(s) or not kinds:
+        return out
+    for name in s["vector"].unique():
+        ent = entity_table(t, str(name), kinds)
+        if len(ent.prompts) < 2:
+            continue
+        d = search_draws(ent, seed=seed, test=test, alpha=alpha, n_boot=0)
+        out[f"draws_steer_{name}"] = draws_figure(
+            d.tests, title=f"{name}: held-out {result.target} change at each entity's own chosen cell "
+                           f"({len(d.report)} report prompts)", xlabel=f"{result.target} change, intended direction")
+    return out
 
 
 def _gap(g: pd.DataFrame, name: str, layer: int, strength: float, target: str, Finding: Any,  # noqa: N803
          Observation: Any) -> list[Any]:  # noqa: N803
     """v and -v at the same strength should move the target in opposite directions."""
+    if not len(g):
+        return []
     pos = g[(g["layer"] == layer) & (g["strength"] == strength)]
     neg = g[(g["layer"] == layer) & (g["strength"] == -strength)]
     if not (len(pos) and len(neg)):

@@ -53,10 +53,14 @@ from emoscope.core.stats import (
     unpaired_test,
 )
 
-__all__ = ["RegimeThresholds", "REGIMES", "RANDOM_KINDS", "classify_regimes", "regime_switches", "success_table",
+__all__ = ["RegimeThresholds", "REGIMES", "BROKEN", "MIN_MEAN_TOKENS", "RANDOM_KINDS", "classify_regimes", "regime_switches", "success_table",
            "random_rows", "judged_kind", "paired_effects", "prompt_effects"]
 
 REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
+#: the regimes that count as broken text (the fluency filter of a search, the fluency control)
+BROKEN = ("repetitive collapse", "explosive")
+#: the multi-token control: a cell's outputs must average at least this many generated tokens
+MIN_MEAN_TOKENS = 2.0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emoscope.core.stages import StageResult, register_stage, require_classes
 from emoscope.errors import InputError
+from emoscope.steering.regimes import MIN_MEAN_TOKENS
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["SteerOptions", "steer_stage", "check_steer", "DEFAULT_DATASET", "MIN_MEAN_TOKENS"]
 
 DEFAULT_DATASET = "emotions-basic"
-MIN_MEAN_TOKENS = 2.0  # the multi-token control: a cell's outputs must average at least this many tokens
 
 
 class SteerOptions(BaseModel):
@@ -57,8 +57,9 @@ class SteerOptions(BaseModel):
     n_prompts: int | None = Field(default=8, ge=1)  # None: every prompt
     chat: bool = True  # wrap prompts in the model's chat template when it has one
     max_new_tokens: int = Field(default=32, ge=1)
-    n_random: int = Field(default=10, ge=0)  # random vectors per kind: a rank among k cannot reach p < 1/(k+1)
+    n_random: int = Field(default=10, ge=0)  # random vectors per kind, each put through the vector's search
     random_kind: Literal["isotropic", "covariance", "both"] = "both"  # findings are judged against isotropic
+    random_test: Literal["interval", "rank"] = "interval"  # how the candidate is judged among the draws (core.draws)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     temperature: float = Field(default=0.0, ge=0.0)
     top_k: int = Field(default=0, ge=0)
@@ -66,7 +67,7 @@ class SteerOptions(BaseModel):
     scorers: list[str] = Field(default_factory=lambda: ["nrc", "vader", "perplexity", "repetition", "script"])
     target: str | None = None
     batch_rows: int = Field(default=256, ge=1)
-    alpha: float = 0.05  # level of the held-out test (the cell is chosen on other prompts: no correction)
+    alpha: float = 0.05  # level of the test against the random draws (the run corrects across its tests)
 
     @field_validator("unit")
     @classmethod
@@ -196,13 +197,15 @@ def steer_stage(ctx: RunContext) -> StageResult:
 
 
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
-    from emoscope.steering.findings import steering_findings
+    from emoscope.steering.findings import steering_draw_figures, steering_findings
     from emoscope.vectors.units import measure_unit
 
     layers = sorted(int(x) for x in res.meta.get("layers", []))
     massive = measure_unit(ctx.model, layers, "token_norm_robust").massive_dims if layers and opts.n_random else {}
     findings, summary = steering_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
-                                          massive_dims=massive)
+                                          massive_dims=massive, test=opts.random_test)
     for f in findings:
         ctx.add_finding(f)
+    for name, fig in steering_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
+        ctx.save_figure(name, fig)
     return summary
