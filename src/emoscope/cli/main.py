@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
@@ -97,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.quiet:
+        # transformers draws its GGUF dequantising bar with a bare tqdm (not behind its logging
+        # switch); tqdm reads TQDM_* defaults when it is first imported, which happens just below
+        os.environ["TQDM_DISABLE"] = "1"
         from emoscope import _progress
 
         _progress.set_quiet(True)
