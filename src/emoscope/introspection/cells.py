@@ -34,6 +34,7 @@ from emoscope.models.interventions import (
     replay_blocks,
 )
 from emoscope.models.kvcache import cache_kwargs, common_prefix_length, fork_cache, prefix_cache
+from emoscope.models.logits import unembed
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Injection", "CellScores", "CellScorer", "cell_batches", "score_cells", "shared_prefix_length", "logits_from_final",
@@ -79,19 +80,8 @@ def shared_prefix_length(trials: Sequence[Trial]) -> int:
     return min(common_prefix_length([t.ids for t in trials]), min(t.window_start for t in trials))
 
 
-def logits_from_final(model: StandardModel, h: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Unembed hidden states that already went through the final norm (``rows``: only those
-    vocabulary entries), with the model's final logit soft-capping if it has one."""
-    weight = model.unembed.weight
-    w = weight if rows is None else weight[rows.to(weight.device)]
-    out = h.to(weight.device) @ w.T
-    bias = getattr(model.unembed, "bias", None)
-    if bias is not None:
-        out = out + (bias if rows is None else bias[rows.to(bias.device)])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        out = torch.tanh(out / cap) * cap
-    return out
+#: the unembedding of final-normed states (``emoscope.models.logits.unembed``), under its old name
+logits_from_final = unembed
 
 
 def _check(model: StandardModel, trials: Sequence[Trial], cells: Sequence[Injection], bank: torch.Tensor,
@@ -272,14 +262,14 @@ class _Run:
             self.ablation.state = {}
         last = o.last_hidden_state                                             # on the final block's device
         final = last[torch.arange(B, device=last.device), ans.to(last.device)]  # (B, d)
-        logp = logits_from_final(model, final).float().log_softmax(-1)
+        logp = unembed(model, final).float().log_softmax(-1)  # the answer position only: p_yes, p_no need the whole row
         sub = logp[:, self.rows]
         ny = len(self.tokens.yes_ids)
         out.logit_diff[where] = (sub[:, :ny].logsumexp(-1) - sub[:, ny:].logsumexp(-1)).cpu().numpy()
         out.p_yes[where] = sub[:, :ny].exp().sum(-1).cpu().numpy()
         out.p_no[where] = sub[:, ny:].exp().sum(-1).cpu().numpy()
         resid = torch.stack([c.to(dev) for c in inj.captured], 1)              # (B, L, d)
-        lens_logits = logits_from_final(model, model.final_norm(resid), self.rows)
+        lens_logits = unembed(model, model.final_norm(resid), self.rows)  # the yes/no rows only
         out.lens[where] = yes_no_diff(lens_logits, _local(self.tokens)).cpu().numpy()
         if out.attention is not None:
             out.attention[where] = _window_attention(o.attentions, ans, start, plen).cpu().numpy()

@@ -26,12 +26,13 @@ import torch
 
 from emoscope._progress import progress as _progress
 from emoscope.errors import InputError
-from emoscope.introspection.cells import Injection, logits_from_final
+from emoscope.introspection.cells import Injection
 from emoscope.introspection.trials import Trial
 from emoscope.models.batching import eos_ids, pad_batch
 from emoscope.models.decode import RowEdits, Sampling, decode_rows
 from emoscope.models.interventions import Window
 from emoscope.models.kvcache import cache_kwargs, fork_cache, prefix_cache
+from emoscope.models.logits import token_logprobs
 from emoscope.models.standard import StandardModel
 
 __all__ = ["Grade", "grade_answer", "sample_answers", "answer_perplexity", "run_free_text", "Judge", "sweep_free_text"]
@@ -184,13 +185,13 @@ def answer_perplexity(model: StandardModel, trial: Trial, answers: Sequence[Sequ
         rows = idx[k:k + batch_size]
         seqs = [[trial.ids[-1], *answers[i]] for i in rows]
         ids, mask, _, _ = pad_batch(seqs, pad_id, "right", model.device)
-        full = torch.cat([torch.ones(len(rows), plen, dtype=mask.dtype, device=mask.device), mask], 1)
-        o = model.base(input_ids=ids, attention_mask=full, use_cache=True,
+        # the last column predicts nothing that is read: it does not run
+        full = torch.cat([torch.ones(len(rows), plen, dtype=mask.dtype, device=mask.device), mask[:, :-1]], 1)
+        o = model.base(input_ids=ids[:, :-1], attention_mask=full, use_cache=True,
                        **cache_kwargs(model.base, fork_cache(cache, len(rows))))
-        logp = logits_from_final(model, o.last_hidden_state[:, :-1]).float().log_softmax(-1)
-        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]                  # (B, S-1)
-        m = mask[:, 1:].float()
-        nll = -(tok * m).sum(1) / m.sum(1)
+        read = mask[:, 1:].bool()                                        # (B, S-1): a real next token
+        tok = token_logprobs(model, o.last_hidden_state, ids[:, 1:], read)  # projected where read only
+        nll = -tok.nan_to_num(0.0).sum(1) / read.sum(1)
         out[rows] = nll.exp().cpu().numpy()
     return out
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,10 @@ from emoscope.models.interventions import (
     chain_hooks,
     installed,
 )
-from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache
+from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache, reserve_cache
+from emoscope.models.logits import unembed
+from emoscope.models.rescore import CleanStates, row_layers
+from emoscope.models.rescore import clean_perplexity as clean_perplexity_of
 
 __all__ = ["Sampling", "RowEdits", "Decoded", "decode_rows", "stack_rows"]
 
@@ -129,6 +133,7 @@ class Decoded:
     prefill_rows: int = 0
     batches: int = 0
     first: np.ndarray | None = None  # per row, ``decode_units(first_value=...)`` of the first step's logits
+    perplexity: np.ndarray | None = None  # per row, under the unedited model (``clean_perplexity=True``)
 
 
 class _Chooser:
@@ -142,10 +147,13 @@ class _Chooser:
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits: (rows, vocab) float32 -> (next token (rows,), top1 - top2 gap (rows,))."""
-        top = torch.topk(logits, 2, dim=-1).values  # (rows, 2)
-        gap = top[:, 0] - top[:, 1]
+        top = torch.topk(logits, 2, dim=-1)  # (rows, 2): the greedy token and the gap in one pass
+        gap = top.values[:, 0] - top.values[:, 1]
         if self.gens is None:
-            return logits.argmax(-1), gap
+            # argmax picks the first of equal maxima (as generate does); topk's order among ties is unspecified
+            tie = gap == 0
+            return (torch.where(tie, logits.argmax(-1), top.indices[:, 0]) if bool(tie.any())
+                    else top.indices[:, 0]), gap
         z = logits / self.s.temperature
         if self.s.top_k > 0:
             kth = torch.topk(z, min(self.s.top_k, z.shape[-1]), dim=-1).values[:, -1:]
@@ -166,7 +174,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                 batch_rows: int = 256, share_prefill: bool | None = None, progress=None,
                 first_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                 shared_prefix: Sequence[int] | None = None,
-                prefill: Callable[..., tuple[torch.Tensor, object]] | None = None) -> Decoded:
+                prefill: Callable[..., tuple[torch.Tensor, object]] | None = None,
+                clean_perplexity: bool = False) -> Decoded:
     """Generate for every row ``r`` from ``prompts[row_prompt[r]]`` with its own edits.
 
     ``prompts``: token ids per unique prompt. When the window is ``generated`` (and no row's
@@ -190,6 +199,10 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
     padded prompts (``row_prompt``: the chunk's prompt index per row) and returns ``(last-column
     logits (rows, vocab) float32, KV cache)``, e.g. ``models.prefill.prefill_below``.
 
+    ``clean_perplexity``: also the perplexity of every row's output under the unedited model
+    (``Decoded.perplexity``), from the states the decode computed below each row's lowest edited
+    block (``emoscope.models.rescore``); for residual edits at block outputs only.
+
     >>> dec = decode_rows(model, [[1, 2, 3]], [0, 0], edits, Window("generated"),
     ...                   max_new_tokens=8)                                   # doctest: +SKIP
     """
@@ -208,13 +221,17 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
         raise InputError("shared_prefix and share_prefill cannot be combined")
     if shared_prefix is not None and len(shared_prefix) != n_rows:
         raise InputError(f"shared_prefix has {len(shared_prefix)} entries for {n_rows} rows")
+    if clean_perplexity and (edits.replace or edits.replace_generated or shared_prefix is not None
+                             or prefill is not None):
+        raise InputError("clean_perplexity covers residual edits at block outputs only (no patching, "
+                         "shared prompt heads or custom prefill)")
     seeds = list(row_seeds) if row_seeds is not None else [0] * n_rows
     device, pad, stop = model.device, pad_token_id(model), eos_ids(model)
     keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
     row_prompt_t = torch.as_tensor(list(row_prompt), dtype=torch.long)
     t0 = time.perf_counter()
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
-    gaps: list[list[float]] = [[] for _ in range(n_rows)]
+    gaps: list[Any] = [[] for _ in range(n_rows)]
 
     shared = None
     if share_prefill:  # one unsteered prefill of the unique prompts, shared by all rows
@@ -222,12 +239,20 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
         out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                        **cache_kwargs(model.hf, new_cache(model)), **keep)
         shared = (output_cache(out), out.logits[:, -1].float(), mask)
+    plain, layer_of, ppl = shared, None, None
+    if clean_perplexity:
+        layer_of, ppl = row_layers(edits, n_rows), np.full(n_rows, np.nan)
+        if plain is None:  # the prompts are edited in the decode: the unedited ones once, for the rescoring
+            ids, mask, pos, _ = pad_batch(prompts, pad, "left", device)
+            o = model.base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                           **cache_kwargs(model.base, new_cache(model)))
+            plain = (output_cache(o), unembed(model, o.last_hidden_state[:, -1]).float(), mask)
     chunks, heads = _chunks(prompts, row_prompt, shared_prefix, batch_rows)
     prefixes: dict[int, tuple] = {}
     for tail, uniq in heads.items():  # unedited prefills of the prompt heads, one per tail length
         ids, mask, pos, _ = pad_batch([prompts[p][: len(prompts[p]) - tail] for p in uniq], pad, "left", device)
-        out = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                       **cache_kwargs(model.hf, new_cache(model)), **keep)
+        out = model.base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **cache_kwargs(model.base, new_cache(model)))  # no logits: nothing reads them
         prefixes[tail] = (output_cache(out), mask, {p: i for i, p in enumerate(uniq)})
     batches = 0
     for idx, tail in chunks:
@@ -236,6 +261,10 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
         tracker = PositionTracker(continues_prompt=tail > 0)
         chunk_edits = edits.take(idx)
         hooks = {layer: chunk_edits.hook(tracker, window, layer) for layer in chunk_edits.layers}
+        rec = None
+        if clean_perplexity:  # the clean states first in each recorded block's chain, before its edit
+            rec = CleanStates(sorted(set(layer_of[rows].tolist()) - {-1}) or [model.n_layers - 1])
+            hooks = {**hooks, **{x: chain_hooks(rec.hook(x), hooks.get(x)) for x in rec.layers}}
         choose = _Chooser(sampling, [seeds[i] for i in rows])
         with installed(model, hooks, tracker):
             if shared is not None:  # this chunk's rows of the shared prompt cache (the source stays intact)
@@ -262,29 +291,60 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], row_prompt: Sequence[in
                     cache, logits = output_cache(out), out.logits[:, -1].float()
             if first_step is not None:
                 first_step(idx, logits)
-            pos = positions_from_mask(mask)[:, -1:]  # (rows, 1)
-            done = torch.zeros(len(idx), dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                nxt, gap = choose(logits)
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                for r, tok, g, d in zip(rows, nxt.tolist(), gap.tolist(), done.tolist(), strict=True):
-                    if not d:
-                        tokens[r].append(tok)
-                        gaps[r].append(g)
-                done = done | torch.as_tensor([t in stop for t in nxt.tolist()], device=device)
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                pos = pos + 1
-                out = model.hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
-                               **cache_kwargs(model.hf, cache), **keep)
-                cache, logits = output_cache(out), out.logits[:, -1].float()
-                if progress is not None:
-                    progress.update(len(idx))
+            fed, got_gap, n_kept = _steps(model, cache, logits, mask, choose, max_new_tokens, pad, stop, keep,
+                                          progress, rec)
+        got = fed.tolist()
+        for j, r in enumerate(rows):
+            tokens[r], gaps[r] = got[j][: n_kept[j]], got_gap[j][: n_kept[j]]
+        if rec is not None:
+            ppl[rows] = clean_perplexity_of(model, rec, layer_of[rows], [tokens[r] for r in rows], fed, plain,
+                                            sub.to(device))
         batches += 1
     return Decoded(tokens=tokens, gaps=[np.asarray(g, dtype=np.float32) for g in gaps],
-                   seconds=time.perf_counter() - t0,
+                   seconds=time.perf_counter() - t0, perplexity=ppl,
                    prefill_rows=len(prompts) if share_prefill else n_rows, batches=batches)
+
+
+def _steps(model, cache: Any, logits: torch.Tensor, mask: torch.Tensor, choose: _Chooser, max_new_tokens: int,
+           pad: int, stop: set[int], keep: Mapping[str, Any], progress: Any,
+           rec: CleanStates | None = None) -> tuple[torch.Tensor, np.ndarray, list[int]]:
+    """The token-by-token loop of one chunk after its prefill: ``logits`` ``(rows, vocab)`` of the
+    prompts' last column. Returns per row the chosen tokens, their gaps and how many of them are the
+    row's own (through its first end-of-sequence token; later steps feed it the pad token); the
+    tokens ``(rows, steps)`` stay on the device. ``rec`` records the clean states of the step forwards.
+
+    The KV cache gets room for every step up front (``reserve_cache``: in-place writes, no copy of
+    the whole cache per step) and the tokens stay on the device until the loop ends (one host sync
+    per step, for "is every row done?").
+    """
+    rows, device = logits.shape[0], logits.device
+    cache = reserve_cache(cache, max_new_tokens - 1)
+    pos = positions_from_mask(mask)[:, -1:]  # (rows, 1)
+    stop_t = torch.as_tensor(sorted(stop), dtype=torch.long, device=device)
+    toks = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)  # (rows, steps)
+    gaps = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
+    n_kept = torch.zeros(rows, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        nxt, gap = choose(logits)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        toks[:, step], gaps[:, step] = nxt, gap
+        n_kept += (~done).long()
+        done = done | torch.isin(nxt, stop_t)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos + 1
+        if rec is not None:
+            rec.active = True
+        out = model.hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                       **cache_kwargs(model.hf, cache), **keep)
+        if rec is not None:
+            rec.active = False
+        cache, logits = output_cache(out), out.logits[:, -1].float()
+        if progress is not None:
+            progress.update(rows)
+    return toks, gaps.cpu().numpy(), n_kept.tolist()
 
 
 def _chunks(prompts: Sequence[Sequence[int]], row_prompt: Sequence[int], shared_prefix: Sequence[int] | None,

@@ -44,6 +44,7 @@ class _Shared:
     shared_prefix: list[int] | None
     first_value: Any = None
     share_prefill: bool | None = None
+    clean_perplexity: bool = False
 
 
 def _decode_unit(model: Any, shared: _Shared, rows: tuple[int, int]) -> Result:
@@ -59,8 +60,9 @@ def _decode_unit(model: Any, shared: _Shared, rows: tuple[int, int]) -> Result:
                       row_seeds=shared.row_seeds[lo:hi], batch_rows=hi - lo,
                       shared_prefix=None if shared.shared_prefix is None else shared.shared_prefix[lo:hi],
                       first_step=first_step if shared.first_value is not None else None,
-                      share_prefill=shared.share_prefill)
-    return {"first": first, "tokens": np.asarray([t for toks in dec.tokens for t in toks], dtype=np.int64),
+                      share_prefill=shared.share_prefill, clean_perplexity=shared.clean_perplexity)
+    extra = {"perplexity": dec.perplexity} if shared.clean_perplexity else {}
+    return {**extra, "first": first, "tokens": np.asarray([t for toks in dec.tokens for t in toks], dtype=np.int64),
             "lengths": np.asarray([len(t) for t in dec.tokens], dtype=np.int64),
             "gaps": np.concatenate([np.asarray(g, np.float32) for g in dec.gaps]) if dec.gaps else np.zeros(0, np.float32),
             "seconds": np.asarray(dec.seconds), "batches": np.asarray(dec.batches),
@@ -71,7 +73,7 @@ def decode_units(model: Any, prompts: Sequence[Sequence[int]], row_prompt: Seque
                  window: Window, *, max_new_tokens: int, sampling: Sampling | None = None,
                  row_seeds: Sequence[int] | None = None, batch_rows: int = 256,
                  shared_prefix: Sequence[int] | None = None, share_prefill: bool | None = None,
-                 first_value: Any = None,
+                 first_value: Any = None, clean_perplexity: bool = False,
                  execution: Execution | None = None, name: str = "decode", progress: bool = False) -> Decoded:
     """``decode_rows`` over every row, one work unit per ``batch_rows`` rows, on ``execution``
     (default: in process, nothing stored). Returns the same ``Decoded`` as one ``decode_rows``
@@ -81,17 +83,18 @@ def decode_units(model: Any, prompts: Sequence[Sequence[int]], row_prompt: Seque
     generated token (the next-token view of the same edited forward) to one number per row inside
     the unit (a worker never ships vocabulary-sized logits); ``Decoded.first`` holds them. It must
     be picklable (a module-level function or a ``functools.partial`` of one) to run on Ray.
-    It is part of the units' ids through its name and arguments."""
+    It is part of the units' ids through its name and arguments. ``clean_perplexity``: each unit
+    also scores its rows' outputs under the unedited model (``decode_rows``; ``Decoded.perplexity``)."""
     n = len(row_prompt)
     sampling = sampling if sampling is not None else Sampling()
     seeds = [int(s) for s in row_seeds] if row_seeds is not None else [0] * n
     cpu = _edits_to(edits, "cpu")
     shared = _Shared([list(map(int, p)) for p in prompts], [int(r) for r in row_prompt], cpu, window,
                      int(max_new_tokens), sampling, seeds, None if shared_prefix is None else [int(x) for x in shared_prefix],
-                     first_value, share_prefill)
+                     first_value, share_prefill, bool(clean_perplexity))
     fingerprint = unit_id(name, getattr(model, "name", ""), getattr(model, "weights_sha256", ""), shared.prompts,
                           window.spec, shared.max_new_tokens, dataclasses.astuple(sampling), _describe(first_value),
-                          share_prefill)
+                          share_prefill, *(["clean_perplexity"] if clean_perplexity else []))
     units = []
     for lo in range(0, n, batch_rows):
         hi = min(lo + batch_rows, n)
@@ -114,7 +117,9 @@ def decode_units(model: Any, prompts: Sequence[Sequence[int]], row_prompt: Seque
         seconds += float(r["seconds"])
         prefill += int(r["prefill_rows"])
     return Decoded(tokens=tokens, gaps=gaps, seconds=seconds, prefill_rows=prefill, batches=len(units),
-                   first=first if first_value is not None else None)
+                   first=first if first_value is not None else None,
+                   perplexity=np.concatenate([r["perplexity"] for r in results]) if clean_perplexity and results
+                   else None)
 
 
 def _describe(fn: Any) -> Any:

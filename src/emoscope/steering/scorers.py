@@ -244,12 +244,15 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
 
     A sweep has few distinct prompts and many outputs per prompt, so each distinct prompt is run
     once (left padded, like the decode loop) and its KV cache is forked to the rows that continue
-    it; only the output tokens run per row.
+    it; only the output tokens run per row. Logits only where they are read
+    (``emoscope.models.logits``): the prompts' last position, then each output position that
+    predicts a next output token; not the padding, and the last output token is not run at all.
     """
     import torch
 
-    from emoscope.models.batching import keeps_logits, pad_batch, pad_token_id
+    from emoscope.models.batching import pad_batch, pad_token_id
     from emoscope.models.kvcache import cache_kwargs, fork_cache, new_cache, output_cache
+    from emoscope.models.logits import token_logprobs, unembed
 
     out = np.full(len(output_ids), np.nan)
     uniq: dict[tuple[int, ...], int] = {}
@@ -258,30 +261,31 @@ def output_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], output_id
     if not order:
         return out
     pad = pad_token_id(model)
-    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    dev = model.device
     with torch.inference_mode():
-        pids, pmask, ppos, _ = pad_batch(list(uniq), pad, "left", model.device)  # (prompts, width)
-        pre = model.hf(input_ids=pids, attention_mask=pmask, position_ids=ppos,
-                       use_cache=True, **cache_kwargs(model.hf, new_cache(model)), **keep)
-        first = torch.log_softmax(pre.logits[:, -1].float(), dim=-1)  # (prompts, vocab): the first output token
+        pids, pmask, ppos, _ = pad_batch(list(uniq), pad, "left", dev)  # (prompts, width)
+        pre = model.base(input_ids=pids, attention_mask=pmask, position_ids=ppos,
+                         use_cache=True, **cache_kwargs(model.base, new_cache(model)))
+        # (prompts, vocab): the first output token of every row, from its prompt's last position
+        first = unembed(model, pre.last_hidden_state[:, -1]).float().log_softmax(-1)
         for lo in range(0, len(order), batch_size):
             rows = order[lo: lo + batch_size]
-            sub = torch.as_tensor([which[i] for i in rows], device=model.device)
+            sub = torch.as_tensor([which[i] for i in rows], device=dev)
             width = max(len(output_ids[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long, device=model.device)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
             omask = torch.zeros_like(ids)
             for j, i in enumerate(rows):  # right padded: the prompt cache stays flush with the outputs
-                ids[j, : len(output_ids[i])] = torch.as_tensor(list(output_ids[i]), device=model.device)
+                ids[j, : len(output_ids[i])] = torch.as_tensor(list(output_ids[i]), device=dev)
                 omask[j, : len(output_ids[i])] = 1
-            cache = fork_cache(output_cache(pre), sub)  # these rows' prompt caches; `pre`'s stays intact
-            mask = torch.cat([pmask[sub], omask], dim=1)
-            pos = pmask[sub].sum(1, keepdim=True) + torch.arange(width, device=model.device)[None]  # (rows, width)
-            lp = torch.log_softmax(model.hf(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                            use_cache=True, **cache_kwargs(model.hf, cache)).logits.float(), dim=-1)
-            nll = torch.empty(len(rows), width, device=model.device)
+            nll = torch.empty(len(rows), width, device=dev)
             nll[:, 0] = -first[sub].gather(-1, ids[:, :1])[:, 0]
-            if width > 1:
-                nll[:, 1:] = -lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+            if width > 1:  # tokens 0 .. width-2 run; position k predicts token k+1 where that is real
+                cache = fork_cache(output_cache(pre), sub)  # these rows' prompt caches; `pre`'s stays intact
+                mask = torch.cat([pmask[sub], omask[:, :-1]], dim=1)
+                pos = pmask[sub].sum(1, keepdim=True) + torch.arange(width - 1, device=dev)[None]  # (rows, width-1)
+                o = model.base(input_ids=ids[:, :-1], attention_mask=mask, position_ids=pos, use_cache=True,
+                               **cache_kwargs(model.base, cache))
+                nll[:, 1:] = -token_logprobs(model, o.last_hidden_state, ids[:, 1:], omask[:, 1:].bool())
             for j, i in enumerate(rows):
                 out[i] = float(torch.exp(nll[j, : len(output_ids[i])].mean()))
     return out
@@ -313,10 +317,12 @@ def classifier_scorer(model: str = "", batch_size: int = 32, prefix: str = "clf_
 
 
 def score_table(table: Any, model: Any, scorers: Sequence[Any], target: str, prompt_ids: Sequence[Sequence[int]],
-                output_ids: Sequence[Sequence[int]]) -> None:
+                output_ids: Sequence[Sequence[int]], given: Mapping[str, Any] | None = None) -> None:
     """Add one column per score to a table of generations (``text`` and ``prompt`` columns, one
     row per output), in place; the one scoring step of every sweep (steering, patching, heads).
 
+    ``given``: columns a sweep already computed for a scorer of the same name (the steering
+    decode's ``perplexity``, ``models.rescore``), used in that scorer's place and order.
     With no scorers (benchmarks) the ``target`` column is NaN; otherwise a target no scorer
     produces is an ``InputError`` naming the columns that exist.
     """
@@ -324,7 +330,11 @@ def score_table(table: Any, model: Any, scorers: Sequence[Any], target: str, pro
 
     batch = ScoreBatch(texts=table["text"].tolist(), prompts=table["prompt"].tolist(), model=model,
                        prompt_ids=prompt_ids, output_ids=output_ids)
+    given = dict(given or {})
     for spec in scorers:
+        if isinstance(spec, str) and spec in given:
+            table[spec] = np.asarray(given[spec], dtype=float)
+            continue
         for col, values in make_scorer(spec)(batch).items():
             table[col] = np.asarray(values, dtype=float)
     if target not in table and not scorers:

@@ -302,9 +302,13 @@ class SteeringSweep:
                                                    device=model.device) for layer in self.layers}
         row_prompt = table["prompt_id"].tolist()
         row_seeds = [s * 100_003 + p for s, p in zip(table["seed"], table["prompt_id"], strict=True)]
+        # the perplexity under the unsteered model comes with the decode: blocks up to each row's layer are
+        # already the unsteered ones there (models.rescore), so only the blocks above it run again
+        clean = "perplexity" in self.scorers
         dec = decode_units(model, ids, row_prompt, edits, self.window, max_new_tokens=self.max_new_tokens,
                            sampling=self.sampling, row_seeds=row_seeds, batch_rows=self.batch_rows,
-                           execution=self.execution, name="steer-rows", progress=self.progress)
+                           clean_perplexity=clean, execution=self.execution, name="steer-rows",
+                           progress=self.progress)
         stop = eos_ids(model)
         table["text"] = [model.tokenizer.decode([t for t in toks if t not in stop], skip_special_tokens=True)
                          for toks in dec.tokens]
@@ -313,7 +317,8 @@ class SteeringSweep:
         table["n_words"] = [len(words(t)) for t in table["text"]]
         table["min_logit_gap"] = [float(g.min()) if len(g) else np.nan for g in dec.gaps]
         table["prompt"] = [self.prompts[p] for p in row_prompt]
-        self._score(table, [ids[p] for p in row_prompt], dec.tokens)
+        self._score(table, [ids[p] for p in row_prompt], dec.tokens,
+                    {"perplexity": dec.perplexity} if clean else None)
         self._compare(table, dec.tokens)
         success = success_table(table, self.target, seed=self.seed) if self.scorers else pd.DataFrame()
         meta = {
@@ -331,10 +336,11 @@ class SteeringSweep:
         return SteeringResult(table=table, success=success, target=self.target, thresholds=self.thresholds, meta=meta,
                            tokens=dec.tokens)
 
-    def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]]) -> None:
+    def _score(self, table: pd.DataFrame, prompt_ids: list[list[int]], output_ids: list[list[int]],
+               given: dict[str, Any] | None = None) -> None:
         from emoscope.steering.scorers import score_table
 
-        score_table(table, self.model, self.scorers, self.target, prompt_ids, output_ids)
+        score_table(table, self.model, self.scorers, self.target, prompt_ids, output_ids, given)
 
     def _compare(self, table: pd.DataFrame, tokens: list[list[int]]) -> None:
         """Each row against the baseline row of the same prompt and seed."""
