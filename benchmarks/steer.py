@@ -8,46 +8,44 @@ Compared on the same 128 rows (greedy, chat-template prompts, joy vector at one 
 (c) one prompt at a time through ``generate`` (a subset of rows, extrapolated; the JSON says so);
 (d) emoscope with every position steered (no prefill sharing) and, where they install with
     ``--no-deps`` into a side directory (``--peers-path``), the ``steering-vectors`` and ``repeng``
-    libraries, 8 calls each (they steer every position, so they are compared with (d)).
+    libraries, 8 calls each (they steer every position, so they are compared with (d));
+(e) the ceiling (``_ceiling.py``): the same rows decoded with no edit and no hook in one batch
+    (``decode_rows`` with empty edits: the unique prompts prefilled once, every row one token per
+    step), and the FLOP count of that work at the measured matmul rate;
+(f) scoring: the sweep with the perplexity scorer (computed from the decode's clean states,
+    ``models.rescore``) against the same perplexities run from scratch (``output_perplexity``).
 
 Greedy outputs must agree with the reference row by row; a difference counts only when the
 first differing step is a near-tie (logit gap < 1e-3 under the reference's own computation).
 
-    python benchmarks/steer.py --out bench-results/steer.json
+    python benchmarks/steer.py --out bench-results/steer.json [--dtype bfloat16]
+    python benchmarks/steer.py --smoke --out /tmp/steer.json      # tiny model, seconds
     pip install --no-deps --target .venv/steer-peers steering-vectors repeng   # optional peers (make bench does it)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, pin_threads, write_json  # noqa: E402
+from _ceiling import Flops, ceiling_summary, rates_for, summary  # noqa: E402
+from _common import load_avg, machine, pin_threads, sayer, write_json  # noqa: E402
 from _common import trim as trim_at  # noqa: E402
+from _tiny import smoke_model  # noqa: E402
 
 STRENGTHS = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0]
 NEAR_TIE = 1e-3
+_say = sayer("steer")
 
 
-def _say(msg: str) -> None:
-    print(f"[steer bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _load_avg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default=None, help="model compute dtype (default float32 on CPU), e.g. bfloat16")
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -57,9 +55,14 @@ def main() -> int:
     ap.add_argument("--peers-path", default=str(Path(sys.prefix) / "steer-peers"),
                     help="directory with steering_vectors / repeng (make bench installs them there)")
     ap.add_argument("--skip-all-positions", action="store_true", help="skip (d) and the peers")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random model and a few rows: checks it runs")
     ap.add_argument("--out", default="bench-results/steer.json")
-    args = ap.parse_args()
-    pin_threads(args.threads)
+    args = ap.parse_args(argv)
+    strengths = STRENGTHS
+    if args.smoke:
+        args.layer, args.n_prompts, args.max_new_tokens, args.one_at_a_time_rows = 1, 3, 4, 2
+        strengths = [-1.0, 0.0, 1.0]
+    pin_threads(1 if args.smoke else args.threads)  # a tiny model: one thread (no barrier waits on a busy machine)
 
     import numpy as np
     import torch
@@ -68,13 +71,16 @@ def main() -> int:
     from emoscope.datasets import load_dataset
     from emoscope.models import load_model
     from emoscope.models.batching import eos_ids
+    from emoscope.models.decode import RowEdits, decode_rows
+    from emoscope.models.interventions import Window
     from emoscope.models.kvcache import cache_kwargs, output_cache
     from emoscope.steering import SteeringSweep, steer
-    from emoscope.steering.units import token_norms
+    from emoscope.steering.scorers import output_perplexity
     from emoscope.vectors import ConceptVector, DiffMeans
+    from emoscope.vectors.units import measure_unit
 
-    load_start = _load_avg()
-    model = load_model(args.model)
+    load_start = load_avg()
+    model = load_model(smoke_model(args), dtype=args.dtype)
     tok = model.tokenizer
     layer = args.layer
     prompts = load_dataset("neutral-starts").texts[: args.n_prompts]
@@ -84,7 +90,7 @@ def main() -> int:
     keep = [i for i, y in enumerate(ds.labels) if y in ("joy", "neutral")]
     acts = extract(model, [ds.texts[i] for i in keep], [layer], position="mean_from:1", progress=False)
     joy = ConceptVector("joy", {layer: DiffMeans("joy").fit(acts.get(layer), [ds.labels[i] for i in keep]).vector_})
-    norms = token_norms(model, [layer])
+    norms = measure_unit(model, [layer]).values
     stop = eos_ids(model)
     n = args.max_new_tokens
 
@@ -96,17 +102,17 @@ def main() -> int:
         enc = tok([chat[p] for p in rows_prompts], add_special_tokens=False, return_tensors="pt", padding=True)
         tok.padding_side = side
         with torch.inference_mode(), steer(model, joy, [layer], s, positions=positions, norms=norms):
-            out = model.hf.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.hf.generate(**enc.to(model.device), max_new_tokens=n, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)
         return [trim(r) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
 
     def gap_at(p, s, positions, prefix, a, b):
         """Reference logit gap between tokens a (reference) and b at the step after ``prefix``."""
         with torch.inference_mode(), steer(model, joy, [layer], s, positions=positions, norms=norms):
-            prompt = torch.tensor([ids[p]])
-            out = model.hf(input_ids=prompt, use_cache=True)
+            out = model.hf(input_ids=torch.tensor([ids[p]], device=model.device), use_cache=True)
             logits = out.logits[0, -1]
             if prefix:  # a cached continuation, so "generated" covers exactly the prefix
-                logits = model.hf(input_ids=torch.tensor([prefix]), use_cache=True,
+                logits = model.hf(input_ids=torch.tensor([prefix], device=model.device), use_cache=True,
                                   **cache_kwargs(model.hf, output_cache(out))).logits[0, -1]
         return float(logits[a] - logits[b])
 
@@ -129,22 +135,24 @@ def main() -> int:
         return {"rows": len(got), "identical": same, "near_tie": near, "mismatch": len(bad), "mismatches": bad[:10]}
 
     results: dict[str, dict] = {}
-    keys = [(p, s) for s in STRENGTHS for p in range(len(prompts))]
+    keys = [(p, s) for s in strengths for p in range(len(prompts))]
 
-    def run_sweep(positions):
+    def run_sweep(positions, scorers=()):
         t0 = time.perf_counter()
-        res = SteeringSweep(model, joy, [layer], STRENGTHS, prompts, max_new_tokens=n, positions=positions,
-                            norms=norms, n_random=0, negate=False, scorers=(), batch_rows=256, progress=False).run()
+        res = SteeringSweep(model, joy, [layer], strengths, prompts, max_new_tokens=n, positions=positions,
+                            norms=norms, n_random=0, negate=False, scorers=scorers, batch_rows=256,
+                            target="perplexity" if scorers else None, progress=False).run()
         dt = time.perf_counter() - t0
         t = res.table
         by_key = {}
         for i, row in t.iterrows():
             s = 0.0 if row.kind == "baseline" else float(row.strength)
             by_key[(int(row.prompt_id), s)] = trim(res.tokens[i])
-        return dt, res.meta, [by_key[k] for k in keys]
+        return dt, res, [by_key[k] for k in keys]
 
     # (a) emoscope, generated tokens steered, shared prefill
-    dt, meta, emo = run_sweep("generated")
+    dt, res, emo = run_sweep("generated")
+    meta = res.meta
     results["emoscope_batched"] = {"seconds": dt, "decode_seconds": meta["decode_seconds"], "rows": len(keys),
                                    "batches": meta["batches"], "prefill_rows": meta["prefill_rows"],
                                    "positions": "generated"}
@@ -152,9 +160,9 @@ def main() -> int:
     # (b) 8 separate batched generate calls
     t0 = time.perf_counter()
     ref = []
-    for s in STRENGTHS:
+    for s in strengths:
         ref += hf_generate(list(range(len(prompts))), s, "generated")
-    results["hf_generate_8_calls"] = {"seconds": time.perf_counter() - t0, "calls": len(STRENGTHS),
+    results["hf_generate_8_calls"] = {"seconds": time.perf_counter() - t0, "calls": len(strengths),
                                       "rows_per_call": len(prompts), "positions": "generated"}
     _say(f"8 generate calls: {results['hf_generate_8_calls']['seconds']:.1f} s")
     results["emoscope_batched"]["agreement_vs_8_calls"] = agreement(emo, ref, keys, "generated")
@@ -174,26 +182,59 @@ def main() -> int:
             single, [emo[keys.index(k)] for k in pick], pick, "generated")
     # (d) every position steered: emoscope without prefill sharing, and the peer libraries
     if not args.skip_all_positions:
-        dt, meta, emo_all = run_sweep("all")
-        results["emoscope_batched_all_positions"] = {"seconds": dt, "decode_seconds": meta["decode_seconds"],
-                                                     "prefill_rows": meta["prefill_rows"], "positions": "all"}
-        results.update(_peers(args.peers_path, model, joy, layer, norms, chat, STRENGTHS, n, keys, emo_all, trim,
+        dt, res_all, emo_all = run_sweep("all")
+        results["emoscope_batched_all_positions"] = {"seconds": dt, "decode_seconds": res_all.meta["decode_seconds"],
+                                                     "prefill_rows": res_all.meta["prefill_rows"], "positions": "all"}
+        results.update(_peers(args.peers_path, model, joy, layer, norms, chat, strengths, n, keys, emo_all, trim,
                               agreement))
+
+    # (e) the ceiling: the same rows, no edit, no hook, one batch; and their FLOPs at the matmul rate
+    row_prompt = [p for _ in strengths for p in range(len(prompts))]
+    t0 = time.perf_counter()
+    bare = decode_rows(model, ids, row_prompt, RowEdits(), Window("generated"), max_new_tokens=n,
+                       batch_rows=len(row_prompt))
+    bare_s = time.perf_counter() - t0
+    fed = [max(len(t) - 1, 0) for t in res.tokens]  # tokens run through the model after the prefill
+    ctx = float(np.mean([len(ids[p]) for p in row_prompt])) + n / 2
+    flops = (Flops(model).tokens(sum(len(i) for i in ids), ctx=float(np.mean([len(i) for i in ids])) / 2)
+             .unembed(len(ids)).tokens(sum(fed), ctx=ctx).unembed(sum(fed)).total)
+    rates = rates_for(model, len(row_prompt), min_seconds=0.05 if args.smoke else 0.5)
+    ceiling = ceiling_summary(flops, rates, str(model.dtype).replace("torch.", ""), bare_s,
+                              "decode_rows of the same rows with no edit or hook, one batch, prompts prefilled once")
+    _say(f"ceiling: bare decode {bare_s:.1f} s, {flops / 1e9:.1f} GFLOP at {rates} GFLOP/s")
+    results["bare_decode_no_edits"] = {"seconds": bare_s, "rows": len(row_prompt),
+                                       "tokens": sum(len(t) for t in bare.tokens)}
+
+    # (f) scoring: the perplexity with the decode (clean states) against the scorer from scratch
+    t0 = time.perf_counter()
+    _, res_ppl, _ = run_sweep("generated", scorers=("perplexity",))
+    with_ppl = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scratch = output_perplexity(model, [ids[p] for p in res_ppl.table["prompt_id"]], res_ppl.tokens)
+    scratch_s = time.perf_counter() - t0
+    got = res_ppl.table["perplexity"].to_numpy(float)
+    results["scoring"] = {"sweep_with_perplexity_seconds": with_ppl,
+                          "perplexity_seconds_in_sweep": with_ppl - results["emoscope_batched"]["seconds"],
+                          "perplexity_from_scratch_seconds": scratch_s,
+                          "max_rel_diff_vs_scratch": float(np.nanmax(np.abs(got / scratch - 1)))}
 
     base = results["hf_generate_8_calls"]["seconds"]
     emo_s = results["emoscope_batched"]["seconds"]
     speed = {"vs_8_calls": base / emo_s}
     if "hf_one_at_a_time" in results:
         speed["vs_one_at_a_time"] = results["hf_one_at_a_time"]["seconds"] / emo_s
+    baselines = {"hf_generate_8_calls": base, "hf_one_at_a_time": results.get("hf_one_at_a_time", {}).get("seconds")}
+    baselines.update({k: v["seconds"] for k, v in results.items() if k.endswith("_8_calls") and "seconds" in v
+                      and k != "hf_generate_8_calls"})
     payload = {
-        "benchmark": "steer", "model": args.model, "layer": layer, "strengths": STRENGTHS, "unit": "norm",
-        "unit_norm": norms[layer], "n_prompts": len(prompts), "max_new_tokens": n, "rows": len(keys),
-        "prompt_tokens": [len(i) for i in ids], "greedy": True, "near_tie_threshold": NEAR_TIE,
-        "results": results, "speedup": speed, "targets": {"vs_8_calls": 2.5, "vs_one_at_a_time": 15.0},
-        "reference_from_issue_s": {"hf_8_calls": 56, "one_batch_per_row_strength": 30, "one_at_a_time": 376,
-                                   "arithmetic_limit": 11},
-        "load_average_start": load_start, "load_average_end": _load_avg(), "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "benchmark": "steer", "smoke": args.smoke, "model": model.name, "dtype": str(model.dtype), "layer": layer,
+        "strengths": strengths, "unit": "norm", "unit_norm": norms[layer], "n_prompts": len(prompts),
+        "max_new_tokens": n, "rows": len(keys), "prompt_tokens": [len(i) for i in ids], "greedy": True,
+        "near_tie_threshold": NEAR_TIE, "results": results, "speedup": speed, "ceiling": ceiling,
+        "summary": summary(f"steering sweep, {len(keys)} rows x {n} tokens", emo_s, baselines, ceiling),
+        "targets": {"vs_8_calls": 2.8, "vs_one_at_a_time": 16.0, "fraction_of_ceiling": 0.8},
+        "load_average_start": load_start, "load_average_end": load_avg(), "machine": machine(),
+        "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["steer.py", *argv])]),
     }
     write_json(args.out, payload)
     return 0
@@ -209,9 +250,9 @@ def _peers(path, model, joy, layer, norms, chat, strengths, n, keys, emo_all, tr
         sys.path.insert(0, path)
     tok = model.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
-    enc = tok(chat, add_special_tokens=False, return_tensors="pt", padding=True)
+    enc = tok(chat, add_special_tokens=False, return_tensors="pt", padding=True).to(model.device)
     tok.padding_side = side
-    unit = torch.tensor(joy[layer] / np.linalg.norm(joy[layer]) * norms[layer], dtype=torch.float32)  # strength-1 delta
+    unit = torch.tensor(joy[layer] / np.linalg.norm(joy[layer]) * norms[layer], dtype=model.dtype)  # strength-1 delta
 
     def run(name, make_ctx):
         try:
@@ -248,7 +289,7 @@ def _peers(path, model, joy, layer, norms, chat, strengths, n, keys, emo_all, tr
         def rp_ctx(s):
             cm = ControlModel(model.hf, [layer])  # wraps the block in place; unwrap restores it
             try:
-                cm.set_control(ControlVector(model_type="llama", directions={layer: unit.numpy()}), coeff=s)
+                cm.set_control(ControlVector(model_type="llama", directions={layer: unit.float().numpy()}), coeff=s)
                 yield
             finally:
                 cm.unwrap()
