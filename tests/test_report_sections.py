@@ -241,3 +241,16 @@ def test_render_is_deterministic_but_for_its_timestamp(patch_run):
     a, b = render_report(patch_run.root), render_report(patch_run.root)
     strip = re.compile(r"at \d{4}-\d\d-\d\dT[\d:.+]+ from")
     assert strip.sub("", a) == strip.sub("", b)
+
+
+def test_a_section_whose_own_view_breaks_falls_back_to_its_tables(patch_run, monkeypatch):
+    from emoscope.report.sections import load_section_data, section_functions
+
+    def broken(view, stage, rec):
+        raise KeyError("effect_lo")
+
+    load_section_data()
+    monkeypatch.setitem(section_functions(), "patch", broken)
+    page = render_report(patch_run.root)
+    sec = _section(page, "stage-patch")
+    assert "own view could not be drawn (KeyError" in sec and 'id="table-patch-cells"' in sec

@@ -79,13 +79,8 @@ def cell(v: Any, label: Any = None) -> tuple[str, bool]:
     >>> cell(0.123456), cell(3), cell(float("nan")), cell(True)
     (('0.1235', True), ('3', True), ('', True), ('True', False))
     """
-    try:
-        import numpy as np
-
-        if isinstance(v, np.generic):
-            v = v.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if type(v).__module__ == "numpy":  # a numpy scalar: its Python value
+        v = v.item()
     if isinstance(v, bool) or v is None:
         return ("" if v is None else str(v)), False
     if isinstance(v, int):
@@ -121,14 +116,16 @@ def frame_block(view: RunView, df: Any, name: str, *, title: str = "", columns: 
 
     key, bare = split_name(name, view.keys)
     all_cols = [str(c) for c in df.columns]
-    hidden = [c for c in all_cols if is_machine_column(c, df[c].head(20).tolist())]
+    top = df.head(MAX_ROWS)
+    sample = {str(k): v for k, v in top.head(20).to_dict("list").items()}  # one pass, not one per column
+    hidden = [c for c in all_cols if is_machine_column(c, sample.get(c, []))]
     usable = [c for c in all_cols if c not in hidden]
     if columns:
         shown = [c for c in columns if c in usable][:MAX_COLS] or usable[:MAX_COLS]
     else:
         shown = usable[:MAX_COLS]
-    sub = df[shown].head(MAX_ROWS) if shown else df.head(0)
-    rows = [[cell(v, view.label) for v in r] for r in sub.itertuples(index=False, name=None)]
+    values = {str(k): v for k, v in top.to_dict("list").items()}
+    rows = [[cell(values[c][i], view.label) for c in shown] for i in range(len(top))] if shown else []
     title = title or bare.replace("_", " ")
     if key and view.multi_model:
         title = f"{title} — model {key}"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from emoscope.report.runview import RunView
 
 __all__ = ["SectionSpec", "Section", "Group", "section_spec", "section_data", "build_sections", "slug",
-           "DRAWS_PREFIX", "draws_owner", "tables_shown_by_sections", "load_section_data"]
+           "DRAWS_PREFIX", "draws_owner", "tables_shown_by_sections", "load_section_data", "section_functions"]
 
 DRAWS_PREFIX = "draws_"  # per-finding figures of random-draw controls: draws_<finding id or its tail>
 DEFAULT_TEMPLATE = "section_stage.html"
@@ -98,6 +98,11 @@ def section_data(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callab
     return deco
 
 
+def section_functions() -> dict[str, Callable[..., dict[str, Any]]]:
+    """The registry behind ``section_data`` (stage name -> function), e.g. to list or replace one."""
+    return _DATA
+
+
 @dataclass
 class Section:
     """One stage as the report shows it."""
@@ -114,6 +119,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""
 
     @property
     def verdict_counts(self) -> str:
@@ -178,15 +184,20 @@ def _section(view: RunView, stage: str, rec: StageRecord, owned_draws: set[str])
     elsewhere = {t for b, sp in _specs().items() if b != base and sp.tables_only
                  for t in (*sp.tables_only, *sp.key_figures)}
     s.key_figures, s.figures = _figures(view, rec, spec, owned_draws, elsewhere)
+    if base in _DATA:
+        try:
+            s.data = _DATA[base](view, stage, rec)
+        except Exception as e:  # noqa: BLE001 - one odd table must not cost the whole report
+            s.template = DEFAULT_TEMPLATE
+            s.problem = f"this section's own view could not be drawn ({type(e).__name__}: {e})"
+    own = spec.own_tables if not s.problem else ()  # without its own view, the section shows every table
     for t in rec.tables:
         bare = split_name(t, view.keys)[1]
-        if bare in spec.own_tables or bare in elsewhere:  # shown by this section's template / another section
+        if bare in own or bare in elsewhere:  # shown by this section's template / by another section
             continue
         block = table_block(view, t, columns=spec.columns.get(bare), note=spec.notes.get(bare, ""))
         if block is not None:
             s.tables.append(block)
-    if base in _DATA:
-        s.data = _DATA[base](view, stage, rec)
     return s
 
 
