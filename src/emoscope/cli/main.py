@@ -88,7 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_bare_bars(argv: Sequence[str]) -> None:
+    """With ``--quiet`` (or ``EMOSCOPE_QUIET=1``), also silence the bars other libraries draw with a
+    bare tqdm: transformers' GGUF dequantising bar is not behind its logging switch. tqdm reads
+    ``TQDM_*`` defaults when it is first imported, and parsing a command's arguments may import
+    it, so this runs before the parser is built."""
+    head = []
+    for a in argv:  # the global flags come before the command
+        if not a.startswith("-"):
+            break
+        head.append(a)
+    if "--quiet" in head or "-q" in head or os.environ.get("EMOSCOPE_QUIET", "") not in ("", "0"):
+        os.environ["TQDM_DISABLE"] = "1"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _silence_bare_bars(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -98,9 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.quiet:
-        # transformers draws its GGUF dequantising bar with a bare tqdm (not behind its logging
-        # switch); tqdm reads TQDM_* defaults when it is first imported, which happens just below
-        os.environ["TQDM_DISABLE"] = "1"
         from emoscope import _progress
 
         _progress.set_quiet(True)
