@@ -64,29 +64,34 @@ def changes(table: pd.DataFrame, metric: str) -> pd.Series:
 def prompt_effects(table: pd.DataFrame, method: str, metric: str,
                    random_names: Sequence[str] | None = None) -> tuple[pd.Series, pd.DataFrame]:
     """``(chosen change per prompt, random change per (prompt x random set))`` for ``method``."""
-    t = table.assign(_change=changes(table, metric))
+    if metric not in table:
+        raise InputError(f"metric {metric!r} is not a column of the sweep table")
+    t = table[(table["method"] == method) | (table["kind"] == "baseline")]
+    t = t.assign(_change=changes(t, metric))
     t = t[t["method"] == method]
     chosen = t[t["kind"] == "chosen"].groupby("prompt_id")["_change"].mean()
     r = t[t["kind"] == "random"]
     if random_names is not None:
         r = r[r["config"].isin(list(random_names))]
-    rand = r.groupby(["prompt_id", "config"])["_change"].mean().unstack("config")
+    rand = r.pivot_table(index="prompt_id", columns="config", values="_change", aggfunc="mean")
     return chosen, rand.reindex(chosen.index)
 
 
 def effect_row(table: pd.DataFrame, method: str, metric: str, *, alternative: str = "two-sided", n_boot: int = 2000,
                seed: int = 0, random_names: Sequence[str] | None = None, prompts: Sequence[int] | None = None,
-               test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05) -> dict:
+               test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05,
+               effects: tuple[pd.Series, pd.DataFrame] | None = None) -> dict:
     """One row of :func:`effect_table` (optionally on a subset of random sets and prompts); the
-    :class:`~emoscope.core.draws.DrawTest` is under ``"draws"``."""
-    chosen, rand = prompt_effects(table, method, metric, random_names)
+    :class:`~emoscope.core.draws.DrawTest` is under ``"draws"``. ``effects``: this (method,
+    metric)'s :func:`prompt_effects`, when already computed."""
+    chosen, rand = effects if effects is not None else prompt_effects(table, method, metric, random_names)
     if prompts is not None:
         chosen, rand = chosen[chosen.index.isin(list(prompts))], rand[rand.index.isin(list(prompts))]
     c = chosen.to_numpy(float)
     mine = float(np.nanmean(c)) if np.isfinite(c).any() else float("nan")
     with warnings.catch_warnings():  # a set with no finite change on these prompts: NaN, dropped by the test
         warnings.simplefilter("ignore", RuntimeWarning)
-        per_random = rand.mean(axis=0).to_numpy(float) if rand.shape[1] else np.zeros(0)  # (k,)
+        per_random = np.nanmean(rand.to_numpy(float), axis=0) if rand.shape[1] else np.zeros(0)  # (k,)
     t = draw_test(mine, per_random, alternative=alternative, test=test, alpha=alpha)
     ch = bootstrap(c, n_boot=n_boot, seed=seed) if len(c) else Interval(np.nan, np.nan, np.nan)
     k = t.k
@@ -125,14 +130,14 @@ class Spread(SeedSpread):
 def seed_spread(table: pd.DataFrame, method: str, metric: str, *, seed: int = 0,
                 n_seeds: int = SPREAD_SEEDS) -> Spread:
     """:func:`effect_row`'s effect over ``n_seeds`` seeded halves of the prompts."""
-    t = table[(table["method"] == method) & (table["kind"] == "random")]
-    k = int(t["config"].nunique())
-    prompts = sorted(table.loc[table["kind"] == "chosen", "prompt_id"].unique())
+    chosen, rand = prompt_effects(table, method, metric)
+    k = int(rand.shape[1])
+    prompts = sorted(chosen.index)
     half = max(2, len(prompts) // 2) if len(prompts) >= 2 else len(prompts)
     seeds = tuple(int(seed) + j for j in range(int(n_seeds)))
     est = []
     for s in seeds:
         rng = np.random.default_rng([s, 4])
         ps = sorted(rng.choice(prompts, size=half, replace=False)) if prompts else []
-        est.append(float(effect_row(table, method, metric, n_boot=0, prompts=ps)["effect"]))
+        est.append(float(effect_row(table, method, metric, n_boot=0, prompts=ps, effects=(chosen, rand))["effect"]))
     return Spread(seeds=seeds, estimates=tuple(est), cells=(), k=k, n_prompts=half, what="random head sets")

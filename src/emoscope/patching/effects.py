@@ -32,17 +32,18 @@ _BROKEN = ("repetitive collapse", "explosive")
 
 def cells_of(table: pd.DataFrame) -> pd.DataFrame:
     """The sweep's cells in order: columns ``cell`` (0..), ``layer``, ``positions``."""
-    t = table[~table["kind"].isin(["baseline"])]
-    pairs = list(dict.fromkeys(zip(t["layer"].astype(int), t["positions"].astype(str), strict=True)))
-    return pd.DataFrame({"cell": range(len(pairs)), "layer": [p[0] for p in pairs],
-                         "positions": [p[1] for p in pairs]})
+    t = table.loc[table["kind"] != "baseline", ["layer", "positions"]]
+    pairs = pd.DataFrame({"layer": t["layer"].astype(int).to_numpy(),
+                          "positions": t["positions"].astype(str).to_numpy()}).drop_duplicates()
+    return pd.DataFrame({"cell": range(len(pairs)), "layer": pairs["layer"].to_numpy(),
+                         "positions": pairs["positions"].to_numpy()})
 
 
 def _cell_ids(table: pd.DataFrame) -> np.ndarray:
     cells = cells_of(table)
-    at = {(int(r.layer), str(r.positions)): int(r.cell) for r in cells.itertuples()}
-    return np.array([at.get((int(lay), str(pos)), -1) for lay, pos in zip(table["layer"], table["positions"],
-                                                                          strict=True)])
+    index = pd.MultiIndex.from_arrays([cells["layer"], cells["positions"]])
+    rows = pd.MultiIndex.from_arrays([table["layer"].astype(int), table["positions"].astype(str)])
+    return index.get_indexer(rows)
 
 
 def steering_view(table: pd.DataFrame, value: str = "target_change") -> pd.DataFrame:
