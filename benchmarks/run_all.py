@@ -6,6 +6,7 @@
     python benchmarks/run_all.py --smoke --out /tmp/bench-smoke     # every benchmark on a tiny model
     python benchmarks/run_all.py --dtype bfloat16 --only steer extract --out bench-bf16
     python benchmarks/run_all.py --src /tmp/before/src --out bench-before   # another checkout's emoscope
+    python benchmarks/run_all.py --table bench-gpu                   # only the table of the JSONs in a folder
 
 Each benchmark runs in its own process (clean memory, its own thread settings), except under
 ``--smoke`` where they run in this one (shared imports: the whole smoke run takes seconds).
@@ -28,7 +29,8 @@ DTYPE_AWARE = {"extract", "steer", "introspect", "patch", "heads", "elicit", "ex
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith(("_", "run_all")))
+    """The CPU benchmarks (``gpu.py`` is the GPU run's driver, started by ``gpu.sh``)."""
+    return sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith(("_", "run_all")) and p.stem != "gpu")
 
 
 def _cpu_flags() -> list[str]:
@@ -40,7 +42,8 @@ def _cpu_flags() -> list[str]:
     return sorted(f for f in line.split() if f.startswith(("avx512", "amx", "avx2", "fma")))
 
 
-def _run_one(name: str, argv: list[str], in_process: bool, src: str | None) -> int:
+def run_one(name: str, argv: list[str], in_process: bool = True, src: str | None = None) -> int:
+    """Run benchmark ``name`` with ``argv``: in this process (its ``main``), or in its own."""
     if in_process:
         import torch
 
@@ -63,14 +66,14 @@ def table(rows: list[tuple[str, dict]]) -> str:
     def f(x, spec=".2f"):
         return "-" if x is None else format(x, spec)
 
-    head = f"{'benchmark':<11} {'workload':<54} {'emoscope s':>10} {'first baseline: s (emoscope x faster)':<44} " \
+    head = f"{'benchmark':<19} {'workload':<54} {'emoscope s':>10} {'first baseline: s (emoscope x faster)':<44} " \
            f"{'ceiling s':>10} {'kind':<6} {'of ceiling':>10}"
     lines = [head, "-" * len(head)]
     for name, s in rows:
         base = next((f"{k} {f(v, '.2f')} ({f(s['speedup'].get(k), '.1f')}x)"
                      for k, v in s.get("baselines_s", {}).items()), "")
         frac = s.get("fraction_of_ceiling")
-        lines.append(f"{name:<11} {s['workload'][:54]:<54} {f(s['emoscope_s']):>10} {base[:44]:<44} "
+        lines.append(f"{name:<19} {s['workload'][:54]:<54} {f(s['emoscope_s']):>10} {base[:44]:<44} "
                      f"{f(s.get('ceiling_s')):>10} {s.get('ceiling_kind') or '-':<6} "
                      f"{'-' if frac is None else f'{100 * frac:.0f}%':>10}")
     return "\n".join(lines)
@@ -83,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="every benchmark on a tiny random model, in this process")
     ap.add_argument("--dtype", default=None, help="model compute dtype for the benchmarks that take one")
     ap.add_argument("--src", default=None, help="import emoscope from this source folder (e.g. an older checkout)")
+    ap.add_argument("--table", default=None, metavar="DIR", help="print the table of the benchmark JSONs in DIR")
     args = ap.parse_args(argv)
+    if args.table:
+        found = []
+        for path in sorted(Path(args.table).glob("*.json")):
+            data = json.loads(path.read_text())
+            if isinstance(data.get("summary"), dict) and "workload" in data["summary"]:
+                found += [(path.stem, s) for s in [data["summary"], *data.get("more_summaries", [])]]
+        print(table(found))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed, rows, per = [], [], {}
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dtype and name in DTYPE_AWARE:
             bargs += ["--dtype", args.dtype]
         t0 = time.perf_counter()
-        rc = _run_one(name, bargs, args.smoke, args.src)
+        rc = run_one(name, bargs, args.smoke, args.src)
         if rc or not path.is_file():
             failed.append(name)
             continue

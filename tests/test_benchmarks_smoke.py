@@ -51,3 +51,27 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
     assert data["patch"]["results"]["hf_one_at_a_time"]["agreement_vs_emoscope"]["mismatch"] == 0
     assert data["heads"]["ablation"]["all"]["agreement_batched_vs_alone"]["mismatch"] == 0
     assert data["executor"]["ray"] == {"skipped": "--smoke / --skip-ray"}
+
+
+def test_gpu_script_runs_on_the_cpu(tmp_path):
+    """``benchmarks/gpu.sh --device cpu``: the GPU run's checks on the CPU with the tiny model."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMOSCOPE_CACHE": str(tmp_path / "cache"), "PYTHON": sys.executable}
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--device", "cpu", "--smoke", "--checks-only", "--out",
+                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    checks = json.loads((out / "gpu_checks.json").read_text())
+    assert checks["passed"] and checks["device"] == "cpu"
+    for dtype in ("float32", "bfloat16"):
+        c = checks[dtype]
+        assert c["extraction"]["passed"] and c["steering"]["rows"] > 0 and c["steering"]["mismatch"] == 0
+        assert c["injection"]["passed_grid"]
+    assert checks["float32"]["extraction"]["max_rel_diff_vs_raw_hooks"] < 1e-5
+    split = checks["device_map_split"]
+    assert split["greedy_identical_rows"] == split["rows"] > 0 and len(split["steered_layers"]) == 2
+    bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--bogus"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
