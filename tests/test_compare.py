@@ -131,3 +131,20 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, args, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and re.match(r"emoscope: error: ", err)
+
+
+def test_a_finding_worded_differently_is_matched_by_kind_and_stage(tmp_path):
+    def stage(ctx):
+        word = "over random" if ctx.seed == 1 else "in the intended direction"
+        ctx.add_finding(Finding(kind="extraction", observation=Observation(metric=f"joy change {word}", value=0.1)))
+        return StageResult(summary="planted")
+
+    register_stage("fake-words", replace=True)(stage)
+    try:
+        a, b = (run_spec(parse_spec({"name": "w", "model": "m", "seed": s, "stages": ["fake-words"]}), tmp_path / f"{s}")
+                for s in (1, 2))
+    finally:
+        unregister_stage("fake-words")
+    (p,) = compare_runs(a.root, b.root).pairs
+    assert p.status == "same verdict" and not p.flipped
+    assert p.wording == 'matched by kind and stage: A words it "joy change over random"'

@@ -91,6 +91,11 @@ class Pair:
     b: Finding | None
     flipped: list[str] = field(default_factory=list)
     checklist_note: str = ""
+    wording: str = ""  # set when the pair was matched by kind and stage only
+
+    @property
+    def notes(self) -> list[str]:
+        return self.flipped + [x for x in (self.wording, self.checklist_note) if x]
 
     @property
     def status(self) -> str:
@@ -189,31 +194,52 @@ def _rejudge(p: Pair) -> None:
         p.checklist_note = f"A re-judged with checklist {checklist_version()} is {now}: the data moved it"
 
 
+def _pair(fa: Finding, fb: Finding, p: Pair, versions_differ: bool) -> Pair:
+    ca, cb = _controls(fa), _controls(fb)
+    p.flipped = [f"{n}: {_MARK[ca[n]]} → {_MARK[cb[n]]}" for n in ca if n in cb and ca[n] != cb[n]]
+    p.flipped += [f"{n}: added" for n in cb if n not in ca] + [f"{n}: dropped" for n in ca if n not in cb]
+    if versions_differ:
+        _rejudge(p)
+    return p
+
+
 def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str]) -> Comparison:
-    """Match the findings of two run directories (one-line ``RunDirError`` for a bad one)."""
+    """Match the findings of two run directories (one-line ``RunDirError`` for a bad one).
+
+    First by kind, stage, model and subject; then the findings left on both sides, by kind,
+    stage and model in ledger order (the subject was worded differently, e.g. by another
+    version of the stage: the pair says so)."""
     a, b = RunView.load(run_a), RunView.load(run_b)
     ka, kb = _keys(a), _keys(b)
     index_b = {k: i for i, k in enumerate(kb)}
-    pairs: list[Pair] = []
-    used: set[int] = set()
     versions_differ = a.checklist_versions != b.checklist_versions
-    for k, fa in zip(ka, a.findings, strict=True):
+    pairs: dict[int, Pair] = {}
+    used: set[int] = set()
+    for i, (k, fa) in enumerate(zip(ka, a.findings, strict=True)):
         j = index_b.get(k)
-        fb = b.findings[j] if j is not None else None
         if j is not None:
             used.add(j)
-        p = Pair(k[0], k[1], k[3], fa, fb)
-        if fb is not None:
-            ca, cb = _controls(fa), _controls(fb)
-            p.flipped = [f"{n}: {_MARK[ca[n]]} → {_MARK[cb[n]]}" for n in ca if n in cb and ca[n] != cb[n]]
-            p.flipped += [f"{n}: added" for n in cb if n not in ca] + [f"{n}: dropped" for n in ca if n not in cb]
-            if versions_differ:
-                _rejudge(p)
-        pairs.append(p)
-    for j, (k, fb) in enumerate(zip(kb, b.findings, strict=True)):
+            pairs[i] = _pair(fa, b.findings[j], Pair(k[0], k[1], k[3], fa, b.findings[j]), versions_differ)
+    left_b: dict[tuple[Any, ...], list[int]] = {}
+    for j, k in enumerate(kb):
         if j not in used:
-            pairs.append(Pair(k[0], k[1], k[3], None, fb))
-    return Comparison(a, b, pairs, _checklist_notes(a, b, pairs))
+            left_b.setdefault(k[:3], []).append(j)
+    for i, (k, fa) in enumerate(zip(ka, a.findings, strict=True)):
+        if i in pairs:
+            continue
+        js = left_b.get(k[:3])
+        if js:
+            j = js.pop(0)
+            used.add(j)
+            p = _pair(fa, b.findings[j], Pair(k[0], k[1], k[3], fa, b.findings[j]), versions_differ)
+            p.wording = f"matched by kind and stage: A words it \"{fa.observation.metric}\""
+            pairs[i] = p
+        else:
+            pairs[i] = Pair(k[0], k[1], k[3], fa, None)
+    out = [pairs[i] for i in range(len(ka))]
+    out += [Pair(k[0], k[1], k[3], None, fb) for j, (k, fb) in enumerate(zip(kb, b.findings, strict=True))
+            if j not in used]
+    return Comparison(a, b, out, _checklist_notes(a, b, out))
 
 
 def _cut(text: str, n: int) -> str:
@@ -221,20 +247,21 @@ def _cut(text: str, n: int) -> str:
 
 
 def format_comparison(c: Comparison, *, all_rows: bool = False, width: int = 120) -> str:
-    """The comparison as a terminal table (changed findings only unless ``all_rows``)."""
+    """The comparison for a terminal: one line per finding (verdicts, kind and stage, the
+    finding), its values beneath, then the controls that flipped (changed findings only unless
+    ``all_rows``)."""
     lines = [f"A: {_describe(c.a)}", f"B: {_describe(c.b)}", *c.checklist, c.headline()]
     rows = [p for p in c.pairs if all_rows or p.changed]
     if not rows:
         return "\n".join(lines)
-    w_sub = max(20, width - 16 - 28 - 2 * 22 - 8)
-    head = f"{'kind · stage':<16} {'finding':<{w_sub}} {'verdict A → B':<28} {'value A':<22} {'value B':<22}"
-    lines += ["", head, "-" * len(head)]
+    head = f"{'verdict A → B':<28} {'kind · stage':<26} finding"
+    lines += ["", head, "-" * min(width, 100)]
     for p in rows:
         va, vb = p.values
-        lines.append(f"{_cut(p.kind + ' · ' + p.stage, 16):<16} {_cut(p.label, w_sub):<{w_sub}} "
-                     f"{_cut(p.verdicts, 28):<28} {_cut(va, 22):<22} {_cut(vb, 22):<22}")
-        for x in p.flipped + ([p.checklist_note] if p.checklist_note else []):
-            lines.append(f"{'':<16}   {_cut(x, width - 19)}")
+        lines.append(f"{_cut(p.verdicts, 28):<28} {_cut(p.kind + ' · ' + p.stage, 26):<26} "
+                     f"{_cut(p.label, max(20, width - 56))}")
+        lines.append(f"{'':<4}A {va or '—'}   B {vb or '—'}   ({p.status})")
+        lines += [f"{'':<4}{_cut(x, width - 4)}" for x in p.notes]
     return "\n".join(lines)
 
 
