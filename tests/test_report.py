@@ -33,7 +33,7 @@ def _plot_stage(ctx):
 
     rng = np.random.default_rng(ctx.seed)
     ctx.write_table("layer_curve", pd.DataFrame({"layer": range(80), "accuracy": rng.uniform(0.4, 1.0, 80)}))
-    for name in ("layer_curve", "norms", "draws_001", "placebo_rates"):
+    for name in ("draws_gratitude", "layer_curve", "norms", "draws_001", "placebo_rates"):
         fig = Figure(figsize=(4, 3))
         fig.add_subplot().plot(rng.normal(size=20))
         ctx.save_figure(name, fig)
@@ -146,8 +146,11 @@ def test_findings_at_a_glance_one_row_each_and_no_text_twice(run_dir, page):
 def test_draws_figure_sits_with_its_finding(run_dir, page):
     ids = [f.id for f in run_dir.ledger.read()]
     row = page.split(f'id="finding-{ids[1].replace("@", "-")}"', 1)[1].split("</tr>", 1)[0]
-    assert 'alt="each random draw' in row
-    assert page.count('alt="each random draw') == 1
+    assert 'alt="Random-draw control: each draw' in row
+    # a draws figure whose name fits no finding stays in its stage, and is never the stage's key figure
+    sec = page.split('id="stage-fake-plot"', 1)[1].split("</section>", 1)[0]
+    assert page.count('alt="Random-draw control') == 2 and "— gratitude (figures/draws_gratitude.png)" in sec
+    assert sec.index('alt="layer curve') < sec.index("draws_gratitude")
 
 
 def test_tables_fold_with_first_rows_and_a_csv_link_and_no_machine_columns(page):

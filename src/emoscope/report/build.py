@@ -28,6 +28,7 @@ from emoscope.report.glance import FindingRow, finding_rows
 from emoscope.report.headline import run_summary
 from emoscope.report.runview import RunView, split_name
 from emoscope.report.sections import (
+    DRAWS_CAPTION,
     DRAWS_PREFIX,
     Group,
     build_sections,
@@ -91,7 +92,7 @@ def _attach_draws(view: RunView, rows: list[FindingRow]) -> set[str]:
             if DRAWS_PREFIX not in name:
                 continue
             owner = draws_owner(name, stage, ids)
-            block = figure_block(view, name, "each random draw's held-out value (dots) against the candidate (line)")
+            block = figure_block(view, name, DRAWS_CAPTION)
             if owner is not None and block is not None:
                 by_id[owner].figures.append(block)
                 placed.add(name)

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from emoscope.report.runview import RunView
 
 __all__ = ["SectionSpec", "Section", "Group", "section_spec", "section_data", "build_sections", "slug",
-           "DRAWS_PREFIX", "draws_owner", "tables_shown_by_sections", "load_section_data", "section_functions"]
+           "DRAWS_PREFIX", "DRAWS_CAPTION", "draws_owner", "tables_shown_by_sections", "load_section_data", "section_functions"]
 
 DRAWS_PREFIX = "draws_"  # per-finding figures of random-draw controls: draws_<finding id or its tail>
+DRAWS_CAPTION = "Random-draw control: each draw's held-out value (dots) against the candidate (line)"
 DEFAULT_TEMPLATE = "section_stage.html"
 
 
@@ -164,11 +165,16 @@ def _figures(view: RunView, rec: StageRecord, spec: SectionSpec, owned_draws: se
     names = [f for f in rec.figures if f not in owned_draws and split_name(f, view.keys)[1] not in skip]
     bare = {n: split_name(n, view.keys)[1] for n in names}
     key_names = [n for k in spec.key_figures for n in names if bare[n] == k][:1]
-    if not key_names and names:
-        key_names = [names[0]]
-    key = [b for n in key_names if (b := figure_block(view, n, spec.captions.get(bare[n], ""))) is not None]
-    rest = [b for n in names if n not in key_names
-            and (b := figure_block(view, n, spec.captions.get(bare[n], ""))) is not None]
+    if not key_names:  # the stage's first figure, unless it only shows a control's random draws
+        key_names = [n for n in names if not bare[n].startswith(DRAWS_PREFIX)][:1]
+
+    def caption(n: str) -> str:
+        if bare[n].startswith(DRAWS_PREFIX) and bare[n] not in spec.captions:
+            return f"{DRAWS_CAPTION} — {bare[n][len(DRAWS_PREFIX):].replace('_', ' ')}"
+        return spec.captions.get(bare[n], "")
+
+    key = [b for n in key_names if (b := figure_block(view, n, caption(n))) is not None]
+    rest = [b for n in names if n not in key_names and (b := figure_block(view, n, caption(n))) is not None]
     # figures the section lists come first, in its order; the others after
     order = {k: i for i, k in enumerate(spec.key_figures)}
     rest.sort(key=lambda f: order.get(split_name(f.name, view.keys)[1], len(order)))
