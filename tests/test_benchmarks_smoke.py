@@ -24,7 +24,8 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     combined = json.loads((out / "bench.json").read_text())
     names = run_all.names()
-    assert {"cross_model", "elicit", "executor", "extract", "heads", "introspect", "patch", "steer"} <= set(names)
+    assert {"cross_model", "dtypes", "elicit", "executor", "extract", "heads", "introspect", "patch",
+            "steer"} <= set(names)
     assert set(combined["benchmarks"]) == set(names) and combined["failed"] == [] and combined["smoke"]
     assert "of ceiling" in printed
     data = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
@@ -51,6 +52,9 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
     assert data["patch"]["results"]["hf_one_at_a_time"]["agreement_vs_emoscope"]["mismatch"] == 0
     assert data["heads"]["ablation"]["all"]["agreement_batched_vs_alone"]["mismatch"] == 0
     assert data["executor"]["ray"] == {"skipped": "--smoke / --skip-ray"}
+    cmp = data["dtypes"]["comparison"]  # bf16 against fp32: the same findings, row by row
+    assert cmp["findings_a"] == cmp["findings_b"] > 0 and cmp["rows"]["rows"] > 0
+    assert {"corr_target_score", "corr_perplexity", "identical_tokens"} <= set(cmp["rows"])
 
 
 def test_gpu_script_runs_on_the_cpu(tmp_path):
