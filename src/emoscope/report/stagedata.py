@@ -218,7 +218,9 @@ def _leakage(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
 @section_data("placebo")
 def _placebo(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
     rows = []
-    alpha = 0.05
+    section = view.spec.get("placebo")
+    alpha = _num(section.get("alpha")) if isinstance(section, dict) else None  # the stage's level, if set
+    alpha = 0.05 if alpha is None else alpha
     for name in _tables(view, stage, "placebo_rates"):
         df = view.table(name)
         if df is None or "kind" not in df.columns:
