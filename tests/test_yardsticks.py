@@ -134,6 +134,8 @@ def _stage(ctx):
                                            "n_outputs": [10, 8, 4], "model": ["m", "m", "m"]}))
     ctx.write_table("space", pd.DataFrame({"pc": ["pc1", "pc1"], "model": ["a", "b"], "r": [-0.7, 0.2],
                                            "p": [0.01, 0.6]}))
+    ctx.write_table("overlap", pd.DataFrame({"map": ["raw"], "overlap": [float("nan")],
+                                             "note": ["undefined: widths differ (576 vs 640)"]}))
     ctx.add_finding(Finding(kind="extraction", observation=Observation(metric="gap over random", value=0.3,
                                                                         interval=(0.1, 0.5), p_value=0.004)))
     return StageResult(summary="planted")
@@ -149,6 +151,8 @@ def planted(tmp_path):
            "measure": {"table": "space", "where": {"pc": "pc1"}, "value": "r", "p": "p", "abs": True, "per": ["model"]}},
           {"name": "gap", "paper": "p", "reported": "far above", "rule": {"above": 0},
            "measure": {"finding": {"kind": "extraction", "metric": "over random"}}},
+          {"name": "raw", "paper": "p", "reported": "0.13–0.15", "rule": {"within": [0.13, 0.15]},
+           "measure": {"table": "overlap", "where": {"map": "raw"}, "value": "overlap", "note": "note"}},
           {"name": "typo", "paper": "p", "reported": "x", "rule": {"above": 0},
            "measure": {"table": "rates", "value": "sucess_rate"}}]
     rd = run_spec(parse_spec({"name": "y", "model": "fake", "stages": ["fake-yard"], "yardsticks": ys}),
@@ -171,6 +175,8 @@ def test_measure_pools_splits_and_reads_findings(planted):
     assert judge(ys["pc1"].rule, a)[0] == "reproduced" and judge(ys["pc1"].rule, b)[0] == "inconclusive"
     (gap,) = measure(view, ys["gap"])
     assert (gap.value, gap.lo, gap.hi, gap.p) == (0.3, 0.1, 0.5, 0.004)
+    (raw,) = measure(view, ys["raw"])
+    assert raw.value is None and judge(ys["raw"].rule, raw) == ("inconclusive", "undefined: widths differ (576 vs 640)")
     (typo,) = measure(view, ys["typo"])
     assert typo.value is None and "no column sucess_rate" in typo.note
 

@@ -43,7 +43,8 @@ RULE = ("reproduced: the measured interval lies inside the band the paper's resu
         f"outside it; inconclusive: it straddles a bound, or nothing was measured. A direction measured with a "
         f"p-value but no interval: reproduced when p < {ALPHA} on the expected side, contradicted when p < {ALPHA} "
         "on the other side, inconclusive otherwise. A value with neither is compared as a point (marked "
-        "'no interval').")
+        "'no interval'). p is the run's own, uncorrected p for that quantity: the findings above give the verdicts "
+        "after the correction across the run's tests.")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 Scalar = str | int | float | bool
 
@@ -122,6 +123,8 @@ class Measure(_Strict):
     hi: str | None = Field(default=None, max_length=80)
     p: str | None = Field(default=None, max_length=80)
     n: str | None = Field(default=None, max_length=80)
+    #: a column saying why a value is missing (e.g. "undefined: widths differ")
+    note: str | None = Field(default=None, max_length=80)
     abs: bool = False
     #: each: one line per matching row; binomial: pooled successes (value x n) over the rows,
     #: with a binomial interval; mean: the rows' mean (no interval)
@@ -276,7 +279,7 @@ def _from_table(view: RunView, ms: Measure) -> list[Measured]:
     for key, name in found:
         df = view.table(name)
         label = key or ""
-        cols = [ms.value, *(c for c in (ms.lo, ms.hi, ms.p, ms.n) if c), *ms.where, *ms.per]
+        cols = [ms.value, *(c for c in (ms.lo, ms.hi, ms.p, ms.n, ms.note) if c), *ms.where, *ms.per]
         missing = [c for c in cols if df is None or c not in df.columns]
         if missing:
             out.append(Measured(label, None, note=f"table {name} has no column {missing[0]}"))
@@ -302,10 +305,12 @@ def _from_table(view: RunView, ms: Measure) -> list[Measured]:
             continue
         for r in rows:
             tag = ", ".join(str(view.label(r[c])) for c in ms.per)
-            out.append(Measured(" · ".join(x for x in (label, tag) if x), _num(r[ms.value]),  # type: ignore[index]
+            value = _num(r[ms.value])  # type: ignore[index]
+            why = str(r[ms.note]) if ms.note and isinstance(r[ms.note], str) and r[ms.note].strip() else ""
+            out.append(Measured(" · ".join(x for x in (label, tag) if x), value,
                                 _num(r[ms.lo]) if ms.lo else None, _num(r[ms.hi]) if ms.hi else None,
                                 _num(r[ms.p]) if ms.p else None,
-                                note="" if _num(r[ms.value]) is not None else f"{ms.value} undefined in {name}"))
+                                note="" if value is not None else (why or f"{ms.value} undefined in {name}")))
     return out
 
 
