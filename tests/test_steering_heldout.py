@@ -60,7 +60,9 @@ def test_a_planted_effect_ships_with_every_control_passing():
     # the value is the excess over the draws' mean, each draw at its own chosen cell (its best of
     # 12 noise cells on the selection half, so about 0 on the report half)
     assert "layer 5" in obs.metric and obs.value == pytest.approx(0.2, abs=0.05) and obs.interval[0] > 0
-    assert obs.p_value < 1e-3 and obs.p_floor is not None and obs.p_floor < 1e-4
+    # about 20 draw sds above the draws; the heavy reference (best of 12 cells of t3 effects) still
+    # gives it a p near 1e-3: the price of not assuming the draws are normal
+    assert obs.p_value < 0.01 and obs.p_floor is not None and obs.p_floor < 1e-4
     assert {c.name: c.passed for c in f.controls} == {"random_vectors": True, "heldout_selection": True,
                                                       "multi_token_outputs": True, "fluency": True,
                                                       "seed_spread": True}

@@ -18,22 +18,31 @@ Two tests, each exact under its stated assumption; the rank is reported in eithe
   ``1 / (k + 1)``: with ``k`` draws no p-value is smaller, however strong the effect, so reaching
   ``alpha`` needs ``k >= floor(1 / alpha)`` draws (:func:`draws_needed`).
 - ``interval`` (the default): a prediction-interval test from the draws' mean and sd,
-  ``T = (x - mean) / (sd * sqrt(1 + 1/k))``. When the draws are normal, ``T`` follows Student's t
-  with ``k - 1`` degrees of freedom; when they have heavier tails the same ``T`` lands in the tail
-  more often. The p-value is the larger of the two tail probabilities: normal draws (exact) and
-  draws from Student's t with 3 degrees of freedom (a seeded Monte Carlo of ``T``, a million
-  samples per k, shipped as a table: :func:`build_heavy_table`). So a decoy (one more draw) passes at a rate <= ``alpha`` when the draws' held-out
-  values are normal, and when their tails are as heavy as t with 3 df (the design's stated
-  assumption: roughly symmetric, tails no heavier than t3; strongly right-skewed draws, a few with
-  much larger effects than the rest, break it, which is why the rank is reported beside it and
-  ``emoscope placebo`` measures the rate on a model's own draws). Its floor is the table's smallest
-  tail probability, ``2e-5``; it needs at least ``MIN_INTERVAL_DRAWS`` draws.
+  ``T = (x - mean) / (sd * sqrt(1 + 1/k))``. When the draws' held-out values are normal, ``T``
+  follows Student's t with ``k - 1`` degrees of freedom. They need not be: a draw's held-out value
+  is its effect at the cell *it chose* among ``C`` cells, so when draws differ in what they do
+  (heavy-tailed effects per cell) that value is a maximum, skewed to the right, and a normal
+  reference lets a decoy pass more often than ``alpha`` (measured: 6-7% at the 5% level with
+  t3 effects over 12 cells). So the p-value is the larger of two upper tails: normal draws (exact)
+  and draws whose held-out value is the maximum over ``C`` cells of Student-t effects with 3
+  degrees of freedom (the search's own skew at its heaviest: a draw that picks its best cell
+  without error). The second comes from a seeded Monte Carlo of ``T`` (200,000 samples per
+  (k, C), shipped as a table, :func:`build_heavy_table`); an untabulated k uses the largest
+  tabulated k below it and an untabulated C the smallest tabulated C above it (both
+  conservative). The design's stated assumption: the draws' effects have tails no heavier than t
+  with 3 df; the rank is reported beside the p, and ``emoscope placebo`` measures the ship rate on
+  a model's own draws. Its floor is the table's smallest tail probability, ``2e-5``; it needs at
+  least ``MIN_INTERVAL_DRAWS`` draws. The price of robustness: at k = 10 draws and 12 cells the
+  candidate must lie about 2.9 draw sds above the draws' mean for p < 0.05 (1.9 if the draws were
+  known to be normal).
 
 When the draws do not vary at all (sd 0) no spread exists to judge by, and the rank decides.
 
 >>> t = draw_test(3.0, [0.1, -0.4, 0.3, 0.0, -0.2, 0.5, -0.1, 0.2])
 >>> t.rank, round(t.p_rank, 3), t.p < 0.01, t.passed
 (1, 0.111, True, True)
+>>> draw_test(3.0, [0.1, -0.4, 0.3, 0.0, -0.2, 0.5, -0.1, 0.2], cells=12).p > t.p   # the search skews the null
+True
 >>> draw_test(3.0, [0.1, -0.4, 0.3, 0.0, -0.2], test="rank").passed is None   # floor 1/6 > 0.05
 True
 >>> draws_needed("rank", 0.05)
@@ -80,80 +89,119 @@ def _rank_p(x: float, draws: np.ndarray, alternative: str) -> tuple[int, float]:
 
 #: numbers of draws the heavy-tailed reference is tabulated for (any other k uses the largest
 #: tabulated k below it: T's tails shrink as k grows, so that is conservative)
-TABLE_KS = (*range(3, 41), 45, 50, 60, 70, 80, 90, 100, 120, 150, 200, 300)
+TABLE_KS = (*range(3, 21), 22, 25, 30, 35, 40, 50, 60, 80, 100, 150, 200)
+#: numbers of cells searched the reference is tabulated for (any other C uses the smallest
+#: tabulated C above it: the maximum over more cells is more skewed, so that is conservative)
+TABLE_CS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: upper-tail probabilities the table gives T's quantiles at
-TABLE_PS = tuple(float(p) for p in np.geomspace(0.5, 2e-5, 120))
+TABLE_PS = tuple(float(p) for p in np.geomspace(0.5, 2e-5, 80))
 _TABLE = "heavy_tail_t3.json"
 
 
-def build_heavy_table(n_samples: int = 1_000_000, ks: Sequence[int] = TABLE_KS, seed: int = 20261207) -> dict:
-    """Monte Carlo quantiles of ``T = (x - mean) / (sd sqrt(1 + 1/k))`` when the candidate and the
-    k draws are i.i.d. Student t with ``HEAVY_TAIL_DF`` df: ``{"k": [...], "p": [...], "q": [[...]]}``
-    with ``q[i][j]`` the value T exceeds with probability ``p[j]`` at ``k[i]`` draws. The shipped
-    table (``heavy_tail_t3.json``) was built with the defaults: ``python -m emoscope.core.draws``."""
+def _t3_quantile_function() -> Any:
+    """A fast inverse CDF of Student t with ``HEAVY_TAIL_DF`` df: exact values on a fine grid in
+    log-odds, interpolated (the Monte Carlo needs hundreds of millions of draws)."""
+    from scipy.special import stdtrit
+
+    z = np.linspace(-40.0, 40.0, 40001)
+    u = 1.0 / (1.0 + np.exp(-z))
+    q = stdtrit(HEAVY_TAIL_DF, np.clip(u, 1e-300, 1 - 1e-16))
+
+    def ppf(v: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            lz = np.log(v) - np.log1p(-v)
+        return np.interp(lz, z, q)
+
+    return ppf
+
+
+def build_heavy_table(n_samples: int = 200_000, ks: Sequence[int] = TABLE_KS, cs: Sequence[int] = TABLE_CS,
+                      seed: int = 20261207) -> dict:
+    """Monte Carlo upper quantiles of ``T = (x - mean) / (sd sqrt(1 + 1/k))`` when the candidate
+    and the ``k`` draws are i.i.d., each the maximum over ``C`` cells of Student-t effects with
+    ``HEAVY_TAIL_DF`` df (``C = 1``: plain t3): ``{"k": [...], "c": [...], "p": [...], "q":
+    [[[...]]]}`` with ``q[i][j][m]`` the value T exceeds with probability ``p[m]`` at ``k[i]``
+    draws and ``c[j]`` cells. The maximum of C draws with CDF F has CDF F^C, so it is drawn as
+    ``F^-1(U^(1/C))``. The shipped table was built with the defaults: ``python -m emoscope.core.draws``."""
     rng = np.random.default_rng(seed)
+    ppf = _t3_quantile_function()
     probs = np.asarray(TABLE_PS)
-    rows = []
+    out = []
     for k in ks:
-        out = np.empty(n_samples)
-        step = max(1, 2_000_000 // (k + 1))
-        for i in range(0, n_samples, step):
-            n = min(step, n_samples - i)
-            # Student t as a normal over the root of a scaled chi-square (faster than standard_t)
-            chi = np.square(rng.standard_normal((HEAVY_TAIL_DF, n, k + 1), dtype=np.float32)).sum(0) / HEAVY_TAIL_DF
-            x = rng.standard_normal((n, k + 1)) / np.sqrt(chi, dtype=np.float64)
+        u = rng.random((n_samples, k + 1))
+        rows = []
+        for c in cs:
+            x = ppf(u ** (1.0 / c))
             d = x[:, 1:]
-            out[i:i + n] = (x[:, 0] - d.mean(1)) / (d.std(1, ddof=1) * math.sqrt(1 + 1 / k))
-        # symmetric: pool both tails for the upper-tail quantiles (twice the samples)
-        pooled = np.concatenate([out, -out])
-        rows.append([round(float(v), 5) for v in np.quantile(pooled, 1 - probs)])
+            t = (x[:, 0] - d.mean(1)) / (d.std(1, ddof=1) * math.sqrt(1 + 1 / k))
+            if c == 1:  # symmetric: both tails estimate the upper one
+                t = np.concatenate([t, -t])
+            rows.append([float(f"{v:.5g}") for v in np.quantile(t, 1 - probs)])
+        out.append(rows)
     return {"df": HEAVY_TAIL_DF, "n_samples": int(n_samples), "seed": int(seed), "k": [int(k) for k in ks],
-            "p": [float(p) for p in probs], "q": rows}
+            "c": [int(c) for c in cs], "p": [float(p) for p in probs], "q": out}
 
 
 @functools.lru_cache(maxsize=1)
-def _table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     import json
     from importlib import resources
 
     raw = json.loads(resources.files("emoscope.core").joinpath(_TABLE).read_text("utf-8"))
-    return np.asarray(raw["k"]), np.log(np.asarray(raw["p"])), np.asarray(raw["q"], dtype=np.float64)
+    return (np.asarray(raw["k"]), np.asarray(raw["c"]), np.log(np.asarray(raw["p"])),
+            np.asarray(raw["q"], dtype=np.float64))
 
 
-def _heavy_sf(t: float, k: int) -> float:
-    """P(T >= t) under the heavy-tailed reference (interpolated in log p; beyond the table's
-    smallest probability that probability is returned, which is conservative)."""
-    ks, logp, q = _table()
-    row = q[max(0, int(np.searchsorted(ks, k, side="right")) - 1)]  # quantiles fall as p falls
-    if t < 0:  # symmetric
-        return 1.0 - _heavy_sf(-t, k)
+def _row(k: int, c: int) -> np.ndarray:
+    ks, cs, _, q = _table()
+    i = max(0, int(np.searchsorted(ks, k, side="right")) - 1)
+    j = min(len(cs) - 1, int(np.searchsorted(cs, max(int(c), 1), side="left")))
+    return q[i, j]
+
+
+def _heavy_sf(t: float, k: int, c: int = 1) -> float:
+    """P(T >= t) under the heavy reference (interpolated in log p; beyond the table's smallest
+    probability that probability is returned, which is conservative; below its median, 1/2 or
+    more: the lower half is taken from the symmetric C = 1 table, whose lower tail is heavier)."""
+    logp = _table()[2]
+    row = _row(k, c)  # quantiles fall as p falls
     if t <= row[0]:
+        if c > 1:
+            return max(0.5, _heavy_sf(t, k, 1))
+        if t < 0:
+            return 1.0 - _heavy_sf(-t, k, 1)
         return 0.5
     if t >= row[-1]:
         return float(np.exp(logp[-1]))
     return float(np.exp(np.interp(t, row, logp)))
 
 
-def _heavy_quantile(upper_p: float, k: int) -> float:
-    ks, logp, q = _table()
-    row = q[max(0, int(np.searchsorted(ks, k, side="right")) - 1)]
-    return float(np.interp(math.log(upper_p), logp[::-1], row[::-1]))
+def _heavy_quantile(upper_p: float, k: int, c: int = 1) -> float:
+    return float(np.interp(math.log(upper_p), _table()[2][::-1], _row(k, c)[::-1]))
 
 
-def _tail(t: float, k: int, upper: bool) -> tuple[float, float]:
-    """(normal, heavy) probabilities that T is at least ``t`` (``upper``) or that |T| >= |t|."""
+def _tail(t: float, k: int, c: int, alternative: str) -> tuple[float, float]:
+    """(normal, heavy) p-values of T = ``t`` for ``alternative``: the upper tail for ``greater``
+    (heavy reference: the maximum over ``c`` cells), the lower for ``less`` (the symmetric t3),
+    twice the smaller for ``two-sided``."""
     from scipy.stats import t as student
 
-    if upper:
-        return float(student.sf(t, k - 1)), _heavy_sf(t, k)
-    return float(2 * student.sf(abs(t), k - 1)), min(1.0, 2 * _heavy_sf(abs(t), k))
+    up = (float(student.sf(t, k - 1)), _heavy_sf(t, k, c))
+    lo = (float(student.cdf(t, k - 1)), _heavy_sf(-t, k, 1))
+    if alternative == "greater":
+        return up
+    if alternative == "less":
+        return lo
+    return min(1.0, 2 * min(up[0], lo[0])), min(1.0, 2 * min(up[1], lo[1]))
 
 
-def _quantile(level: float, k: int) -> float:
-    """The two-sided ``level`` quantile of |T| under the larger of the two references."""
+def _bounds(level: float, k: int, c: int) -> tuple[float, float]:
+    """(upper, lower) ``level`` quantiles of T under the larger reference on each side."""
     from scipy.stats import t as student
 
-    return max(float(student.ppf(0.5 + level / 2, k - 1)), _heavy_quantile((1 - level) / 2, k))
+    a = (1 - level) / 2
+    q_norm = float(student.ppf(1 - a, k - 1))
+    return max(q_norm, _heavy_quantile(a, k, c)), -max(q_norm, _heavy_quantile(a, k, 1))
 
 
 def draws_needed(test: str, level: float) -> int:
@@ -196,6 +244,7 @@ class DrawTest:
     p: float
     floor: float
     spread: bool  # False when every draw has the same value
+    cells: int = 1  # cells each draw's search chose among (the skew the heavy reference allows for)
 
     @property
     def k(self) -> int:
@@ -244,10 +293,11 @@ class DrawTest:
                      f"go below {rank_floor:.3g}, {draws_needed('rank', self.alpha)} draws reach p < {self.alpha:g} "
                      "without assumptions)")
         if self.test == "interval" and self.spread:
+            heavy = (f"for draws whose value is the best of {self.cells} cells of Student-t ({HEAVY_TAIL_DF} df) "
+                     "effects" if self.cells > 1 else f"for draws as heavy-tailed as Student t with {HEAVY_TAIL_DF} df")
             text += (f"Decided by the prediction-interval test ({side}): p {self.p:.3g}, the larger of its value for "
-                     f"normal draws ({self.p_interval_normal:.3g}) and for draws as heavy-tailed as Student t with "
-                     f"{HEAVY_TAIL_DF} df; assumes the draws' values are roughly symmetric with tails no heavier; "
-                     + rank_text)
+                     f"normal draws ({self.p_interval_normal:.3g}) and {heavy}; assumes the draws' effects have tails "
+                     f"no heavier than t with {HEAVY_TAIL_DF} df; " + rank_text)
         else:
             why = "" if self.test == "rank" else "the draws do not vary, so no spread can judge: "
             text += f"Decided by the rank ({side}, distribution-free; {why}" + rank_text + ")"
@@ -258,10 +308,11 @@ class DrawTest:
 
 
 def draw_test(candidate: float, draws: Any, *, alternative: str = "greater", test: str = DEFAULT_DRAW_TEST,
-              alpha: float = 0.05, level: float = 0.95) -> DrawTest:
+              alpha: float = 0.05, level: float = 0.95, cells: int = 1) -> DrawTest:
     """Judge ``candidate`` (a held-out value) against ``draws`` (the same value for each random
-    draw put through the same search). ``alternative``: the candidate is larger (``greater``),
-    smaller (``less``) or either (``two-sided``). Non-finite draws are dropped.
+    draw put through the same search over ``cells`` cells; 1 when nothing was searched).
+    ``alternative``: the candidate is larger (``greater``), smaller (``less``) or either
+    (``two-sided``). Non-finite draws are dropped.
 
     >>> t = draw_test(0.3, [0.1, 0.2, 0.25, 0.15, 0.3, 0.22])
     >>> t.rank, t.passed
@@ -276,23 +327,22 @@ def draw_test(candidate: float, draws: Any, *, alternative: str = "greater", tes
     x = float(candidate)
     k = int(d.size)
     nan = float("nan")
+    cells = max(1, int(cells))
     if k == 0 or not np.isfinite(x):
         return DrawTest(x, tuple(float(v) for v in d), alternative, test, alpha, Interval(nan, nan, nan), nan, nan,
-                        nan, 0, nan, nan, 1.0, bool(k > 1 and np.ptp(d) > 0))
+                        nan, 0, nan, nan, 1.0, bool(k > 1 and np.ptp(d) > 0), cells)
     rank, p_rank = _rank_p(x, d, alternative)
     mean = float(d.mean())
     sd = float(d.std(ddof=1)) if k > 1 else nan
     spread = bool(k > 1 and sd > 0)
     excess = x - mean
     if spread and k >= MIN_INTERVAL_DRAWS:
-        t = excess / (sd * math.sqrt(1 + 1 / k))
-        if alternative == "two-sided":
-            p_norm, p_heavy = _tail(t, k, upper=False)
-        else:
-            p_norm, p_heavy = _tail(t if alternative == "greater" else -t, k, upper=True)
+        scale = sd * math.sqrt(1 + 1 / k)
+        t = excess / scale
+        p_norm, p_heavy = _tail(t, k, cells, alternative)
         p_int = max(p_norm, p_heavy)
-        half = _quantile(level, k) * sd * math.sqrt(1 + 1 / k)
-        iv = Interval(excess, excess - half, excess + half)
+        q_up, q_lo = _bounds(level, k, cells)
+        iv = Interval(excess, excess - q_up * scale, excess - q_lo * scale)
         z = excess / sd
     else:
         p_norm = p_int = nan
@@ -300,12 +350,12 @@ def draw_test(candidate: float, draws: Any, *, alternative: str = "greater", tes
         z = nan
     if test == "interval" and spread:
         p = p_int
-        floor = float(np.exp(_table()[1][-1])) if k >= MIN_INTERVAL_DRAWS else 1.0
+        floor = float(np.exp(_table()[2][-1])) if k >= MIN_INTERVAL_DRAWS else 1.0
     else:
         p = p_rank
         floor = 1.0 / (k + 1) * (2 if alternative == "two-sided" else 1)
     return DrawTest(x, tuple(float(v) for v in d), alternative, test, float(alpha), iv, float(z), float(p_int),
-                    float(p_norm), int(rank), float(p_rank), float(p), float(min(floor, 1.0)), spread)
+                    float(p_norm), int(rank), float(p_rank), float(p), float(min(floor, 1.0)), spread, cells)
 
 
 def split_units(n_units: int, seed: Any = 0, select_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

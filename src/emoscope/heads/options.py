@@ -68,6 +68,7 @@ class HeadsOptions(BaseModel):
     metrics: list[str] = Field(default_factory=lambda: ["proj_gen", "target_score"], min_length=1)
     batch_rows: int = Field(default=256, ge=1)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    decoys: int = Field(default=0, ge=0)  # placebo: N decoy sets (more random sets) in the chosen heads' place
 
     @field_validator("heads")
     @classmethod

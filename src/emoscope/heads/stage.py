@@ -196,7 +196,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     pool = None
     if screen_meta is not None:  # band and any draws stay among the heads the screen covered
         pool = [(b, h) for b in screen_meta.get("blocks", []) for h in range(n_heads)] or None
-    randoms, match = random_head_sets(chosen, opts.n_random, n_layers=model.n_layers, n_heads=n_heads,
+    randoms, match = random_head_sets(chosen, opts.n_random + opts.decoys, n_layers=model.n_layers, n_heads=n_heads,
                                       seed=np.random.default_rng([ctx.seed, 11]), match=opts.random_match, pool=pool)
     if match != opts.random_match:
         ctx.note(f"{mode}: too few other heads to match random heads by {opts.random_match}; random heads are "
@@ -265,6 +265,8 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     if screen_meta is not None and screen_meta.get("dataset") and screen_meta.get("dataset") == opts.prompts:
         ctx.note(f"{mode}: the prompts come from the screening dataset: the heads were chosen on these texts")
     asked = [m for m in opts.metrics if m in table]
+    if opts.decoys:
+        return _placebo(ctx, opts, mode, table, methods, asked, match, chosen, res.meta["decode_seconds"])
     findings, lines = intervention_findings(table, methods, asked, heads=heads_text, chosen_from=chosen_from,
                                             alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
                                             match=describe_match(match, chosen), what="", test=opts.random_test)
@@ -276,3 +278,40 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
         ctx.note(f"{mode}: {line}")
     return (f"{mode}: " + "; ".join(lines[:2]) if lines else f"{mode}: no effects measured"), {
         f"{mode}_rows": len(table), f"{mode}_decode_seconds": res.meta["decode_seconds"]}
+
+
+def decoy_view(table: Any, decoy: str, others: list[str]) -> Any:
+    """The sweep table with random set ``decoy`` in the chosen heads' place: its rows become the
+    ``chosen`` rows, the real chosen heads and the other decoys leave."""
+    t = table[(table["kind"] != "chosen") & ~table["config"].isin([o for o in others if o != decoy])].copy()
+    mine = (t["config"] == decoy).to_numpy()
+    t.loc[mine, "kind"] = "chosen"
+    t.loc[mine, "config"] = "chosen"
+    return t
+
+
+def _placebo(ctx: RunContext, opts: HeadsOptions, mode: str, table: Any, methods: list[str], metrics: list[str],
+             match: str, chosen: list, seconds: float) -> tuple[str, dict]:
+    """The last ``decoys`` random sets, each in the chosen heads' place against the first ``n_random``."""
+    from emoscope.core.placebo import decoy_name, judge_decoys
+    from emoscope.heads.findings import intervention_findings
+    from emoscope.heads.select import describe_match
+
+    k = opts.n_random
+    names = [f"random-{k + i}" for i in range(opts.decoys)]
+    found = {}
+    for i, name in enumerate(names):
+        view = decoy_view(table, name, names)
+        heads = str(view.loc[view["kind"] == "chosen", "heads"].iloc[0]) if "heads" in view else name
+        found[decoy_name(i)] = intervention_findings(
+            view, methods, metrics, heads=heads, chosen_from="a decoy: one more random set",
+            alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+            match=describe_match(match, chosen), test=opts.random_test)[0]
+    out = judge_decoys("heads", found, alpha=opts.alpha)
+    ctx.write_table(f"placebo_decoys_heads_{mode}", out)
+    n_ship = int(out.groupby("decoy")["ships"].any().sum()) if len(out) else 0
+    ctx.note(f"placebo ({mode}): {len(names)} decoy head sets drawn as the random sets are "
+             f"({describe_match(match, chosen)}), each in the chosen heads' place against the other {k} random sets "
+             f"and judged as the run's only candidate; {len(table)} generations in {seconds:.1f} s")
+    return (f"placebo {mode}: {n_ship} of {len(names)} decoy head sets ship a heads claim",
+            {f"{mode}_decoys": len(names), f"{mode}_decoys_shipping": n_ship})

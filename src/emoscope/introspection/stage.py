@@ -85,6 +85,7 @@ class IntrospectOptions(BaseModel):
     ablate: str | None = None  # a ConceptVector .safetensors file: its direction is ablated at the injected layer
     allow_other_model: bool = False  # use an `ablate` vector whose metadata names another model
     claim: str | None = None
+    decoys: int = Field(default=0, ge=0)  # placebo: N decoy runs, each with every concept replaced by a random vector
 
 
 def _random_note(h: HeldOutFinding, massive: dict[int, list[int]] | None, massive_share: float) -> str:
@@ -179,6 +180,8 @@ def introspect_stage(ctx: RunContext) -> StageResult:
 
         check_vector_fits(ConceptVector.load(o.ablate), ctx.model, where=f"introspect: ablate vector {o.ablate}",
                           allow_other_model=o.allow_other_model)
+    if o.decoys:
+        return _placebo(ctx, o)
     res = run_sweep(
         ctx.model, concepts=o.concepts, baseline=o.baseline_words, controls=o.controls, layers=o.layers,
         strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
@@ -255,3 +258,62 @@ def introspect_stage(ctx: RunContext) -> StageResult:
         metrics["free_text_false_alarm_rate"] = round(float(
             res.free_text[res.free_text.condition == "baseline"].affirms.mean()), 4)
     return StageResult(summary=summary, metrics=metrics)
+
+
+def decoy_concepts(model, layers: list[int], n_concepts: int, n: int, random_kind: str, seed: int) -> list:  # noqa: ANN001
+    """``n`` decoy runs of ``n_concepts`` random directions each (named ``decoy-i:j``), drawn as the
+    sweep draws its random vectors (isotropic, or covariance-matched; alternating when it runs
+    both), from their own seeded streams."""
+    from emoscope.core.placebo import alternate_kinds, decoy_name
+    from emoscope.introspection.concepts import random_vectors
+
+    cov = None
+    out = []
+    for i, kind in enumerate(alternate_kinds(n, random_kind)):
+        if kind == "covariance" and cov is None:
+            from emoscope.vectors.units import neutral_covariance
+
+            cov = neutral_covariance(model, layers)
+        out += random_vectors(model.d_model, layers, n_concepts, seed=(seed, 91, i),
+                              cov=cov if kind == "covariance" else None, prefix=decoy_name(i))
+    return out
+
+
+def _placebo(ctx: RunContext, o: IntrospectOptions) -> StageResult:
+    """Decoy runs: every concept replaced by a random direction; each run judged on its own."""
+    from emoscope._progress import is_quiet
+    from emoscope.core.placebo import alternate_kinds, decoy_name, judge_decoys
+    from emoscope.introspection import run_sweep
+    from emoscope.introspection.concepts import load_words
+    from emoscope.introspection.heldout import heldout_finding
+
+    model = ctx.model
+    layers = model.resolve_layers(list(o.layers) if isinstance(o.layers, tuple) else o.layers)
+    n_concepts = len(load_words(o.concepts, "concepts"))
+    random_kind = o.random_kind if o.n_random else "isotropic"
+    vectors = decoy_concepts(model, layers, n_concepts, o.decoys, random_kind, ctx.seed)
+    res = run_sweep(model, vectors, baseline=o.baseline_words, controls=o.controls, layers=o.layers,
+                    strengths=o.strengths, n_random=o.n_random, window=o.window, prefill=o.prefill, seed=ctx.seed,
+                    batch_size=o.batch_size, focus_layer=o.focus_layer, focus_strength=o.focus_strength, heads=False,
+                    n_boot=o.n_boot, unit=o.unit, random_kind=o.random_kind, n_splits=o.n_splits,
+                    execution=ctx.execution, progress=not is_quiet())
+    pv, m = res.per_vector, res.meta
+    found, kinds = {}, {}
+    claim = o.claim or "the model detects injected thoughts more than random directions would"
+    for i, kind in enumerate(alternate_kinds(o.decoys, random_kind)):
+        name = decoy_name(i)
+        view = pv[(pv.condition != "concept") | pv.vector.astype(str).str.startswith(f"{name}:")]
+        h = heldout_finding(view, focus_layer=o.focus_layer, focus_strength=o.focus_strength, seed=ctx.seed,
+                            n_boot=o.n_boot, n_splits=o.n_splits)
+        found[name] = [introspection_finding(h, claim=claim, massive=m.get("massive_dims"),
+                                             massive_share=m.get("massive_share", 0.05))]
+        kinds[name] = kind
+    out = judge_decoys("introspect", found, kinds=kinds)
+    ctx.write_table("introspect_per_vector", pv)
+    ctx.write_table("placebo_decoys_introspect", out)
+    n_ship = int(out["ships"].sum()) if len(out) else 0
+    ctx.note(f"placebo: {o.decoys} decoy runs, each with its {n_concepts} concepts replaced by random directions "
+             f"(drawn as the random vectors are), judged as the run's only candidate against {o.n_random} random "
+             "vectors per kind")
+    return StageResult(summary=f"placebo: {n_ship} of {o.decoys} decoy runs ship an introspection claim",
+                       metrics={"decoys": o.decoys, "decoys_shipping": n_ship})

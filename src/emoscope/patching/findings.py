@@ -183,7 +183,7 @@ def _step1(t: Any, name: str, kinds: list[str], d: DrawSearch, where: str, gen: 
     if not mine.size:
         return []
     est = bootstrap(mine, n_boot=n_boot, seed=seed)
-    tests = {k: draw_test(held[0], held[ent.draws_of(k)], test=test, alpha=alpha) for k in kinds}
+    tests = {k: draw_test(held[0], held[ent.draws_of(k)], test=test, alpha=alpha, cells=d.n_cells) for k in kinds}
     if tests:
         p = max(x.p for x in tests.values())
         j = tests[kinds[0]]

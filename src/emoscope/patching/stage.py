@@ -68,6 +68,7 @@ class PatchOptions(BaseModel):
     target_score: str | None = None  # scorer column; default steering.sweep.default_target(CLASS)
     batch_rows: int = Field(default=256, ge=1)
     alpha: float = 0.05
+    decoys: int = Field(default=0, ge=0)  # placebo: N decoy patches (more random patches per kind) as the source
 
     @field_validator("positions", mode="before")
     @classmethod
@@ -197,12 +198,14 @@ def patch_stage(ctx: RunContext) -> StageResult:
                        neutral=None if neutral is None else neutral[1],
                        neutral_name="neutral" if neutral is None else neutral[0].rpartition(":")[2] or "neutral",
                        pairing=opts.pairing, generated=opts.generated, max_new_tokens=opts.max_new_tokens,
-                       n_random=opts.n_random, random_kind=opts.random_kind, seed=ctx.seed,
+                       n_random=opts.n_random + opts.decoys, random_kind=opts.random_kind, seed=ctx.seed,
                        chat="auto" if opts.chat else False,
                        self_rows=opts.self_rows, scorers=opts.scorers, target=opts.target_score,
                        batch_rows=opts.batch_rows, progress=not is_quiet(), execution=ctx.execution)
     res = sweep.run()
     res.meta["neutral"] = None if neutral is None else neutral[0]
+    if opts.decoys:
+        return _placebo(ctx, opts, res)
     ctx.write_table("patch_outputs", res.table)
     ctx.write_table("patch_cells", res.cells)
     ctx.save_figure("patch_effect_by_layer", effect_by_layer_figure(res))
@@ -273,3 +276,40 @@ def _record_findings(ctx: RunContext, res: Any, opts: PatchOptions) -> str:
     for name, fig in patch_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
         ctx.save_figure(name, fig)
     return summary
+
+
+def decoy_view(result: Any, decoy: str, others: list[str]) -> Any:
+    """The sweep's result with random patch ``decoy`` in the source patch's place: its rows become
+    the ``patch`` rows, the real source patch and the other decoys leave."""
+    from dataclasses import replace
+
+    t = result.table
+    t = t[(t["kind"] != "patch") & ~t["source"].isin([o for o in others if o != decoy])].copy()
+    mine = (t["source"] == decoy).to_numpy()
+    t.loc[mine, "kind"] = "patch"
+    t.loc[mine, "random_kind"] = ""
+    return replace(result, table=t)
+
+
+def _placebo(ctx: RunContext, opts: PatchOptions, res: Any) -> StageResult:
+    """The last ``decoys`` random patches of each kind, each in the source patch's place."""
+    from emoscope.core.placebo import judge_decoys
+    from emoscope.patching.findings import patching_findings
+
+    k, n = opts.n_random, opts.decoys
+    kinds = ["isotropic", "covariance"] if opts.random_kind == "both" else [opts.random_kind]
+    names = {f"{'random-' if kd == 'isotropic' else 'random-cov-'}{k + i}": kd for kd in kinds for i in range(n)}
+    found = {}
+    for name in names:
+        found[f"decoy-{name.removeprefix('random-')}"] = patching_findings(
+            decoy_view(res, name, list(names)), alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+            test=opts.random_test)[0]
+    kinds_of = {f"decoy-{nm.removeprefix('random-')}": kd for nm, kd in names.items()}
+    out = judge_decoys("patch", found, alpha=opts.alpha, kinds=kinds_of)
+    ctx.write_table("placebo_decoys_patch", out)
+    n_ship = int(out.groupby("decoy")["ships"].any().sum()) if len(out) else 0
+    ctx.note(f"placebo: {len(names)} decoy patches (random patches of the same norm, {n} per kind) each in the "
+             f"source patch's place against the first {k} random patches per kind, judged as the run's only "
+             f"candidate; {len(res.table)} generations in {res.meta['decode_seconds']:.1f} s")
+    return StageResult(summary=f"placebo: {n_ship} of {len(names)} decoy patches ship a patching claim",
+                       metrics={"decoys": len(names), "decoys_shipping": n_ship})

@@ -211,7 +211,8 @@ def search_draws(ent: EntityTable, *, seed: int = 0, max_broken: float = MAX_BRO
     for k in RANDOM_KINDS:
         idx = ent.draws_of(k)
         if idx.size:
-            tests[k] = draw_test(s.values[0], s.values[idx], alternative="greater", test=test, alpha=alpha)
+            tests[k] = draw_test(s.values[0], s.values[idx], alternative="greater", test=test, alpha=alpha,
+                                 cells=len(ent.cells))
     mine = ent.values[0, report, s.cells[0]] if s.cells[0] >= 0 else np.zeros(0)
     mine = mine[np.isfinite(mine)]
     est = bootstrap(mine, n_boot=n_boot, seed=seed) if mine.size else Interval(np.nan, np.nan, np.nan)

@@ -68,6 +68,7 @@ class SteerOptions(BaseModel):
     target: str | None = None
     batch_rows: int = Field(default=256, ge=1)
     alpha: float = 0.05  # level of the test against the random draws (the run corrects across its tests)
+    decoys: int = Field(default=0, ge=0)  # placebo: N decoy vectors replace the vector (emoscope placebo)
 
     @field_validator("unit")
     @classmethod
@@ -166,6 +167,8 @@ def steer_stage(ctx: RunContext) -> StageResult:
     model = ctx.model
     layers = model.resolve_layers(opts.layers)
     vector = _vector(ctx, opts, layers)
+    if opts.decoys:
+        return _placebo(ctx, opts, layers, vector)
     sweep = SteeringSweep(model, vector, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
                           positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
                           random_kind=opts.random_kind,
@@ -209,3 +212,66 @@ def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
     for name, fig in steering_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
         ctx.save_figure(name, fig)
     return summary
+
+
+def decoy_vectors(model, vector, layers: list[int], n: int, random_kind: str, seed: int) -> tuple[list, dict[str, str]]:  # noqa: ANN001
+    """``n`` decoys drawn as the sweep draws its random controls: a unit direction per layer
+    (isotropic, or covariance-matched to neutral activations), scaled to ``vector``'s norm there;
+    from their own seeded stream, so no decoy is one of the controls. Kinds alternate when the
+    sweep runs both."""
+    import numpy as np
+
+    from emoscope.core.directions import random_layer_directions
+    from emoscope.core.placebo import alternate_kinds, decoy_name
+    from emoscope.steering.units import layer_vectors
+    from emoscope.vectors import ConceptVector
+
+    kinds = alternate_kinds(n, random_kind)
+    vecs = layer_vectors(model, vector, layers)
+    iso = random_layer_directions(model.d_model, layers, kinds.count("isotropic"), np.random.default_rng([seed, 71]))
+    cov = []
+    if "covariance" in kinds:
+        from emoscope.vectors.units import neutral_covariance
+
+        cov = random_layer_directions(model.d_model, layers, kinds.count("covariance"),
+                                      np.random.default_rng([seed, 72]), cov=neutral_covariance(model, layers))
+    out, of_kind = [], {}
+    pools = {"isotropic": iter(iso), "covariance": iter(cov)}
+    for i, kind in enumerate(kinds):
+        draw = next(pools[kind])
+        name = decoy_name(i)
+        out.append(ConceptVector(name, {layer: (draw[layer] * np.linalg.norm(vecs[layer])).astype(np.float32)
+                                        for layer in layers}, {"decoy": kind, "of": vector.name}))
+        of_kind[name] = kind
+    return out, of_kind
+
+
+def _placebo(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -> StageResult:  # noqa: ANN001
+    """Decoys in the vector's place: one sweep, each decoy judged as the run's only candidate."""
+    from emoscope._progress import is_quiet
+    from emoscope.core.placebo import judge_decoys
+    from emoscope.steering import SteeringSweep
+    from emoscope.steering.findings import steering_findings
+    from emoscope.steering.sweep import default_target
+
+    random_kind = opts.random_kind if opts.n_random else "isotropic"
+    decoys, kinds = decoy_vectors(ctx.model, vector, layers, opts.decoys, random_kind, ctx.seed)
+    target = opts.target or default_target(vector.name)
+    sweep = SteeringSweep(ctx.model, decoys, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
+                          positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
+                          random_kind=opts.random_kind, seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k,
+                          top_p=opts.top_p, chat="auto" if opts.chat else False, batch_rows=opts.batch_rows,
+                          scorers=opts.scorers, target=target, progress=not is_quiet(), execution=ctx.execution)
+    res = sweep.run()
+    ctx.write_table("steer_outputs", res.table)
+    found = {d.name: steering_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
+                                       test=opts.random_test, vectors=[d.name])[0] for d in decoys}
+    table = judge_decoys("steer", found, alpha=opts.alpha, kinds=kinds)
+    ctx.write_table("placebo_decoys_steer", table)
+    n_ship = int(table.groupby("decoy")["ships"].any().sum()) if len(table) else 0
+    ctx.note(f"placebo: {len(decoys)} decoys in place of {vector.name} (random directions of its norm per layer, "
+             f"{', '.join(f'{k}: {list(kinds.values()).count(k)}' for k in dict.fromkeys(kinds.values()))}), each "
+             f"judged as the run's only candidate against {opts.n_random} random vectors per kind; "
+             f"{len(res.table)} generations in {res.meta['decode_seconds']:.1f} s")
+    return StageResult(summary=f"placebo: {n_ship} of {len(decoys)} decoys ship a steering claim",
+                       metrics={"decoys": len(decoys), "decoys_shipping": n_ship})
