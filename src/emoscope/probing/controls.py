@@ -38,8 +38,11 @@ class ProbeControls:
 
     ``n_permutations`` shuffles for the logistic permutation test at the chosen layer;
     ``n_layer_permutations`` shuffles for the fast per-layer test behind ``perm_p`` (1000
-    lets a Holm-corrected p pass 0.05 over 30 layers); ``heldout`` is the share of rows
-    kept out of layer choice; ``nullspace_k`` the number of INLP removals.
+    lets a Holm-corrected p pass 0.05 over 30 layers) and ``perm_p_max``, the test of the
+    chosen layer against the best layer under shuffled labels that decides the shuffled-label
+    control (floor ``1 / (n + 1)``); the held-out permutation test uses ``max(999, n)``;
+    ``heldout`` is the share of rows kept out of layer choice; ``nullspace_k`` the number of
+    INLP removals.
     ``confound_ratio``: a baseline reaching this share of the probe's accuracy (and
     above chance) marks the report as confounded.
 

@@ -62,7 +62,10 @@ def probe_layers(
 
     A held-out share of rows (``controls.heldout``) is set aside first; layers are compared
     and the peak chosen on cross-validation over the remaining rows only; the held-out
-    accuracy of the peak layer is reported separately.
+    accuracy of the peak layer is reported separately, with a permutation p whose unit is the
+    group (``controls.heldout_test``). The shuffled-label test of the peak is against the best
+    layer under each shuffle (``perm_p_max``, ``report.permutation_max``), so it accounts for
+    the choice. Every label permutation keeps groups (``core.stats.group_permutations``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
