@@ -184,7 +184,7 @@ def test_every_catalogued_stage_exists_and_the_yaml_lists_nothing_else():
 
     catalog = stage_catalog()
     assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect", "heads", "patch",
-                             "crossmodel", "modes", "leakage"]
+                             "crossmodel", "modes", "leakage", "placebo"]
     for name, entry in catalog.items():
         info = get_stage(name)
         assert info is not None and info.fn.__module__ == entry["module"], name
