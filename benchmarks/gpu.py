@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = smoke_model(args)
     from emoscope.models import load_model
 
-    n_prompts, n_tokens = (3, 4) if args.smoke else (8, 24)
+    n_prompts, n_tokens = (3, 4) if args.smoke else (4, 24)  # 4 prompts: 100 rows, each also decoded alone
     t_all = time.perf_counter()
     checks: dict = {"device": args.device, "smoke": args.smoke, "model": spec}
     for dtype in ("float32", "bfloat16"):

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/introspect.py " + " ".join(sys.argv[1:]),
     }
     write_json(args.out, payload)
-    tol = 1e-4 if model.dtype == torch.float32 else 0.1  # bf16 rounds the two paths differently
+    tol = 1e-4 if model.dtype == torch.float32 else 0.25  # bf16 (8-bit mantissa) rounds the two paths differently
     return 0 if max_diff < tol else 1
 
 
