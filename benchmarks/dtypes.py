@@ -1,8 +1,9 @@
 """Benchmark: bfloat16 against float32 on a whole steering run (or the demo), and whether the
 findings move.
 
-Runs ``emoscope steer`` (default: ``--emotion anger`` on smollm2-135m, 8 prompts, defaults
-otherwise; ``--claim``: 40 prompts, the claim-sized sweep) or the ``demo`` spec (``--demo``) twice,
+Runs ``emoscope steer`` (default: ``--emotion anger`` on smollm2-135m, 4 prompts, 2 random vectors
+per kind, 16 new tokens, so that ``make bench`` stays short where bf16 is slow; ``--claim``: 40
+prompts and the command's defaults otherwise, the claim-sized sweep) or the ``demo`` spec (``--demo``) twice,
 ``--model-dtype float32`` then ``bfloat16``, each timed (wall and process CPU time), and compares:
 
 - the findings: verdict, the chosen cell (the finding's metric names its layer and strength),
@@ -14,7 +15,7 @@ bfloat16 is the fast path only where the CPU multiplies bf16 natively (AVX512-BF
 JSON records the CPU's flags and both matmul rates): on a CPU without it bf16 matmuls are
 emulated and several times slower than float32.
 
-    python benchmarks/dtypes.py --out bench-results/dtypes.json           # 8 prompts
+    python benchmarks/dtypes.py --out bench-results/dtypes.json           # 4 prompts, a short sweep
     python benchmarks/dtypes.py --claim --out bench-results/dtypes-claim.json
     python benchmarks/dtypes.py --demo --out bench-results/dtypes-demo.json
     python benchmarks/dtypes.py --smoke --out /tmp/dtypes.json             # tiny model, seconds
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--emotion", default="anger")
-    ap.add_argument("--n-prompts", type=int, default=8)
+    ap.add_argument("--n-prompts", type=int, default=4)
+    ap.add_argument("--n-random", type=int, default=2, help="random vectors per kind (--claim: the default, 10)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="(--claim: the default, 32)")
     ap.add_argument("--claim", action="store_true", help="the claim-sized sweep: 40 prompts, defaults otherwise")
     ap.add_argument("--demo", action="store_true", help="the demo spec instead of one steering run")
     ap.add_argument("--keep", default=None, help="keep the two run directories under this folder")
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     load0 = load_avg()
     n_prompts = 40 if args.claim else args.n_prompts
-    extra = ["--n-prompts", str(n_prompts)]
+    extra = ["--n-prompts", str(n_prompts)] + ([] if args.claim else ["--n-random", str(args.n_random),
+                                                                     "--max-new-tokens", str(args.max_new_tokens)])
     if args.smoke:  # a small labelled set and one random kind: the stage's own extraction stays short
         extra = ["--n-prompts", "3", "--n-random", "2", "--max-new-tokens", "4", "--random-kind", "isotropic",
                  "--dataset", _small_dataset(root)]
