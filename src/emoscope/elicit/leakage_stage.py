@@ -6,7 +6,8 @@ but the first) is steered at one layer over a strength grid; the negated vector 
 output is scored for the share of its tokens and of its letters outside the prompt's script
 (``emoscope.elicit.leakage``). The top non-Latin tokens the vector (and its negation) promotes
 through the final norm and unembedding are listed (``emoscope.vectors.promote.top_in_script``),
-so one can see whether leaked tokens are aligned with the emotion.
+so one can see whether leaked tokens are aligned with the emotion. ``strengths: auto`` chooses the
+strengths per emotion with a short pilot (``emoscope.steering.pilot``; table ``leakage_pilot``).
 
 On a base model (the embedded Gemma-3-270M) this measures leakage, not what safety tuning
 suppresses; the same stage runs on any instruction-tuned multilingual model.
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emoscope.core.stages import StageResult, register_stage, require_classes
 from emoscope.errors import InputError
+from emoscope.steering.pilot import AUTO, Strengths
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
@@ -32,7 +34,7 @@ class LeakageOptions(BaseModel):
 
     emotions: list[str] = Field(default_factory=lambda: ["joy"], min_length=1)
     layer: float | int = 0.5
-    strengths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1)
+    strengths: Strengths = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # or "auto" (steering.pilot)
     unit: str = "token_norm_robust"
     prompts: str = "neutral-starts"
     n_prompts: int = Field(8, ge=2)
@@ -49,8 +51,10 @@ def check_leakage(spec, dataset) -> None:  # noqa: ANN001
     for e in [*opts.emotions, "neutral"]:
         if e not in counts:
             raise InputError(f"leakage: {e!r} is not a class of {spec.dataset} (classes: {', '.join(sorted(counts))})")
-    if any(s <= 0 for s in opts.strengths):
+    if opts.strengths != AUTO and any(s <= 0 for s in opts.strengths):
         raise InputError("leakage: give positive strengths; the negated vector runs at each one automatically")
+    if opts.strengths == AUTO and opts.unit == "raw":
+        raise InputError("leakage: strengths 'auto' needs a measured unit (token_norm or token_norm_robust)")
 
 
 @register_stage("leakage", options_model=LeakageOptions, check=check_leakage,
@@ -62,6 +66,7 @@ def leakage_stage(ctx: RunContext) -> StageResult:
     from emoscope.datasets import load_texts
     from emoscope.elicit.leakage import leakage_table, score_leakage, script_counts
     from emoscope.steering import SteeringSweep
+    from emoscope.steering.pilot import pilot_prompts, run_pilot
     from emoscope.vectors.fit import fit_vectors
     from emoscope.vectors.promote import top_in_script
 
@@ -73,13 +78,24 @@ def leakage_stage(ctx: RunContext) -> StageResult:
     labels = np.asarray([data.labels[i] for i in keep])
     vecs = fit_vectors({layer: acts.get(layer)}, labels, baseline="neutral",
                        meta={"model": model.name, "dataset": ctx.spec.dataset, "position": "mean_from:1"})
-    prompts = load_texts(opts.prompts)[: opts.n_prompts]
-    tables, counts, promo = [], [], []
+    every = load_texts(opts.prompts)
+    prompts = every[: opts.n_prompts]
+    tables, counts, promo, pilots = [], [], [], []
+    scorers = ("nrc", "vader", "repetition", "script")
     for e in opts.emotions:
-        sweep = SteeringSweep(model, vecs[e], layers=[layer], strengths=opts.strengths, prompts=prompts,
+        strengths = opts.strengths
+        if strengths == AUTO:  # positive strengths below and past where this vector breaks at this layer
+            pilot = run_pilot(model, vecs[e], [layer], pilot_prompts(every, len(prompts)), unit=opts.unit,
+                              chat=opts.chat and model.has_chat_template, scorers=scorers, seed=ctx.seed,
+                              execution=ctx.execution)
+            strengths = [s for s in pilot.grid if s > 0]  # the sweep runs the negated vector at each
+            pilots.append(pilot.table.assign(emotion=e))
+            for line in pilot.notes():
+                ctx.note(f"{e}: {line}")
+        sweep = SteeringSweep(model, vecs[e], layers=[layer], strengths=strengths, prompts=prompts,
                               max_new_tokens=opts.max_new_tokens, n_random=opts.n_random, random_kind="isotropic",
                               unit=opts.unit, seed=ctx.seed, chat=opts.chat and model.has_chat_template,
-                              scorers=("nrc", "vader", "repetition", "script"))
+                              scorers=scorers)
         res = sweep.run()
         scored = score_leakage(model, res.table, res.tokens, res.table["prompt"].tolist())
         t = leakage_table(scored)
@@ -98,6 +114,8 @@ def leakage_stage(ctx: RunContext) -> StageResult:
     scripts = pd.concat(counts, ignore_index=True)
     ctx.write_table("leakage_scripts", scripts)
     ctx.write_table("promoted_non_latin", pd.DataFrame(promo))
+    if pilots:
+        ctx.write_table("leakage_pilot", pd.concat(pilots, ignore_index=True))
     seen = sorted(set(scripts["script"])) if len(scripts) else []
     ctx.note(f"strength unit {opts.unit} at layer {layer}; token share: output tokens whose letters are mostly "
              "outside the prompt's script; char share: the steering script scorer")

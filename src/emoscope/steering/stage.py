@@ -12,6 +12,12 @@ cells whose outputs mostly stay fluent there, its effect over random vectors, in
 p-value measured on the other half (``n`` = report prompts), with the random-vector, held-out,
 multi-token, fluency and seed-spread controls.
 
+Strengths (``strengths:``, in ``unit``): ``auto`` (the default) runs a short pilot first
+(``emoscope.steering.pilot``: a few prompts after the sweep's, few tokens, a ladder of strengths,
+no random controls) that finds where this vector on this model stops giving intact output at each
+layer, and sweeps a grid below that point and just past it; its table is ``steer_pilot`` and the
+notes give the break points, the grid and the pilot's cost. Explicit strengths run as given.
+
 Writes tables ``steer_outputs``, ``steer_success``, ``steer_regimes``, ``steer_dose_response``,
 figures ``steer_dose_response``, ``steer_regime_map`` and the vector it steered with
 (``steer/vector.safetensors``, with the strength unit it ran with in its metadata).
@@ -24,10 +30,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from emoscope.core.stages import StageResult, register_stage, require_classes
 from emoscope.errors import InputError
+from emoscope.steering.pilot import AUTO, Strengths
 from emoscope.steering.regimes import MIN_MEAN_TOKENS
 
 if TYPE_CHECKING:
@@ -49,7 +56,7 @@ class SteerOptions(BaseModel):
     baseline: str | None = None  # class to subtract, or "all"; default neutral if present, else "all"
     position: str = "mean_from:1"  # extraction position when fitting (all tokens but the attention sink)
     layers: str | int | float | list[int | float] = Field(default_factory=lambda: [0.33, 0.5])
-    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], min_length=1)
+    strengths: Strengths = AUTO  # "auto": a short pilot brackets where the vector breaks (steering.pilot); or a list
     unit: str = "token_norm"  # a strength unit of emoscope.vectors.units (token_norm, token_norm_robust) or "raw"
     positions: str = "generated"
     mode: Literal["add", "ablate_add"] = "add"
@@ -79,7 +86,12 @@ class SteerOptions(BaseModel):
             raise ValueError(f"unknown strength unit; use one of {', '.join(STEERING_UNITS)}")
         return v
 
-
+    @model_validator(mode="after")
+    def _auto_needs_a_unit(self) -> SteerOptions:
+        if self.strengths == AUTO and self.unit == "raw":
+            raise ValueError("strengths 'auto' needs a measured unit (token_norm or token_norm_robust); "
+                             "with unit raw give the strengths")
+        return self
 
 
 def _pick_emotion(classes: list[str], baseline: str) -> str:
@@ -92,12 +104,17 @@ def _pick_emotion(classes: list[str], baseline: str) -> str:
     return others[0]
 
 
-def _prompts(opts: SteerOptions) -> list[str]:
+def _all_prompts(opts: SteerOptions) -> list[str]:
     from emoscope.datasets import load_texts
 
     prompts = [t for t in load_texts(opts.prompts) if t.strip()]
     if not prompts:
         raise InputError(f"no prompts in {opts.prompts}; give a dataset name or a file with one prompt per line")
+    return prompts
+
+
+def _prompts(opts: SteerOptions) -> list[str]:
+    prompts = _all_prompts(opts)
     return prompts[: opts.n_prompts] if opts.n_prompts else prompts
 
 
@@ -167,9 +184,10 @@ def steer_stage(ctx: RunContext) -> StageResult:
     model = ctx.model
     layers = model.resolve_layers(opts.layers)
     vector = _vector(ctx, opts, layers)
+    strengths, pilot_metrics = _strengths(ctx, opts, layers, vector)  # before either branch: decoys get this grid
     if opts.decoys:
-        return _placebo(ctx, opts, layers, vector)
-    sweep = SteeringSweep(model, vector, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
+        return _placebo(ctx, opts, layers, vector, strengths)
+    sweep = SteeringSweep(model, vector, layers, strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
                           positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
                           random_kind=opts.random_kind,
                           seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
@@ -196,7 +214,27 @@ def steer_stage(ctx: RunContext) -> StageResult:
         ctx.note("regimes, " + line)
     best = _record_findings(ctx, res, opts)
     return StageResult(summary=best, metrics={"rows": len(res.table), "decode_seconds": res.meta["decode_seconds"],
-                                                    "target": res.target})
+                                              "target": res.target, **pilot_metrics})
+
+
+def _strengths(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -> tuple[list[float], dict]:  # noqa: ANN001
+    """The sweep's strengths: the given ones, or for ``auto`` the grid of a pilot
+    (``emoscope.steering.pilot``), whose table (``steer_pilot``) and notes go into the run."""
+    if opts.strengths != AUTO:
+        return list(opts.strengths), {}
+    from emoscope._progress import is_quiet
+    from emoscope.steering.pilot import pilot_prompts, run_pilot
+
+    prompts = pilot_prompts(_all_prompts(opts), len(_prompts(opts)))
+    pilot = run_pilot(ctx.model, vector, layers, prompts, unit=opts.unit, positions=opts.positions, mode=opts.mode,
+                      chat="auto" if opts.chat else False, scorers=opts.scorers, seed=ctx.seed, seeds=opts.seeds,
+                      temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, batch_rows=opts.batch_rows,
+                      execution=ctx.execution, progress=not is_quiet())
+    ctx.write_table("steer_pilot", pilot.table)
+    for line in pilot.notes():
+        ctx.note(line)
+    return pilot.grid, {"pilot_seconds": round(pilot.seconds, 2), "pilot_rows": pilot.rows,
+                        "strengths_auto": ",".join(f"{s:g}" for s in pilot.grid)}
 
 
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
@@ -246,7 +284,8 @@ def decoy_vectors(model, vector, layers: list[int], n: int, random_kind: str, se
     return out, of_kind
 
 
-def _placebo(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -> StageResult:  # noqa: ANN001
+def _placebo(ctx: RunContext, opts: SteerOptions, layers: list[int], vector,  # noqa: ANN001
+             strengths: list[float]) -> StageResult:
     """Decoys in the vector's place: one sweep, each decoy judged as the run's only candidate."""
     from emoscope._progress import is_quiet
     from emoscope.core.placebo import judge_decoys
@@ -257,7 +296,7 @@ def _placebo(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -> 
     random_kind = opts.random_kind if opts.n_random else "isotropic"
     decoys, kinds = decoy_vectors(ctx.model, vector, layers, opts.decoys, random_kind, ctx.seed)
     target = opts.target or default_target(vector.name)
-    sweep = SteeringSweep(ctx.model, decoys, layers, opts.strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
+    sweep = SteeringSweep(ctx.model, decoys, layers, strengths, _prompts(opts), opts.seeds, opts.max_new_tokens,
                           positions=opts.positions, mode=opts.mode, unit=opts.unit, n_random=opts.n_random,
                           random_kind=opts.random_kind, seed=ctx.seed, temperature=opts.temperature, top_k=opts.top_k,
                           top_p=opts.top_p, chat="auto" if opts.chat else False, batch_rows=opts.batch_rows,
