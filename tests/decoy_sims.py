@@ -54,8 +54,9 @@ STEER_STRENGTHS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
 
 
 def steering_table(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, n_prompts: int = 40,
-                   k: int = 10, kinds: tuple[str, ...] = ("isotropic", "covariance"), broken_share: float = 0.1):
-    """A steering sweep table: the vector "decoy" and ``k`` random vectors per kind, 2 layers x 6
+                   k: int = 16, kinds: tuple[str, ...] = ("isotropic", "covariance"), broken_share: float = 0.1):
+    """A steering sweep table: the vector "decoy" and ``k`` random vectors per kind (16, the stage's
+    default), 2 layers x 6
     strengths, one seed per prompt. Each entity moves the target by its own ``tau * D`` per cell
     (in the intended direction when positive), prompts by a shared ``0.5 * N(0, 1)`` per cell,
     plus unit noise; ``broken_share`` of each entity's cells break its text (collapse)."""
@@ -86,7 +87,7 @@ def steering_table(rng: np.random.Generator, *, tau: float, dist: str, plant: fl
     return SteeringResult(table=table, success=pd.DataFrame(), target="target", thresholds=RegimeThresholds())
 
 
-def steering_run(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, k: int = 10,
+def steering_run(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, k: int = 16,
                  test: str = "interval") -> list:
     from emoscope.steering.findings import steering_findings
 

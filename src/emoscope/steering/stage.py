@@ -64,7 +64,9 @@ class SteerOptions(BaseModel):
     n_prompts: int | None = Field(default=8, ge=1)  # None: every prompt
     chat: bool = True  # wrap prompts in the model's chat template when it has one
     max_new_tokens: int = Field(default=32, ge=1)
-    n_random: int = Field(default=10, ge=0)  # random vectors per kind, each put through the vector's search
+    # random vectors per kind, each put through the vector's search: 16 gives a vector 4 draw sds above them
+    # about 90% power at the 5% level (tests/decoy_sims.py; 10 gave 78%)
+    n_random: int = Field(default=16, ge=0)
     random_kind: Literal["isotropic", "covariance", "both"] = "both"  # findings are judged against isotropic
     random_test: Literal["interval", "rank"] = "interval"  # how the candidate is judged among the draws (core.draws)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
