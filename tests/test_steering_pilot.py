@@ -218,3 +218,20 @@ def test_explicit_strengths_run_exactly_as_a_direct_sweep(tmp_path, monkeypatch)
     for col in ("kind", "vector", "layer", "strength", "prompt_id", "token_ids", "regime"):
         assert out[col].astype(str).tolist() == direct[col].astype(str).tolist(), col
     assert json.loads(json.dumps(rd.read_manifest().stages["steer"].metrics)).get("pilot_seconds") is None
+
+
+def test_leakage_auto_sweeps_the_positive_half_of_the_pilot_grid(tmp_path, monkeypatch, planted):
+    import emoscope.elicit.leakage_stage  # noqa: F401  (registers the stage)
+    from emoscope.runs import run_spec, spec_from_yaml
+
+    monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("llama")
+    spec = spec_from_yaml("name: tiny-leak\nmodel: tiny-llama\ndataset: emotions-12\nstages: [leakage]\n"
+                          "leakage: {emotions: [joy], layer: 2, strengths: auto, n_prompts: 2, max_new_tokens: 4, "
+                          "n_random: 2, promote_k: 3, chat: false}\n")
+    rd = run_spec(spec, tmp_path / "leak", model_loader=lambda n: model)
+    by = pd.read_csv(rd.tables / "leakage_by_strength.csv")
+    # layer 2 breaks at 1.0 either way (PLANT): 3 strengths below it, doubling, and 1.0 itself
+    assert sorted(s for s in set(by.abs_strength) if s > 0) == [0.125, 0.25, 0.5, 1.0]
+    pilot = pd.read_csv(rd.tables / "leakage_pilot.csv")
+    assert set(pilot.emotion) == {"joy"} and set(pilot.layer) == {2} and set(pilot.break_point) == {1.0}
