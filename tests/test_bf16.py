@@ -65,7 +65,7 @@ def _texts(tmp_path, n: int = 12, labels=("anger", "neutral")):
 
 
 def _run(capsys, *argv):
-    rc = main(["-q", *argv, "--model-dtype", "bfloat16"])
+    rc = main(["-q", *argv, "--dtype", "bfloat16"])
     err = capsys.readouterr().err
     assert rc == 0, err
     return rc
@@ -89,7 +89,7 @@ def test_extract_bf16_close_to_float32(tiny_dir, loads, tmp_path, capsys):
     texts = _texts(tmp_path, 6)
     for dt in ("bfloat16", "float32"):
         rc = main(["-q", "extract", "--model", str(tiny_dir), "--texts", str(texts), "--layers", "all",
-                   "--position", "mean", "--model-dtype", dt, "--out", str(tmp_path / dt)])
+                   "--position", "mean", "--dtype", dt, "--out", str(tmp_path / dt)])
         assert rc == 0, capsys.readouterr().err
     assert loads == [torch.bfloat16, torch.float32]
     bf, fp = (Activations.load(tmp_path / dt / "activations") for dt in ("bfloat16", "float32"))
@@ -103,7 +103,7 @@ def test_extract_bf16_close_to_float32(tiny_dir, loads, tmp_path, capsys):
 
 def test_probe_bf16(tiny_dir, loads, tmp_path, capsys):
     _run(capsys, "probe", "--model", str(tiny_dir), "--dataset", str(_texts(tmp_path)), "--folds", "3", "--seeds", "0",
-         "--permutations", "5", "--out", str(tmp_path / "run"))
+         "--n-permutations", "5", "--out", str(tmp_path / "run"))
     assert loads == [torch.bfloat16]
     layers = pd.read_csv(next((tmp_path / "run" / "tables").glob("*layers*.csv")))
     assert len(layers) and np.isfinite(layers.select_dtypes("number").to_numpy(float)).any()
@@ -130,8 +130,8 @@ def test_introspect_bf16(tiny_dir, loads, tmp_path, capsys):
 
 
 def test_patch_bf16(tiny_dir, loads, tmp_path, capsys):
-    _run(capsys, "patch", "--model", str(tiny_dir), "--source", "emotions-basic:anger", "--target", "neutral-starts",
-         "--n-targets", "3", "--layers", "1", "--max-new-tokens", "4", "--n-random", "2", "--scorers", CHEAP,
+    _run(capsys, "patch", "--model", str(tiny_dir), "--source", "emotions-basic:anger", "--prompts", "neutral-starts",
+         "--n-prompts", "3", "--layers", "1", "--max-new-tokens", "4", "--n-random", "2", "--scorers", CHEAP,
          "--out", str(tmp_path / "run"))
     assert loads == [torch.bfloat16]
     out = pd.read_csv(next((tmp_path / "run" / "tables").glob("patch_outputs.csv")))
@@ -156,7 +156,7 @@ def test_elicit_bf16(tiny_dir, loads, tmp_path, capsys):
     _run(capsys, "elicit", "--model", str(tiny_dir), "--emotions", "joy,fear", "--n", "2", "--max-new-tokens", "5",
          "--out", str(tmp_path / "el"))
     assert loads == [torch.bfloat16]
-    assert (tmp_path / "el" / "elicited.jsonl").exists()
+    assert (tmp_path / "el" / "elicit" / "elicited.jsonl").exists()
 
 
 def test_align_bf16(tiny_dir, loads, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_align_bf16(tiny_dir, loads, tmp_path, capsys):
     m = tiny_model("gpt2")
     m.hf.save_pretrained(other, safe_serialization=True)
     m.tokenizer.save_pretrained(other)
-    _run(capsys, "align", "--source", str(tiny_dir), "--target", str(other), "--dataset",
+    _run(capsys, "align", "--models", str(tiny_dir), str(other), "--dataset",
          str(_texts(tmp_path, 8, ("joy", "sadness", "anger", "fear", "neutral"))), "--neutral",
          str(_texts(tmp_path, 20, ("neutral",))), "--sweep-depths", "0.5", "--out", str(tmp_path / "run"))
     assert loads == [torch.bfloat16, torch.bfloat16]

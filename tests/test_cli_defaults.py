@@ -9,8 +9,10 @@ import argparse
 import pytest
 
 from emoscope.activations.stage import ExtractOptions
-from emoscope.cli._stage_cmd import field_default, make_spec, section
+from emoscope.cli.common import field_default
 from emoscope.cli.main import build_parser
+from emoscope.cli.running import make_spec, section
+from emoscope.elicit.stage import ElicitOptions
 from emoscope.heads.stage import HeadsOptions
 from emoscope.introspection.stage import IntrospectOptions
 from emoscope.patching.stage import PatchOptions
@@ -20,11 +22,12 @@ from emoscope.steering.stage import DEFAULT_DATASET, SteerOptions
 from emoscope.vectors.stage import VectorOptions
 
 OPTIONS = {"extract": ExtractOptions, "vectors": VectorOptions, "probe": ProbeOptions, "steer": SteerOptions,
-           "introspect": IntrospectOptions, "patch": PatchOptions, "heads": HeadsOptions}
+           "introspect": IntrospectOptions, "patch": PatchOptions, "heads": HeadsOptions, "elicit": ElicitOptions}
 _HEADS_SCREEN = {"vector", "emotion", "baseline", "fit_position", "vector_layers", "layers", "direction_layer", "position",
                  "n_permutations", "alternative", "screen_batch_size"}
 _HEADS_RUN = {"heads", "from_run", "n_random", "random_match", "prompts", "n_prompts", "chat", "max_new_tokens", "seeds",
-              "temperature", "top_k", "top_p", "scorers", "target", "probe_layer", "metrics", "batch_rows", "alpha"}
+              "temperature", "top_k", "top_p", "scorers", "target", "probe_layer", "metrics", "batch_rows", "alpha",
+              "random_test"}
 
 COMMANDS = {
     # command: (required args, stages, fields that must have a flag, options set by the required args)
@@ -37,7 +40,8 @@ COMMANDS = {
     "steer": (["--model", "m", "--emotion", "joy", "--out", "o"], ["steer"],
               {"steer": {"vector", "emotion", "baseline", "position", "layers", "strengths", "unit", "positions",
                          "mode", "prompts", "n_prompts", "chat", "max_new_tokens", "n_random", "seeds",
-                         "temperature", "top_k", "top_p", "scorers", "target", "batch_rows", "alpha", "random_kind"}},
+                         "temperature", "top_k", "top_p", "scorers", "target", "batch_rows", "alpha", "random_kind",
+                         "random_test"}},
               {"steer": {"emotion": "joy"}}),
     "introspect": (["--model", "m", "--out", "o"], ["introspect"],
                    {"introspect": {"concepts", "baseline_words", "controls", "layers", "strengths", "window",
@@ -48,8 +52,11 @@ COMMANDS = {
     "patch": (["--model", "m", "--source", "emotions-basic:anger", "--out", "o"], ["patch"],
               {"patch": {"source", "pairing", "n_sources", "neutral", "targets", "n_targets", "layers", "positions",
                          "generated", "chat", "max_new_tokens", "n_random", "self_rows", "scorers", "target_score",
-                         "batch_rows", "alpha"}},
+                         "batch_rows", "alpha", "random_kind", "random_test"}},
               {"patch": {"source": "emotions-basic:anger"}}),
+    "elicit": (["--model", "m", "--out", "o"], ["elicit"],
+               {"elicit": {"emotions", "n", "oversample", "max_new_tokens", "temperature", "top_p", "top_k", "style",
+                           "name"}}, {}),
     # subcommands of `emoscope heads`: "heads MODE" (one stage, its `modes` set by the subcommand)
     "heads screen": (["--model", "m", "--emotion", "anger", "--out", "o"], ["heads"], {"heads": _HEADS_SCREEN},
                      {"heads": {"emotion": "anger", "modes": ["screen"]}}),
@@ -109,13 +116,17 @@ def test_help_shows_every_stage_default(command):
 
 def test_steer_defaults_match_the_stage_not_the_old_cli():
     """The old `emoscope steer` had its own defaults (strengths -8..8, 3 random vectors, 48 tokens)."""
+    from emoscope.cli.common import field_default
+
     args = build_parser().parse_args(["steer", "--model", "m", "--emotion", "joy", "--out", "o"])
-    assert getattr(args, "steer.strengths") == SteerOptions().strengths == [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
+    strengths = field_default(SteerOptions, "strengths")
+    assert getattr(args, "steer.strengths") == SteerOptions().strengths == strengths != list(range(-8, 9))
     assert getattr(args, "steer.n_random") == SteerOptions().n_random == 10
     assert getattr(args, "steer.max_new_tokens") == SteerOptions().max_new_tokens == 32
     assert args.dataset == DEFAULT_DATASET
     helps = {a.dest: a.help for a in _subparser("steer")._actions}
-    assert helps["steer.strengths"].endswith("(default: -2,-1,-0.5,0,0.5,1,2)")
+    shown = strengths if isinstance(strengths, str) else ",".join(f"{s:g}" for s in strengths)
+    assert helps["steer.strengths"].endswith(f"(default: {shown})")
     assert helps["steer.n_random"].endswith("(default: 10)") and helps["steer.chat"].endswith("(default: chat on)")
 
 

@@ -189,7 +189,7 @@ def test_align_cli_bad_input_is_one_line_before_any_model_loads(tmp_path, capsys
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     (tmp_path / "va.csv").write_text("emotion,valence\njoy,0.9\n")
-    argv = ["align", "--source", "smollm2-135m", "--target", "gemma3-270m", "--dataset", "emotions-12",
+    argv = ["align", "--models", "smollm2-135m", "gemma3-270m", "--dataset", "emotions-12",
             "--out", str(tmp_path / "run"), *[a.replace("{tmp}", str(tmp_path)) for a in args]]
     rc = main(argv)
     err = capsys.readouterr().err

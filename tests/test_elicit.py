@@ -161,7 +161,7 @@ def test_check_emotions_refuses_duplicates_and_empty_names():
     (["--emotions", "joy,neutral"], "'neutral' is always elicited"),
     (["--emotions", "joy", "--max-new-tokens", "1"], "max_new_tokens must be at least 2"),
     (["--emotions", "joy", "--oversample", "0.5"], "--oversample must be between 1 and 20"),
-    (["--emotions", "joy", "--temperature", "nan"], "temperature must be >= 0"),
+    (["--emotions", "joy", "--temperature", "nan"], "must be a finite number"),
     (["--emotions", "joy", "--temperature", "0"], "is greedy"),
 ])
 def test_cli_bad_input_is_one_line_before_any_model(no_model, tmp_path, capsys, argv, needle):
@@ -184,7 +184,17 @@ def test_cli_chat_style_without_a_chat_template_writes_nothing(tiny_cli, tmp_pat
     rc = main(["-q", "elicit", "--model", "tiny", "--emotions", "joy", "--n", "2", "--style", "chat", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "has no chat template" in err and len(err.strip().splitlines()) == 1
-    assert not any(out.glob("*")) if out.exists() else True
+    assert "the input must change" in err  # not "continue with --resume": the style itself must change
+    assert not (out / "elicit").exists()  # the run records the failed stage; no dataset is written
+
+
+def test_cli_chat_style_on_a_model_known_to_have_no_template_writes_nothing(no_model, tmp_path, capsys):
+    """gemma3-270m's catalogue entry says it has no chat template: refused before the run starts."""
+    out = tmp_path / "gen"
+    rc = main(["-q", "elicit", "--model", "gemma3-270m", "--emotions", "joy", "--style", "chat", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has no chat template" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
 
 
 def test_cli_all_rejected_writes_no_partial_dataset(tiny_cli, tmp_path, capsys, monkeypatch):
@@ -196,7 +206,7 @@ def test_cli_all_rejected_writes_no_partial_dataset(tiny_cli, tmp_path, capsys, 
                "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "texts of 'fear' were rejected" in err and "nothing was written" in err
-    assert not list(out.glob("*.jsonl")) and not list(out.glob("*.md"))
+    assert not (out / "elicit").exists()  # no dataset, not even part of one
 
 
 def test_cli_writes_the_dataset_and_prints_counts(tiny_cli, tmp_path, capsys):
@@ -206,7 +216,7 @@ def test_cli_writes_the_dataset_and_prints_counts(tiny_cli, tmp_path, capsys):
     stdout, err = capsys.readouterr()
     assert rc == 0, err
     assert "completion prompt" in stdout and "generated" in stdout
-    ds = load_dataset(out / "elicited.jsonl")
+    ds = load_dataset(out / "elicit" / "elicited.jsonl")
     assert set(ds.classes) <= {"joy", "fear", "neutral"} and ds.card.startswith("---\n")
 
 

@@ -108,7 +108,7 @@ def test_cli_screen_then_ablate_and_patch_from_it(tiny_cli, tmp_path, capsys):
     assert "modes:\n  - ablate" in spec and "from_run:" in spec
 
     rc = main(["-q", "heads", "patch", "--model", "tiny", "--heads", "1.0,2:3", "--from", str(h1), "--source",
-               "emotions-basic:anger", "--target", "neutral-starts", *SMALL, "--out", str(h3)])
+               "emotions-basic:anger", "--prompts", "neutral-starts", *SMALL, "--out", str(h3)])
     assert rc == 0, capsys.readouterr().err
     out = pd.read_csv(h3 / "tables" / "heads_patch_outputs.csv")
     assert set(out.method) == {"none", "patch"} and set(out.loc[out.kind == "chosen", "heads"]) == {"1.0,2.3"}

@@ -171,9 +171,9 @@ def tiny_cli(monkeypatch, tmp_path):
 
 def test_cli_patch_prints_the_cell_table(tiny_cli, tmp_path, capsys):
     out = tmp_path / "p1"
-    rc = main(["-q", "patch", "--model", "tiny", "--source", "emotions-basic:anger", "--target", "neutral-starts",
-               "--layers", "1,2", "--positions", "last,all", "--generated", "--max-new-tokens", "4", "--n-targets",
-               "3", "--n-sources", "4", "--n-random", "2", "--scorers", "vader,repetition", "--target-score",
+    rc = main(["-q", "patch", "--model", "tiny", "--source", "emotions-basic:anger", "--prompts", "neutral-starts",
+               "--layers", "1,2", "--positions", "last,prompt", "--generated", "--max-new-tokens", "4", "--n-prompts",
+               "3", "--n-sources", "4", "--n-random", "2", "--scorers", "vader,repetition", "--score",
                "valence", "--out", str(out)])
     stdout, err = capsys.readouterr()
     assert rc == 0, err
@@ -190,18 +190,19 @@ def test_cli_patch_prints_the_cell_table(tiny_cli, tmp_path, capsys):
     (["--source", "no-such-set:anger"], "no-such-set"),
     (["--source", "emotions-basic"], "must be DATASET:CLASS"),
     (["--source", "emotions-basic:anger", "--neutral", "emotions-basic:calm"], "neutral class 'calm'"),
-    (["--source", "emotions-basic:anger", "--positions", "middle"], "patch positions 'middle' not understood"),
-    (["--source", "emotions-basic:anger", "--positions", "last,window:0"], "'window:0' not understood"),
+    (["--source", "emotions-basic:anger", "--positions", "middle"], "unknown position 'middle'"),
+    (["--source", "emotions-basic:anger", "--positions", "last,window:0"], "'window:0': K must be an integer >= 1"),
     (["--source", "emotions-basic:anger", "--layers", "40"], "layer 40 is out of range for smollm2-135m"),
     (["--source", "emotions-basic:anger", "--layers", "1.5"], "relative depth 1.5"),
-    (["--source", "emotions-basic:anger", "--target", "missing.txt"], "missing.txt"),
+    (["--source", "emotions-basic:anger", "--prompts", "missing.txt"], "missing.txt"),
 ])
 def test_bad_input_is_one_line_exit_2_before_the_model_loads(tmp_path, capsys, no_model, argv, needle):
     out = tmp_path / "out"
     rc = main(["--quiet", "patch", "--model", "smollm2-135m", *argv, "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert err.count("\n") == 1 and err.startswith("emoscope: error: ") and needle in err, err
+    assert err.count("\n") == 1 and err.startswith(("emoscope: error: ", "emoscope patch: error: ")), err
+    assert needle in err, err
     assert not out.exists()
 
 

@@ -144,5 +144,5 @@ def test_spec_and_cli_carry_device_map_and_dtype_to_the_loader(monkeypatch, tmp_
     assert seen[-1] == seen[0] and "auto" in key
     # the one-stage commands take --device-map and --dtype; a bad dtype is one line before any load
     rc = main(["--quiet", "extract", "--model", "smollm2-135m", "--dataset", "emotions-12", "--device-map", "auto",
-               "--model-dtype", "float7", "--out", str(tmp_path / "x")])
+               "--dtype", "float7", "--out", str(tmp_path / "x")])
     assert rc == 2 and not (tmp_path / "x").exists()

@@ -184,7 +184,7 @@ def test_every_catalogued_stage_exists_and_the_yaml_lists_nothing_else():
 
     catalog = stage_catalog()
     assert list(catalog) == ["extract", "vectors", "probe", "geometry", "steer", "introspect", "heads", "patch",
-                             "crossmodel", "modes", "leakage", "placebo"]
+                             "crossmodel", "modes", "leakage", "placebo", "elicit"]
     for name, entry in catalog.items():
         info = get_stage(name)
         assert info is not None and info.fn.__module__ == entry["module"], name
@@ -330,20 +330,43 @@ def test_cli_resume_from_the_run_dir(tmp_path, fake_stages, capsys):
     assert RunDir(out).read_manifest().status == "done"
 
 
-def test_stage_user_error_is_one_line_naming_the_stage(tmp_path, capsys):
-    from emoscope.errors import InputError
+@pytest.mark.parametrize("error, advice", [
+    ("InputError", "the input must change: fix it and run again (into a new --out, or into {out} with --resume)"),
+    ("OfflineError", "fix it and continue with --resume"),
+    ("DataError", "fix it and continue with --resume"),
+])
+def test_stage_user_error_is_one_line_naming_the_stage(tmp_path, capsys, error, advice):
+    """A stage's error says how to go on: --resume only where the same spec can then succeed (a
+    problem outside the spec), not where the input itself must change."""
+    import emoscope.errors
 
     def bad(ctx):
-        raise InputError("no such layer 99")
+        raise getattr(emoscope.errors, error)("no such layer 99")
 
     register_stage("fake-bad", replace=True)(bad)
     try:
         spec_path = tmp_path / "spec.yaml"
         spec_path.write_text("name: t\nmodel: m\nstages: [fake-bad]\n")
-        assert main(["--quiet", "run", str(spec_path), "--out", str(tmp_path / "o")]) == 2
+        out = tmp_path / "o"
+        assert main(["--quiet", "run", str(spec_path), "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err == "emoscope: error: stage 'fake-bad' failed: no such layer 99; fix it and continue with --resume\n"
-        assert RunDir(tmp_path / "o").read_manifest().stages["fake-bad"].error == "InputError: no such layer 99"
+        assert err == f"emoscope: error: stage 'fake-bad' failed: no such layer 99; {advice.format(out=out)}\n"
+        assert RunDir(out).read_manifest().stages["fake-bad"].error == f"{error}: no such layer 99"
+    finally:
+        unregister_stage("fake-bad")
+
+
+def test_an_input_error_after_a_finished_stage_says_to_use_a_new_out(tmp_path, fake_stages):
+    from emoscope.errors import InputError
+
+    def bad(ctx):
+        raise InputError("bad")
+
+    register_stage("fake-bad", replace=True)(bad)
+    try:
+        with pytest.raises(InputError, match=r"bad; the input must change, so run the changed command into a new "
+                                             r"--out \(finished stages of .* cannot be resumed under another spec\)"):
+            run_spec(fake_spec(stages=("fake-first", "fake-bad")), tmp_path / "run")
     finally:
         unregister_stage("fake-bad")
 

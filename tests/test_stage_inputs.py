@@ -55,7 +55,7 @@ def test_probe_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, cap
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "probe"
     rc, stdout, err = cli(capsys, "probe", "--model", str(tiny_dir), "--dataset", str(two_labels), "--out", str(out),
-                          "--folds", "3", "--seeds", "0,1", "--permutations", "10")
+                          "--folds", "3", "--seeds", "0,1", "--n-permutations", "10")
     assert rc == 0 and not err, err
     assert "baseline: the mean of all class means (reviews.csv has no 'neutral' class)" in stdout.replace(
         str(two_labels), "reviews.csv")

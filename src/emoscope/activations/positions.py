@@ -40,7 +40,7 @@ class Position:
             if short:
                 raise PositionError(
                     f"position mean_from:{self.arg} needs more than {self.arg} tokens, but text {short[0]} "
-                    f"has {lengths[short[0]]} ({len(short)} such texts)"
+                    f"has {lengths[short[0]]} ({len(short)} such texts); use a smaller K, or drop the short texts"
                 )
         elif self.kind == "token":
             need = self.arg + 1 if self.arg >= 0 else -self.arg
@@ -48,7 +48,8 @@ class Position:
             if short:
                 raise PositionError(
                     f"position token:{self.arg} needs at least {need} tokens, but text {short[0]} "
-                    f"has {lengths[short[0]]} ({len(short)} such texts)"
+                    f"has {lengths[short[0]]} ({len(short)} such texts); use a smaller index (token:-1 is the "
+                    "last token), or drop the short texts"
                 )
 
     def reduce(self, h: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,11 @@ A run of ``extract`` (per model) + ``crossmodel`` (optionally ``probe`` per mode
 relative-depth comparison) into a run directory: maps fitted on neutral texts only, applied to
 the emotion vectors, against a shuffled-pairing control, with the identification test, debiased
 CKA and the emotion space. ``emoscope audit`` and ``emoscope report`` work on its output.
+
+    emoscope align --models smollm2-135m gemma3-270m --dataset emotions-12 --out runs/al
+
+``--models A B [C ...]``: every pair is compared, A first (until this release: ``--source A
+--target B [C ...]``, which still works).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emoscope.cli._stage_cmd import lazy_arguments
+    from emoscope.cli.common import lazy_arguments
 
     p = sub.add_parser("align", help="map one model's emotion vectors onto another's (neutral-fitted, with controls)",
                        description="Fit linear maps between two models' residual streams on neutral texts only "
@@ -26,14 +31,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from emoscope.activations.stage import ExtractOptions
-    from emoscope.cli._stage_cmd import add_option, add_run_arguments, floats
+    from emoscope.cli.common import (
+        add_option,
+        add_plain,
+        add_run_arguments,
+        add_shared,
+        floats,
+        rename,
+    )
     from emoscope.geometry.crossmodel_stage import CrossModelOptions
 
-    p.add_argument("--source", required=True, help="model A (embedded alias, local directory, .gguf or hub id)")
-    p.add_argument("--target", required=True, nargs="+", help="model B (and more: every pair is compared)")
-    p.add_argument("--dataset", required=True, help="labelled emotion dataset (built-in name or JSONL/CSV path)")
-    add_option(p, "extract", ExtractOptions, "position", help="last | mean | mean_from:K | token:I")
-    add_option(p, "extract", ExtractOptions, "batch_size", type=int, help="texts per forward pass")
+    add_plain(p, "--models", default=None)
+    old = p.add_argument("--source", dest="old_source", default=None, help=argparse.SUPPRESS)
+    rename(p, old, changed={"--source": "align --source A is now the first of --models A B (the old spelling "
+                                        "works until the next release)"})
+    old = p.add_argument("--target", dest="old_target", nargs="+", default=None, help=argparse.SUPPRESS)
+    rename(p, old, changed={"--target": "align --target B is now the rest of --models A B (the old spelling "
+                                        "works until the next release)"})
+    add_plain(p, "--dataset", required=True)
+    add_shared(p, "extract", ExtractOptions, "--position")
+    add_shared(p, "extract", ExtractOptions, "--batch-size")
     add_option(p, "crossmodel", CrossModelOptions, "neutral", help="neutral texts the maps are fitted on")
     add_option(p, "crossmodel", CrossModelOptions, "depth", type=_depth,
                help="relative depth (0.5) or absolute layer (an int every model has) of the findings")
@@ -46,6 +63,21 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
 
 
+def models_of(args: argparse.Namespace) -> list[str]:
+    """The models to compare: ``--models``, or the old ``--source`` + ``--target``; at least two."""
+    from emoscope.errors import InputError
+
+    models = list(args.models or [])
+    if args.old_source or args.old_target:
+        if models:
+            raise InputError("give the models once: --models A B (not with --source/--target)")
+        models = [m for m in [args.old_source, *(args.old_target or [])] if m]
+    if len(models) < 2:
+        raise InputError(f"align compares models: give at least two, e.g. --models smollm2-135m gemma3-270m "
+                         f"(got {len(models)})")
+    return models
+
+
 def _depth(text: str) -> int | float:
     try:
         return float(text) if "." in text else int(text)
@@ -56,15 +88,14 @@ def _depth(text: str) -> int | float:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from emoscope.cli._stage_cmd import make_spec, print_notes, print_outcome, run_built, section
-    from emoscope.runs import parse_spec
+    from emoscope.cli.running import make_spec, print_notes, print_outcome, run_built, section
 
     stages = ["extract", "probe", "crossmodel"] if args.probe else ["extract", "crossmodel"]
     sections = {"extract": {"layers": "all", **section(args, "extract")}, "crossmodel": section(args, "crossmodel")}
     if args.probe:
         sections["probe"] = {}
-    spec = make_spec(args, "align", stages, sections, model=args.source, dataset=args.dataset)
-    spec = parse_spec({**spec.to_dict(resolved=False), "models": list(args.target)}, source="emoscope align")
+    models = models_of(args)
+    spec = make_spec(args, "align", stages, sections, model=models[0], models=models[1:], dataset=args.dataset)
     rd = run_built(args, spec)
     al = pd.read_csv(rd.tables / "alignment.csv")
     depth = spec.options("crossmodel").depth

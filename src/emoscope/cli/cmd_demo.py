@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.cli._stage_cmd import print_outcome, stage_logger
+    from emoscope.cli.running import print_outcome, stage_logger
     from emoscope.runs import load_spec, run_spec
 
     # run_spec writes report.html at the end (also after a failed stage, for what did finish)

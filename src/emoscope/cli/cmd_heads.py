@@ -4,7 +4,7 @@
         --dataset emotions-basic --out runs/h1
     emoscope heads ablate --model smollm2-135m --heads top:8 --from runs/h1 --prompts neutral-starts --out runs/h2
     emoscope heads patch  --model smollm2-135m --heads top:8 --from runs/h1 \\
-        --source emotions-basic:anger --target neutral-starts --out runs/h3
+        --source emotions-basic:anger --prompts neutral-starts --out runs/h3
 
 Each subcommand runs the ``heads`` stage with one mode (``ablate`` / ``patch`` with ``top:K`` and
 no ``--from`` screen first, in the same run). ``--emotion CLASS`` fits a difference-of-means
@@ -19,7 +19,7 @@ __all__ = ["register", "run", "build_sections", "modes_for"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from emoscope.cli._stage_cmd import lazy_arguments
+    from emoscope.cli.common import lazy_arguments
 
     p = subparsers.add_parser(
         "heads", help="attention heads: screen against a vector, ablate or patch against random heads",
@@ -52,75 +52,62 @@ def _no_mode(args: argparse.Namespace) -> int:
 
 
 def _arguments(p: argparse.ArgumentParser, mode: str) -> None:
-    from emoscope.cli._stage_cmd import (
+    from emoscope.cli.common import (
+        Positions,
         add_allow_other_model,
+        add_generation,
         add_option,
+        add_plain,
+        add_random_controls,
         add_run_arguments,
-        count_or_all,
-        ints,
+        add_shared,
         layers,
+        read_position,
+        word_list,
     )
     from emoscope.heads.stage import DEFAULT_DATASET
     from emoscope.heads.stage import HeadsOptions as O
 
-    def words(text: str) -> list[str]:
-        return [w.strip() for w in text.split(",") if w.strip()]
-
-    p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
+    add_plain(p, "--model", required=True)
     src = p.add_mutually_exclusive_group(required=(mode == "screen"))
-    add_option(src, "heads", O, "vector", help="a ConceptVector .safetensors file",
-               **({} if mode == "screen" else {"shown": "the vector of the --from screen, if any"}))
-    add_option(src, "heads", O, "emotion", help="fit a difference-of-means vector for this class of --dataset instead")
+    add_shared(src, "heads", O, "--vector", **({} if mode == "screen" else {"shown": "the vector of the --from screen"}))
+    add_shared(src, "heads", O, "--emotion")
     add_allow_other_model(p, "heads", O)
-    p.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help=f"labelled dataset to screen on / fit --emotion on (default: {DEFAULT_DATASET})")
-    add_option(p, "heads", O, "baseline", metavar="LABEL|all",
-               shown="'neutral' when the dataset has it, else 'all'", help="class the emotion texts are contrasted with")
-    add_option(p, "heads", O, "fit_position", help="extraction position when fitting an --emotion vector")
+    add_plain(p, "--dataset", default=DEFAULT_DATASET, shown=f"{DEFAULT_DATASET}; screened on, and --emotion fitted on")
+    add_shared(p, "heads", O, "--baseline", shown="'neutral' when the dataset has it, else 'all'")
+    add_option(p, "heads", O, "fit_position", type=read_position, help="read position when fitting an --emotion vector")
     add_option(p, "heads", O, "vector_layers", type=layers, help="layers an --emotion vector is fitted at")
-    add_option(p, "heads", O, "layers", type=layers, help="blocks whose heads are screened")
+    add_shared(p, "heads", O, "--layers")
     add_option(p, "heads", O, "direction_layer", type=int, metavar="L",
                shown="each head against its block's vector, or the next vector layer above",
                help="read every head against the vector of this one layer")
-    add_option(p, "heads", O, "position", help="screening read position: last, token:I, mean, mean_from:K")
-    add_option(p, "heads", O, "n_permutations", type=int, shown="enough for Holm over the heads to reach alpha/2",
-               help="label permutations of the screening null")
+    add_shared(p, "heads", O, "--position")
+    add_shared(p, "heads", O, "--n-permutations", shown="enough for Holm over the heads to reach alpha/2")
     add_option(p, "heads", O, "alternative", choices=["greater", "less", "two-sided"],
                help="screening test and ranking direction")
     add_option(p, "heads", O, "screen_batch_size", type=int, help="texts per screening forward")
     if mode != "screen":
         add_option(p, "heads", O, "heads", help="top:K (of the screen), L.H,L.H or L:H")
         add_option(p, "heads", O, "from_run", "--from", metavar="RUN", help="a run directory with a heads screen")
-        add_option(p, "heads", O, "n_random", type=int, metavar="K", help="random head sets of the same size")
-        add_option(p, "heads", O, "random_match", choices=["layer", "band", "any"],
-                   help="random heads: the same number per layer as the chosen ones (falling back to band), "
-                        "the layers the chosen ones span (falling back to any), or any layer")
-        flags = ("--target", "--prompts") if mode == "patch" else ("--prompts",)
-        add_option(p, "heads", O, "prompts", *flags, help="generation prompts: built-in dataset, .txt, .jsonl or .csv")
-        add_option(p, "heads", O, "n_prompts", type=count_or_all, help="use only the first N prompts ('all': every one)")
-        add_option(p, "heads", O, "chat", "--no-chat", action="store_false", help="do not wrap prompts in the chat template")
-        add_option(p, "heads", O, "max_new_tokens", type=int, help="tokens generated per prompt")
-        add_option(p, "heads", O, "seeds", type=ints, help="sampling seeds (greedy uses the first)")
-        add_option(p, "heads", O, "temperature", type=float, help="0 = greedy")
-        add_option(p, "heads", O, "top_p", type=float, help="nucleus sampling")
-        add_option(p, "heads", O, "top_k", type=int, help="top-k sampling (0: off)")
-        add_option(p, "heads", O, "scorers", type=words, help="comma-separated steering scorers")
-        add_option(p, "heads", O, "target", "--target-score", shown="from the emotion, e.g. nrc_anger",
-                   help="target score column")
+        add_random_controls(p, "heads", O)
+        add_shared(p, "heads", O, "--prompts", old=("--target",) if mode == "patch" else ())
+        add_shared(p, "heads", O, "--n-prompts")
+        add_generation(p, "heads", O)
+        add_shared(p, "heads", O, "--scorers")
+        add_shared(p, "heads", O, "--score", field="target", shown="from the emotion, e.g. nrc_anger",
+                   old=("--target-score",))
         add_option(p, "heads", O, "probe_layer", type=int, shown="the vector's deepest layer",
                    help="layer of the probe projection")
-        add_option(p, "heads", O, "metrics", type=words, help="metrics the findings test (table columns)")
-        add_option(p, "heads", O, "batch_rows", type=int, help="rows per decode batch (memory)")
-        add_option(p, "heads", O, "alpha", type=float, help="level of the tests behind the claims")
+        add_option(p, "heads", O, "metrics", type=word_list, help="metrics the findings test (table columns)")
+        add_shared(p, "heads", O, "--alpha")
     if mode == "ablate":
-        add_option(p, "heads", O, "methods", type=words, help="zero and/or mean ablation")
-        add_option(p, "heads", O, "positions", help="ablated columns: all | prompt | generated | from:K")
+        add_option(p, "heads", O, "methods", type=word_list, help="zero and/or mean ablation")
+        add_shared(p, "heads", O, "--positions", type=Positions(("all", "prompt", "generated", "from:K")))
         add_option(p, "heads", O, "mean_texts", help="texts whose mean head outputs mean ablation writes")
     if mode == "patch":
-        add_option(p, "heads", O, "source", required=True, metavar="DATASET:CLASS",
-                   help="source prompts, e.g. emotions-basic:anger (or a dataset / text file)")
+        add_shared(p, "heads", O, "--source", required=True)
         add_option(p, "heads", O, "patch_tokens", type=int, help="last prompt tokens patched, aligned from the end")
-    add_run_arguments(p, seed_flags=("--seed", "--random-state"))
+    add_run_arguments(p, old_seed=("--random-state",))
 
 
 def modes_for(args: argparse.Namespace) -> list[str]:
@@ -136,13 +123,13 @@ def modes_for(args: argparse.Namespace) -> list[str]:
 
 
 def build_sections(args: argparse.Namespace) -> dict[str, dict]:
-    from emoscope.cli._stage_cmd import section
+    from emoscope.cli.running import section
 
     return {"heads": {**section(args, "heads"), "modes": modes_for(args)}}
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.cli._stage_cmd import print_notes, print_outcome, run_stages
+    from emoscope.cli.running import print_notes, print_outcome, run_stages
 
     sections = build_sections(args)
     modes = sections["heads"]["modes"]

@@ -17,7 +17,7 @@ __all__ = ["register", "run", "build_spec"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from emoscope.cli._stage_cmd import lazy_arguments
+    from emoscope.cli.common import lazy_arguments
 
     p = subparsers.add_parser(
         "introspect",
@@ -31,38 +31,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    from emoscope.cli._stage_cmd import (
+    from emoscope.cli.common import (
         add_allow_other_model,
+        add_generation,
         add_option,
+        add_plain,
+        add_random_controls,
         add_run_arguments,
+        add_shared,
         allow_negative_lists,
-        floats,
-        layers,
         words,
     )
     from emoscope.introspection.stage import IntrospectOptions as O
 
-    p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
+    add_plain(p, "--model", required=True)
     add_option(p, "introspect", O, "concepts", type=words,
                help="'default' (built-in list), a word-list file (.txt/.jsonl/.csv) or comma-separated words")
     add_option(p, "introspect", O, "baseline_words", type=words, help="'default' or a word-list file")
     add_option(p, "introspect", O, "controls", help="control-question set name or file")
-    add_option(p, "introspect", O, "layers", type=layers,
-               help="layers to inject at: '12,18', '0-14' or relative depths '0.5'")
-    add_option(p, "introspect", O, "strengths", type=floats,
-               help="strengths in units of the mean residual norm at the layer")
+    add_shared(p, "introspect", O, "--layers")
+    add_shared(p, "introspect", O, "--strengths")
+    add_shared(p, "introspect", O, "--unit")
     add_option(p, "introspect", O, "window", choices=["before_trial", "prompt_start", "generation_only"],
                help="where the vector is added (before_trial: from the blank line before 'Trial 1')")
-    add_option(p, "introspect", O, "n_random", type=int, metavar="K", help="random vectors of the same norm, of each kind")
-    add_option(p, "introspect", O, "random_kind", choices=["isotropic", "covariance", "both"],
-               help="random directions: isotropic, covariance-matched (neutral text), or both (the finding is "
-                    "judged against isotropic)")
+    add_random_controls(p, "introspect", O)
     add_option(p, "introspect", O, "n_splits", type=int,
                help="seeds of the concept split behind the seed-spread control (at least 3)")
     add_option(p, "introspect", O, "free_text", type=int, metavar="N",
                help="also sample N answers per detection cell and grade them by rules (slow)")
-    add_option(p, "introspect", O, "max_new_tokens", type=int, help="free-text answer length")
-    add_option(p, "introspect", O, "temperature", type=float, help="free-text sampling temperature")
+    add_generation(p, "introspect", O)
     add_option(p, "introspect", O, "prefill", help="assistant prefill appended after the generation prompt")
     add_option(p, "introspect", O, "focus_layer", type=int, shown="nearest 2/3 depth",
                help="layer for the logit lens and heads")
@@ -71,9 +68,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, "introspect", O, "heads", "--no-heads", action="store_false",
                help="skip the eager-attention pass for per-head attention")
     add_option(p, "introspect", O, "n_boot", type=int, help="bootstrap resamples for the intervals")
-    add_option(p, "introspect", O, "batch_size", type=int, help="trials per forward pass")
-    add_option(p, "introspect", O, "unit", choices=["trial_norm", "token_norm", "token_norm_robust"],
-               help="strength unit: the trial prompt's mean token norm, or steering's units (emoscope.vectors.units)")
+    add_shared(p, "introspect", O, "--batch-size")
     add_option(p, "introspect", O, "ablate", metavar="FILE",
                help="a ConceptVector .safetensors file (e.g. a refusal direction): every cell also runs with its "
                     "projection removed at the injected layer (conditions '+ablated', table introspect_ablation)")
@@ -85,14 +80,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def build_spec(args: argparse.Namespace):  # noqa: ANN201 - emoscope.runs.Spec
     """The one-stage spec equivalent to the command line."""
-    from emoscope.cli._stage_cmd import make_spec, section
+    from emoscope.cli.running import make_spec, section
 
     return make_spec(args, "introspect", ["introspect"], {"introspect": section(args, "introspect")},
                      model=args.model)
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.cli._stage_cmd import print_notes, print_outcome, run_built
+    from emoscope.cli.running import print_notes, print_outcome, run_built
 
     rd = run_built(args, build_spec(args))
     _print_table(rd.root)

@@ -13,7 +13,7 @@ __all__ = ["register", "run", "build_sections"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emoscope.cli._stage_cmd import lazy_arguments
+    from emoscope.cli.common import lazy_arguments
 
     p = sub.add_parser("probe", help="per-layer probes with shuffled-label, length and bag-of-words controls",
                        description="Extract activations, fit vectors and probe every layer with its controls, as one "
@@ -24,33 +24,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from emoscope.activations.stage import ExtractOptions
-    from emoscope.cli._stage_cmd import add_option, add_run_arguments, ints, layers
+    from emoscope.cli.common import add_option, add_plain, add_run_arguments, add_shared
     from emoscope.probing.stage import ProbeOptions
     from emoscope.vectors.stage import VectorOptions
 
-    p.add_argument("--model", required=True, help="embedded alias, local directory, .gguf file or hub id")
-    p.add_argument("--dataset", required=True, help="built-in dataset name or a JSONL/CSV path")
-    add_option(p, "extract", ExtractOptions, "layers", type=layers, help="'all', '0,5,10', '0-14' or relative depths '0.5'")
-    add_option(p, "extract", ExtractOptions, "position", help="last | mean | mean_from:K | token:I")
-    add_option(p, "extract", ExtractOptions, "batch_size", type=int, help="texts per forward pass")
+    add_plain(p, "--model", required=True)
+    add_plain(p, "--dataset", required=True)
+    add_shared(p, "extract", ExtractOptions, "--layers")
+    add_shared(p, "extract", ExtractOptions, "--position")
+    add_shared(p, "extract", ExtractOptions, "--batch-size")
     add_option(p, "probe", ProbeOptions, "n_folds", "--folds", type=int, help="cross-validation folds")
-    add_option(p, "probe", ProbeOptions, "seeds", type=ints, help="comma-separated split/probe seeds")
-    add_option(p, "probe", ProbeOptions, "n_permutations", "--permutations", type=int,
-               help="label permutations at the peak layer")
+    add_shared(p, "probe", ProbeOptions, "--seeds")
+    add_shared(p, "probe", ProbeOptions, "--n-permutations", old=("--permutations",))
     add_option(p, "probe", ProbeOptions, "heldout", type=float,
                help="share of texts held out from choosing the layer (0: none)")
     add_option(p, "probe", ProbeOptions, "transfer", metavar="DATASET",
                help="a second dataset: the probe fitted here is scored on the classes both share (a control)")
     add_option(p, "vectors", VectorOptions, "method", choices=["diff_means", "pca_diff", "probe", "token_diff"],
                help="estimator for the saved vectors")
-    add_option(p, "vectors", VectorOptions, "baseline", metavar="LABEL|all",
-               shown="'neutral' when the dataset has it, else 'all' (the mean of all classes)",
-               help="class the vectors are measured against, or 'all'")
+    add_shared(p, "vectors", VectorOptions, "--baseline",
+               shown="'neutral' when the dataset has it, else 'all' (the mean of all classes)")
     add_run_arguments(p)
 
 
 def build_sections(args: argparse.Namespace) -> dict[str, dict]:
-    from emoscope.cli._stage_cmd import section
+    from emoscope.cli.running import section
 
     return {stage: section(args, stage) for stage in ("extract", "vectors", "probe")}
 
@@ -58,7 +56,7 @@ def build_sections(args: argparse.Namespace) -> dict[str, dict]:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from emoscope.cli._stage_cmd import print_notes, print_outcome, run_stages
+    from emoscope.cli.running import print_notes, print_outcome, run_stages
 
     rd = run_stages(args, "probe", ["extract", "vectors", "probe"], build_sections(args), model=args.model,
                     dataset=args.dataset)

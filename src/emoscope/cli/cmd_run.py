@@ -22,14 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in DIR, redoing only unfinished stages and, inside a "
                    "stage, only the work units that had not finished")
-    from emoscope.cli._stage_cmd import add_executor_arguments
+    from emoscope.cli.common import add_executor_arguments
 
     add_executor_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.cli._stage_cmd import executor_from_args, print_outcome, stage_logger
+    from emoscope.cli.common import executor_from_args
+    from emoscope.cli.running import print_outcome, stage_logger
     from emoscope.runs import load_spec, run_spec
 
     spec_arg, out = args.spec, args.out

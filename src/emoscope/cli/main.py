@@ -36,7 +36,7 @@ def one_line(message: str) -> str:
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; we print the error alone, on one line.
 
-    A subcommand may defer adding its arguments (``cli._stage_cmd.lazy_arguments``): they are
+    A subcommand may defer adding its arguments (``cli.common.lazy_arguments``): they are
     added the first time that subcommand is parsed or asked for help.
     """
 
@@ -103,6 +103,9 @@ def _silence_bare_bars(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from emoscope.cli.common import reset_notes
+
+    reset_notes()  # a renamed flag's note is printed once per command
     _silence_bare_bars(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     try:

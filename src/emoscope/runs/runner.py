@@ -12,8 +12,12 @@ outputs are complete), and any other stage runs again from the start. Since find
 the ledger only in step 2, and step 2 appends only ids the ledger lacks, none is duplicated.
 
 Before anything is written or any model loads, every stage still to run checks its input
-(``check(spec, dataset)``, registered with the stage, see ``emoscope.core.stages``): input no
-stage can use is one ``InputError`` line and leaves no run directory behind.
+(``check(spec, dataset)``, registered with the stage, see ``emoscope.core.stages``), and the
+checks every spec gets run (``emoscope.runs.precheck``: model names, the cache directory, finite
+numbers, layers and positions against the model's known shape): input no stage can use is one
+``InputError`` line and leaves no run directory behind. A stage that fails later says whether
+``--resume`` can help: it can after a problem outside the spec (a missing package, no network, a
+full disk), not when the input itself must change.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ from emoscope.audit import Finding
 from emoscope.core.manifest import Manifest, StageRecord, environment, hardware, now
 from emoscope.core.rundir import RunDir
 from emoscope.core.stages import StageInfo, StageResult, get_stage, stage_catalog
-from emoscope.errors import EmoscopeError, RunDirError, SpecError
+from emoscope.errors import (
+    DataError,
+    EmoscopeError,
+    OfflineError,
+    OutputError,
+    RunDirError,
+    SpecError,
+)
 from emoscope.runs.context import ModelCache, RunContext
 from emoscope.runs.spec import Spec, load_spec
 
@@ -96,6 +107,15 @@ class _Runner:
         self.save()
         pending.unlink(missing_ok=True)
 
+    def advice(self, e: EmoscopeError) -> str:
+        """How to go on after a stage's error: ``--resume`` where the same spec can then succeed."""
+        if isinstance(e, (OfflineError, OutputError, DataError)):  # the same spec can succeed once it is fixed
+            return "fix it and continue with --resume"
+        if any(r.status == "done" for r in self.m.stages.values()):
+            return (f"the input must change, so run the changed command into a new --out (finished stages of "
+                    f"{self.rd.root} cannot be resumed under another spec)")
+        return f"the input must change: fix it and run again (into a new --out, or into {self.rd.root} with --resume)"
+
     def run_stage(self, stage: str) -> None:
         rec = self.m.stages.setdefault(stage, StageRecord())
         if rec.status == "done":
@@ -121,7 +141,7 @@ class _Runner:
             self.m.status = "failed"
             self.save()
             if isinstance(e, EmoscopeError):  # a user-fixable problem: say where, and how to go on
-                raise type(e)(f"stage '{stage}' failed: {e}; fix it and continue with --resume") from e
+                raise type(e)(f"stage '{stage}' failed: {e}; {self.advice(e)}") from e
             raise
         rec.seconds = round(time.perf_counter() - t0, 3)
         rec.summary, rec.metrics = result.summary, dict(result.metrics)
@@ -178,16 +198,20 @@ def _stage_info(name: str) -> StageInfo:
 def check_inputs(spec: Spec, cache: ModelCache, stages: list[str] | None = None) -> None:
     """Run the input check of every stage in ``stages`` (default: all of the spec's).
 
-    The spec's dataset is loaded once (into ``cache``, so the stages reuse it) when any of them
-    has a check; no model is loaded. Raises the first stage's one-line ``InputError``.
+    The spec's dataset is loaded once (into ``cache``, so the stages reuse it); no model is loaded.
+    Then the checks every spec gets (``emoscope.runs.precheck``), the model names last. Raises the
+    first one-line ``EmoscopeError``.
     """
-    checks = [(name, _stage_info(name).check) for name in (spec.stages if stages is None else stages)]
+    from emoscope.runs.precheck import check_models, check_values
+
+    names = list(spec.stages if stages is None else stages)
+    checks = [(name, _stage_info(name).check) for name in names]
     checks = [(name, fn) for name, fn in checks if fn is not None]
-    if not checks:
-        return
     dataset = cache.dataset(spec.dataset) if spec.dataset else None
     for _name, fn in checks:
         fn(spec, dataset)
+    check_values(spec, names, dataset)
+    check_models(spec, cache, names)
 
 
 def _seeds(spec: Spec) -> dict[str, Any]:
