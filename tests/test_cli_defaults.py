@@ -121,13 +121,14 @@ def test_steer_defaults_match_the_stage_not_the_old_cli():
     args = build_parser().parse_args(["steer", "--model", "m", "--emotion", "joy", "--out", "o"])
     strengths = field_default(SteerOptions, "strengths")
     assert getattr(args, "steer.strengths") == SteerOptions().strengths == strengths != list(range(-8, 9))
-    assert getattr(args, "steer.n_random") == SteerOptions().n_random == 10
-    assert getattr(args, "steer.max_new_tokens") == SteerOptions().max_new_tokens == 32
+    assert getattr(args, "steer.n_random") == SteerOptions().n_random != 3
+    assert getattr(args, "steer.max_new_tokens") == SteerOptions().max_new_tokens != 48
     assert args.dataset == DEFAULT_DATASET
     helps = {a.dest: a.help for a in _subparser("steer")._actions}
     shown = strengths if isinstance(strengths, str) else ",".join(f"{s:g}" for s in strengths)
     assert helps["steer.strengths"].endswith(f"(default: {shown})")
-    assert helps["steer.n_random"].endswith("(default: 10)") and helps["steer.chat"].endswith("(default: chat on)")
+    assert helps["steer.n_random"].endswith(f"(default: {SteerOptions().n_random})")
+    assert helps["steer.chat"].endswith("(default: chat on)")
 
 
 def test_flags_reach_the_spec():
