@@ -313,7 +313,8 @@ def random_control(d: DrawSearch, *, name: str, draws: str, massive_note: str = 
                             f"output, not a change over {draws}")
     parts = [f"{kind}: " + t.describe(f"{kind} {draws}") for kind, t in d.tests.items()]
     cells = {k: d.draw_cells(k) for k in d.tests}
-    moved = [f"the {k} draws chose {len(set(c))} distinct cells" for k, c in cells.items() if c]
+    moved = [f"the {k} draws chose {len(set(c))} distinct cell{'s' * (len(set(c)) != 1)}"
+             for k, c in cells.items() if c]
     note = ("; ".join(parts) + ("; " + ", ".join(moved) if moved else "")
             + f"; passes only when every kind that ran is beaten (recorded p: the worst, {d.p:.3g})" + massive_note)
     return Control(name=name, value=float(d.p), passed=d.passed, threshold=d.judged.alpha, note=note)
