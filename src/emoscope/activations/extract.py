@@ -145,7 +145,7 @@ def extract(model: StandardModel, texts: Sequence[str], layers: Any = "all", pos
         ensure_writable_dir(out)  # fail before the slow part
     ids, n_cut = _tokenize(model, texts, add_special_tokens, max_length, _keep(pos))
     lengths = [len(s) for s in ids]
-    pos.check_lengths(lengths)
+    pos.check_lengths(lengths, list(texts))
     texts_sha = dataset_sha256(texts)
     key = _cache_key(model, texts_sha, layer_list, pos, dtype, add_special_tokens, max_length, n_cut)
 

@@ -33,13 +33,20 @@ class Position:
     def pooled(self) -> bool:
         return self.kind != "all"
 
-    def check_lengths(self, lengths: list[int]) -> None:
-        """Every text must have the token this position reads."""
+    def check_lengths(self, lengths: list[int], texts: list[str] | None = None) -> None:
+        """Every text must have the token this position reads (the error quotes the first short
+        text when ``texts`` are given)."""
+
+        def which(i: int) -> str:
+            if texts is None or i >= len(texts):
+                return f"text {i}"
+            t = str(texts[i])
+            return f"text {i} ({t if len(t) <= 40 else t[:37] + '...'!r})"
         if self.kind == "mean_from":
             short = [i for i, n in enumerate(lengths) if n <= self.arg]
             if short:
                 raise PositionError(
-                    f"position mean_from:{self.arg} needs more than {self.arg} tokens, but text {short[0]} "
+                    f"position mean_from:{self.arg} needs more than {self.arg} tokens, but {which(short[0])} "
                     f"has {lengths[short[0]]} ({len(short)} such texts); use a smaller K, or drop the short texts"
                 )
         elif self.kind == "token":
@@ -47,7 +54,7 @@ class Position:
             short = [i for i, n in enumerate(lengths) if n < need]
             if short:
                 raise PositionError(
-                    f"position token:{self.arg} needs at least {need} tokens, but text {short[0]} "
+                    f"position token:{self.arg} needs at least {need} tokens, but {which(short[0])} "
                     f"has {lengths[short[0]]} ({len(short)} such texts); use a smaller index (token:-1 is the "
                     "last token), or drop the short texts"
                 )

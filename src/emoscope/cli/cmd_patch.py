@@ -92,8 +92,10 @@ def _print_summary(rd) -> None:  # noqa: ANN001 - emoscope.core.rundir.RunDir
     """The cell table, read back from the run: the multi-token effect beside the step-1 view."""
     import pandas as pd
 
-    t = pd.read_csv(rd.tables / "patch_outputs.csv")
-    c = pd.read_csv(rd.tables / "patch_cells.csv")
+    from emoscope.cli.running import read_table
+
+    t = read_table(rd.tables / "patch_outputs.csv")
+    c = read_table(rd.tables / "patch_cells.csv")
     m = rd.read_manifest().stages["patch"].metrics
     print(f"{len(t)} generations ({m.get('decode_seconds', float('nan')):.1f} s decoding); target "
           f"{m.get('target', '?')}")

@@ -88,12 +88,13 @@ def _print_summary(rd) -> None:  # noqa: ANN001 - emoscope.core.rundir.RunDir
     """The success table and regime switches, read back from the run's tables."""
     import pandas as pd
 
+    from emoscope.cli.running import read_table
     from emoscope.steering.regimes import regime_switches
 
-    t = pd.read_csv(rd.tables / "steer_outputs.csv")
-    s = pd.read_csv(rd.tables / "steer_success.csv")
+    t = read_table(rd.tables / "steer_outputs.csv")
+    s = read_table(rd.tables / "steer_success.csv")
     m = rd.read_manifest().stages["steer"].metrics
-    base = t.loc[t.kind == "baseline", "target_score"].mean()
+    base = t.loc[t.kind == "baseline", "target_score"].mean() if len(t) else float("nan")
     print(f"{len(t)} generations ({m.get('decode_seconds', float('nan')):.1f} s decoding); target "
           f"{m.get('target', '?')}, baseline mean {base:.3f}")
     if len(s):
@@ -104,5 +105,5 @@ def _print_summary(rd) -> None:  # noqa: ANN001 - emoscope.core.rundir.RunDir
               "reports it on the other half):")
         with pd.option_context("display.width", 200, "display.max_rows", 200):
             print(s[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    for line in regime_switches(t):
+    for line in regime_switches(t) if len(t) else []:
         print("regimes, " + line)

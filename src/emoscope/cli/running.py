@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["section", "make_spec", "run_stages", "run_built", "print_notes", "stage_logger", "print_outcome"]
+__all__ = ["section", "make_spec", "run_stages", "run_built", "print_notes", "stage_logger", "print_outcome",
+           "read_table"]
 
 
 def section(args: argparse.Namespace, stage: str) -> dict[str, Any]:
@@ -66,6 +67,17 @@ def run_built(args: argparse.Namespace, spec: Any, **run_kw: Any):  # noqa: ANN2
 
     run_kw.setdefault("executor", executor_from_args(args))
     return run_spec(spec, args.out, resume=args.resume, log=stage_logger(args.quiet), **run_kw)
+
+
+def read_table(path: Path):  # noqa: ANN201 - pandas.DataFrame
+    """A run's CSV table for printing; an empty table when the stage wrote none or an empty one
+    (e.g. a sweep whose only strength is 0 has no cells to compare)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
 
 
 def print_outcome(run_dir: Path) -> None:

@@ -3,7 +3,8 @@
 The stages' own checks (``check(spec, dataset)``, see ``emoscope.core.stages``) know what their
 options mean; these know what every stage's options look like, by the names they share:
 
-- every number is finite (a NaN strength or an infinite alpha is refused);
+- every number is finite (a NaN strength or an infinite alpha is refused), and an option named
+  ``alpha`` (a test's level) lies strictly between 0 and 1;
 - an option named ``layers``, ``layer`` or ``*_layers`` / ``*_layer`` holds layers: they must read
   (``"1-"`` does not) and, when the model's depth is known without loading it (an embedded alias,
   a local directory with ``config.json``: ``emoscope.models.peek``), lie inside every model the
@@ -15,6 +16,7 @@ options mean; these know what every stage's options look like, by the names they
   covers at least one byte, so a text of B UTF-8 bytes has at most B + ``SPECIAL_TOKENS`` tokens.
   Texts that pass the bound but are still too short once tokenised fail in the stage, with an
   error that names the text;
+- an option named ``max_new_tokens`` must leave room for a prompt in the model's known context;
 - the model names can be loaded (``ModelCache.check_model``; for the catalogued stages, which
   all load the spec's models) and the cache directory (``$EMOSCOPE_CACHE``) is usable.
 
@@ -69,6 +71,16 @@ def _layers(stage: str, name: str, value: Any, models: list[str]) -> None:
             resolve_layers_unloaded(model, value)
     except LayerError as e:
         raise LayerError(f"{stage} {name}: {e}") from None
+
+
+def _context(stage: str, name: str, n_tokens: int, models: list[str]) -> None:
+    from emoscope.models.peek import peek_shape
+
+    for model in models:
+        n_ctx = (peek_shape(model) or {}).get("n_ctx")
+        if n_ctx and n_tokens >= n_ctx:
+            raise InputError(f"{stage} {name}: {n_tokens} new tokens do not fit in the context of {model} "
+                             f"({n_ctx} tokens with the prompt); generate fewer")
 
 
 def _short_text(texts: list[str], need: int) -> tuple[int, int] | None:
@@ -130,6 +142,10 @@ def check_values(spec: Any, stages: list[str], dataset: Any) -> None:
         loaded = False
         for name, value in values.items():
             _finite(stage, name, value)
+            if name == "alpha" and isinstance(value, (int, float)) and not 0.0 < value < 1.0:
+                raise InputError(f"{stage} alpha: the level of a test must lie between 0 and 1, got {value:g}")
+            if name == "max_new_tokens" and isinstance(value, int):
+                _context(stage, name, value, models)
             if _is_layers(name):
                 _layers(stage, name, value, models)
             elif _is_position(name) and isinstance(value, str):
