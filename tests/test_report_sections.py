@@ -188,6 +188,9 @@ def test_modes_section_compares_arms_and_shows_what_was_elicited(modes_run):
     sec = _section(page, "stage-modes")
     text = _text(sec)
     summary = pd.read_csv(modes_run.tables / "modes_summary.csv")
+    # the stage draws no figure: the section draws gen_instr - read_plain per metric from modes_paired
+    assert sec.index('alt="Generation against comprehension') < sec.index('class="tbl"')
+    assert page.split('id="findings"', 1)[0].count('alt="Generation against comprehension') == 1
     assert "arm comparison" in text
     for arm in summary["arm"]:
         assert arm in text
@@ -222,6 +225,7 @@ def test_leakage_section_draws_script_shares_by_strength(leakage_run):
     page = leakage_run.report_path.read_text()
     sec = _section(page, "stage-leakage")
     assert sec.count('src="data:image/svg+xml;base64,') >= 1
+    assert sec.index('alt="token share outside the prompt') < sec.index('class="tbl"')  # the drawn key figure
     table = pd.read_csv(leakage_run.tables / "leakage_by_strength.csv")
     text = _text(sec.split("by strength and kind", 1)[1])
     for r in table.itertuples():

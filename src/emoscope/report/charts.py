@@ -8,7 +8,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["line_chart"]
+__all__ = ["line_chart", "interval_chart"]
 
 _COLOURS = ("#2457a6", "#a4262c", "#1f7a3d", "#8a5a00", "#6b3fa0", "#00707a", "#5b6475")
 W, H, L, R, T, B = 520, 260, 56, 130, 14, 40  # size and margins (left, right for the legend, top, bottom)
@@ -81,4 +81,41 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, x_label: 
                 f'<line x1="{W - R + 10}" x2="{W - R + 24}" y1="{y}" y2="{y}" stroke="{c}" stroke-width="2"/>')
         out.append(mark + f'<text x="{W - R + 30}" y="{y + 4}">{e(name)}</text>')
     out.append("</svg>")
+    return "data:image/svg+xml;base64," + base64.b64encode("".join(out).encode("utf-8")).decode("ascii")
+
+
+def interval_chart(rows: Sequence[tuple[str, float, float, float]], *, x_label: str, zero: float = 0.0) -> str:
+    """One row per (label, value, lo, hi): a dot with its interval, beside a line at ``zero``, as
+    an SVG data URI (a forest plot).
+
+    >>> interval_chart([("a", 0.1, -0.1, 0.3)], x_label="d").startswith("data:image/svg+xml;base64,")
+    True
+    """
+    good = [(lab, v, lo, hi) for lab, v, lo, hi in rows if all(math.isfinite(x) for x in (v, lo, hi))]
+    left, right, top, row_h = 230, 24, 14, 24
+    height = top + row_h * max(1, len(good)) + 44
+    xs = [x for _, v, lo, hi in good for x in (v, lo, hi)] + [zero]
+    x0, x1 = min(xs), max(xs)
+    pad = (x1 - x0) * 0.08 or 0.5
+    x0, x1 = x0 - pad, x1 + pad
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (W - left - right)
+
+    e = html.escape
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
+           'font-family="sans-serif" font-size="11">', f'<rect width="{W}" height="{height}" fill="#fff"/>']
+    bottom = top + row_h * max(1, len(good))
+    for t in _ticks(x0, x1):
+        out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top}" y2="{bottom}" stroke="#e3e6ec"/>'
+                   f'<text x="{px(t):.1f}" y="{bottom + 14}" text-anchor="middle">{t:.3g}</text>')
+    out.append(f'<line x1="{px(zero):.1f}" x2="{px(zero):.1f}" y1="{top}" y2="{bottom}" stroke="#5b6475" '
+               'stroke-dasharray="4 3"/>')
+    for i, (lab, v, lo, hi) in enumerate(good):
+        y = top + row_h * i + row_h / 2
+        c = _COLOURS[0] if lo > zero else _COLOURS[1] if hi < zero else _COLOURS[6]
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{e(lab)}</text>'
+                   f'<line x1="{px(lo):.1f}" x2="{px(hi):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{c}" stroke-width="2"/>'
+                   f'<circle cx="{px(v):.1f}" cy="{y:.1f}" r="4" fill="{c}"/>')
+    out.append(f'<text x="{(left + W - right) / 2:.0f}" y="{height - 8}" text-anchor="middle">{e(x_label)}</text></svg>')
     return "data:image/svg+xml;base64," + base64.b64encode("".join(out).encode("utf-8")).decode("ascii")

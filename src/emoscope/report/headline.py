@@ -167,7 +167,8 @@ def run_summary(findings: Sequence[Finding], rename: Callable[[str], str] | None
     if not claims:
         bad = [f for f in obs if f.verdict in ("fails", "needs controls")]
         head = f"This run makes no claims; it records {_count(len(obs), 'observation')}"
-        head += f", {len(obs) - len(bad)} of which pass their checks." if bad else ", and all pass their checks."
+        ok = len(obs) - len(bad)
+        head += f", {ok} of which pass{'es' if ok == 1 else ''} their checks." if bad else ", and all pass their checks."
         out.append(head)
         out += _observed(obs, text)
         if bad:

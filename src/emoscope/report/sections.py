@@ -196,6 +196,8 @@ def _section(view: RunView, stage: str, rec: StageRecord, owned_draws: set[str])
         except Exception as e:  # noqa: BLE001 - one odd table must not cost the whole report
             s.template = DEFAULT_TEMPLATE
             s.problem = f"this section's own view could not be drawn ({type(e).__name__}: {e})"
+    if not s.key_figures and s.data.get("key_figure") is not None:  # a figure the section drew from a table
+        s.key_figures = [s.data["key_figure"]]
     own = spec.own_tables if not s.problem else ()  # without its own view, the section shows every table
     for t in rec.tables:
         bare = split_name(t, view.keys)[1]

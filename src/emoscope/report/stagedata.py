@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from emoscope.report.blocks import Table, frame_block
-from emoscope.report.charts import line_chart
+from emoscope.report.blocks import Figure, Table, frame_block
+from emoscope.report.charts import interval_chart, line_chart
 from emoscope.report.glance import fmt
 from emoscope.report.runview import split_name
 from emoscope.report.sections import section_data
@@ -24,6 +24,7 @@ __all__: list[str] = []
 _MAPS = ("raw", "ridge", "procrustes", "ridge_shuffled", "procrustes_shuffled")
 _MAP_TITLES = {"raw": "raw (no map)", "ridge": "ridge", "procrustes": "Procrustes",
                "ridge_shuffled": "ridge, shuffled pairs", "procrustes_shuffled": "Procrustes, shuffled pairs"}
+_HEADLINE_PAIR = ("gen_instr", "read_plain")  # generated with the instruction in context vs human text read plainly
 _ALIGN_QUANTITIES = (("matched_cos2", "matched cos²"), ("mismatched_cos2", "mismatched cos²"),
                      ("subspace_overlap", "subspace overlap"), ("id_acc_centred", "identification (centred)"),
                      ("r2_heldout", "held-out R²"))
@@ -149,7 +150,7 @@ def _patch(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
 def _modes(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
     import pandas as pd
 
-    out: dict[str, Any] = {"summary": None, "paired": None, "counts": None, "samples": []}
+    out: dict[str, Any] = {"summary": None, "paired": None, "counts": None, "samples": [], "key_figure": None}
     for name in _tables(view, stage, "modes_summary"):
         df = view.table(name)
         if df is not None:
@@ -158,6 +159,16 @@ def _modes(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
                                                   "cross_to_read_plain", "steer_effect", "steer_success_rate"])
     for name in _tables(view, stage, "modes_paired"):
         df = view.table(name)
+        if df is not None and {"diff", "diff_lo", "diff_hi", "metric", "a", "b"} <= set(df.columns):
+            recs = [r for r in df.to_dict("records") if _num(r["diff"]) is not None and _num(r["diff_lo"]) is not None]
+            head = [r for r in recs if (r["a"], r["b"]) == _HEADLINE_PAIR] or recs  # the comparison the study made
+            rows = [(str(r["metric"]), float(r["diff"]), float(r["diff_lo"]), float(r["diff_hi"])) for r in head]
+            if rows:
+                a, b = (head[0]["a"], head[0]["b"]) if len({(r["a"], r["b"]) for r in head}) == 1 else ("A", "B")
+                out["key_figure"] = Figure(name, interval_chart(rows, x_label=f"{a} − {b}, mean over emotions "
+                                                                "(bootstrap interval)"),
+                                           f"Generation against comprehension: {a} − {b} per metric, with its "
+                                           f"interval over emotions (drawn from tables/{name}.csv)")
         if df is not None and "diff" in df.columns:
             rows = [{"metric": r.get("metric"), "a − b": f"{r.get('a')} − {r.get('b')}",
                      "difference": _iv(r.get("diff"), r.get("diff_lo"), r.get("diff_hi")),
@@ -199,8 +210,9 @@ def _leakage(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
                 band = [(float(s), float(lo), float(hi)) for s, lo, hi in
                         zip(rnd["abs_strength"], rnd["token_share_lo"], rnd["token_share_hi"], strict=True)]
             title = f"token share outside the prompt's script{f' — {emo}' if emo else ''}"
-            charts.append({"title": title, "uri": line_chart(series, x_label="|strength|", y_label="token share",
-                                                             band=band, band_label="random 95% range")})
+            charts.append(Figure(name, line_chart(series, x_label="|strength|", y_label="token share", band=band,
+                                                  band_label="random 95% range"),
+                                 f"{title}, by |strength| (drawn from tables/{name}.csv)"))
             rows = []
             for s, h in g.groupby("abs_strength", sort=True):
                 row: dict[str, Any] = {"|strength|": fmt(float(s))}
@@ -212,7 +224,7 @@ def _leakage(view: RunView, stage: str, rec: Any) -> dict[str, Any]:
             tables.append(frame_block(view, pd.DataFrame(rows), name, title=title + " by strength and kind",
                                       note="mean token share per output; random: 95% range over random vectors; "
                                            "broken: collapsed or explosive outputs, where leakage is a loop."))
-    return {"charts": charts, "by_strength": tables}
+    return {"key_figure": charts[0] if charts else None, "charts": charts[1:], "by_strength": tables}
 
 
 @section_data("placebo")
