@@ -66,7 +66,7 @@ def brackets(grid, breaks):
     return True
 
 
-def test_pilot_finds_the_planted_break_and_the_grid_brackets_it(planted):
+def test_pilot_finds_the_planted_break_and_the_grid_brackets_it(planted, tmp_path):
     model = tiny_model("llama")
     pilot = run_pilot(model, np.ones(model.d_model), [1, 2], PROMPTS, chat=False)
     assert pilot.breaks == PLANT
@@ -83,9 +83,17 @@ def test_pilot_finds_the_planted_break_and_the_grid_brackets_it(planted):
     assert (t.xs(1, level="layer").loc[[0.5, 1, 2, 4], "break_point"] == 0.5).all()
     assert t["in_grid"].sum() == 2 * len([s for s in pilot.grid if abs(s) in LADDER])
     assert any("breaks at 0.25" in n for n in pilot.notes())
-    again = run_pilot(model, np.ones(model.d_model), [1, 2], PROMPTS, chat=False)  # deterministic
+    # deterministic, and resumable: with a run's execution its unit is stored and read back, not run again
+    from emoscope.core.executor import Execution
+
+    ex = Execution(root=tmp_path / "units")
+    again = run_pilot(model, np.ones(model.d_model), [1, 2], PROMPTS, chat=False, execution=ex)
     assert again.grid == pilot.grid
     pd.testing.assert_frame_equal(again.table, pilot.table)
+    journal = tmp_path / "units" / "pilot" / "steer-rows" / "journal.jsonl"
+    starts = journal.read_text().count('"start"')
+    resumed = run_pilot(model, np.ones(model.d_model), [1, 2], PROMPTS, chat=False, execution=ex)
+    assert journal.read_text().count('"start"') == starts == 1 and resumed.grid == pilot.grid
 
 
 def test_break_point_is_the_smallest_rung_that_stays_mostly_broken():
