@@ -69,7 +69,7 @@ def test_heads_stage_screens_and_ablates_in_one_spec(tmp_path, monkeypatch):
     chosen = set(want.split(","))
     for heads in sets.loc[sets.config != "chosen", "heads"]:
         assert not set(heads.split(",")) & chosen
-    for name in ("heads_screen", "heads_ablate_effects", "draws_heads_ablate_zero", "draws_heads_ablate_mean"):
+    for name in ("heads_screen", "heads_ablate_effects", "draws_heads-001", "draws_heads-004"):
         assert (rd.figures / f"{name}.png").stat().st_size > 1000 and (rd.figures / f"{name}.svg").exists()
     findings = rd.ledger.read()
     assert [f.kind for f in findings] == ["heads"] * 5  # the screen + (zero, mean) x (proj_gen, target_score)

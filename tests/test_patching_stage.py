@@ -149,6 +149,7 @@ def test_patch_stage_writes_tables_figure_and_findings(tmp_path, monkeypatch):
     cells = pd.read_csv(rd.tables / "patch_cells.csv")
     assert len(cells) == 4 and {"effect", "step1_effect", "views", "effect_vs_neutral", "p_step1"} <= set(cells.columns)
     assert (rd.figures / "patch_effect_by_layer.png").stat().st_size > 1000
+    assert (rd.figures / "draws_patch-000.png").stat().st_size > 1000  # beside the held-out finding
     findings = rd.ledger.read()
     assert [f.kind for f in findings] == ["patching", "patching"]
     assert {c.name for c in findings[0].controls} == {"random_patch", "neutral_source", "multi_token_outputs",

@@ -34,9 +34,10 @@ def test_steer_stage_writes_tables_figures_and_findings(tmp_path, monkeypatch):
     success = pd.read_csv(rd.tables / "steer_success.csv")
     assert sorted(success.strength) == [-2, 2]
     assert {"rank", "rank_p", "effect_cov", "rank_p_cov"} <= set(success.columns) and (success.n_random == 2).all()
-    for name in ("steer_dose_response", "steer_regime_map"):
-        assert (rd.figures / f"{name}.png").stat().st_size > 1000
     findings = rd.ledger.read()
+    # the random draws' picture sits beside the finding it judges (draws_<finding id>)
+    for name in ("steer_dose_response", "steer_regime_map", f"draws_{findings[0].id}"):
+        assert (rd.figures / f"{name}.png").stat().st_size > 1000
     assert [f.kind for f in findings] == ["steering", "steering"]
     names = {c.name for c in findings[0].controls}
     assert names == {"random_vectors", "heldout_selection", "multi_token_outputs", "fluency", "seed_spread"}

@@ -96,20 +96,21 @@ def intervention_findings(table: pd.DataFrame, methods: Sequence[str], metrics: 
 
 
 def draws_figures(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *,
-                  alternative: str = "two-sided", test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05) -> dict[str, Any]:
-    """One figure per method: each random set's mean change as a dot, the chosen set as a line, a row per metric."""
+                  alternative: str = "two-sided", test: str = DEFAULT_DRAW_TEST, alpha: float = 0.05) -> dict[Any, Any]:
+    """One figure per (method, metric) with random sets, in the order ``intervention_findings``
+    records its findings: each random set's mean change as a dot, the chosen set as a line."""
     from emoscope.core.draws import draws_figure
 
     out = {}
     for method in methods:
-        tests = {metric_label(m): effect_row(table, method, m, alternative=alternative, n_boot=0, test=test,
-                                             alpha=alpha)["draws"]
-                 for m in metrics if m in table and table[m].notna().any()}
-        tests = {k: v for k, v in tests.items() if v.k}
-        if tests:
-            fig = draws_figure(tests, title=f"{_VERB.get(method, method)}: each random set (dots) and the chosen "
-                                            "heads (line)", xlabel="mean change over prompts")
-            out[f"draws_heads_{method}"] = fig
+        for m in metrics:
+            if m not in table or not table[m].notna().any():
+                continue
+            t = effect_row(table, method, m, alternative=alternative, n_boot=0, test=test, alpha=alpha)["draws"]
+            if t.k:
+                out[method, m] = draws_figure({metric_label(m): t}, title=f"{_VERB.get(method, method)}: each random "
+                                              "set (dots) and the chosen heads (line)",
+                                              xlabel="mean change over prompts")
     return out
 
 

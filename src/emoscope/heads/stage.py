@@ -270,10 +270,12 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     findings, lines = intervention_findings(table, methods, asked, heads=heads_text, chosen_from=chosen_from,
                                             alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
                                             match=describe_match(match, chosen), what="", test=opts.random_test)
-    for fname, fig in draws_figures(table, methods, asked, test=opts.random_test, alpha=opts.alpha).items():
-        ctx.save_figure(f"{fname.replace('draws_heads_', f'draws_heads_{mode}_')}", fig)
-    for f in findings:
-        ctx.add_finding(f)
+    figures = draws_figures(table, methods, asked, test=opts.random_test, alpha=opts.alpha)
+    keys = [(m, x) for m in methods for x in asked if x in table and table[x].notna().any()]
+    for f, key in zip(findings, keys, strict=True):
+        added = ctx.add_finding(f)
+        if key in figures:  # beside its finding in the report: draws_<finding id>
+            ctx.save_figure(f"draws_{added.id}", figures[key])
     for line in lines:
         ctx.note(f"{mode}: {line}")
     return (f"{mode}: " + "; ".join(lines[:2]) if lines else f"{mode}: no effects measured"), {

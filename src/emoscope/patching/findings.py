@@ -162,7 +162,7 @@ def patch_draw_figures(result: Any, *, seed: int = 0, test: str = DEFAULT_DRAW_T
     _, _, d = _search(t, name, seed=seed, test=test, alpha=alpha, n_boot=0)
     if not d.tests:
         return {}
-    return {"draws_patch": draws_figure(d.tests, title=f"{name} patch: held-out {result.target} change at each "
+    return {"patch": draws_figure(d.tests, title=f"{name} patch: held-out {result.target} change at each "
                                                        f"entity's own chosen cell ({len(d.report)} report prompts)",
                                         xlabel=f"{result.target} change")}
 

@@ -271,10 +271,11 @@ def _record_findings(ctx: RunContext, res: Any, opts: PatchOptions) -> str:
 
     findings, summary = patching_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
                                           test=opts.random_test)
-    for f in findings:
-        ctx.add_finding(f)
-    for name, fig in patch_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
-        ctx.save_figure(name, fig)
+    figures = patch_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha)
+    for i, f in enumerate(findings):
+        added = ctx.add_finding(f)
+        if i == 0 and "patch" in figures:  # the held-out finding: its figure sits beside it (draws_<finding id>)
+            ctx.save_figure(f"draws_{added.id}", figures["patch"])
     return summary
 
 

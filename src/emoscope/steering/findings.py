@@ -398,7 +398,8 @@ def steering_findings(result: Any, *, alpha: float = 0.05, seed: int = 0, max_ne
 
 def steering_draw_figures(result: Any, *, seed: int = 0, test: str = DEFAULT_DRAW_TEST,
                           alpha: float = 0.05) -> dict[str, Any]:
-    """One figure per vector with random draws: each draw's held-out value as a dot, the vector as a line."""
+    """Per vector with random draws (keyed by its name): each draw's held-out value as a dot, the
+    vector as a line."""
     t, s = result.table, result.success
     kinds = [k for k in RANDOM_KINDS if len(random_rows(t, k))]
     out = {}
@@ -409,7 +410,7 @@ def steering_draw_figures(result: Any, *, seed: int = 0, test: str = DEFAULT_DRA
         if len(ent.prompts) < 2:
             continue
         d = search_draws(ent, seed=seed, test=test, alpha=alpha, n_boot=0)
-        out[f"draws_steer_{name}"] = draws_figure(
+        out[str(name)] = draws_figure(
             d.tests, title=f"{name}: held-out {result.target} change at each entity's own chosen cell "
                            f"({len(d.report)} report prompts)", xlabel=f"{result.target} change, intended direction")
     return out

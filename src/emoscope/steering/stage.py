@@ -239,6 +239,11 @@ def _strengths(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -
                         "strengths_auto": ",".join(f"{s:g}" for s in pilot.grid)}
 
 
+def _vector_of(finding, figures: dict) -> str | None:  # noqa: ANN001
+    """The vector (a key of ``figures``) a held-out steering finding is about, from its metric."""
+    return next((name for name in figures if f", {name} at layer " in finding.observation.metric), None)
+
+
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
     from emoscope.steering.findings import steering_draw_figures, steering_findings
     from emoscope.vectors.units import measure_unit
@@ -247,10 +252,12 @@ def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
     massive = measure_unit(ctx.model, layers, "token_norm_robust").massive_dims if layers and opts.n_random else {}
     findings, summary = steering_findings(res, alpha=opts.alpha, seed=ctx.seed, max_new_tokens=opts.max_new_tokens,
                                           massive_dims=massive, test=opts.random_test)
+    figures = steering_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha)
     for f in findings:
-        ctx.add_finding(f)
-    for name, fig in steering_draw_figures(res, seed=ctx.seed, test=opts.random_test, alpha=opts.alpha).items():
-        ctx.save_figure(name, fig)
+        added = ctx.add_finding(f)
+        owner = _vector_of(f, figures) if any(c.name == "random_vectors" for c in f.controls) else None
+        if owner is not None:  # the figure sits beside its finding in the report: draws_<finding id>
+            ctx.save_figure(f"draws_{added.id}", figures.pop(owner))
     return summary
 
 
