@@ -112,6 +112,8 @@ def test_a_text_too_short_once_tokenised_fails_naming_the_text(tiny_dir, tmp_pat
     ({"heads": {"vector_layers": "1-", "emotion": "anger"}}, [], "heads vector_layers: cannot read layer '1-'"),
     ({"extract": {"layers": [20]}}, ["gemma3-270m"], "extract layers: layer 20 is out of range for gemma3-270m"),
     ({"extract": {"position": "mean_from:400"}}, [], "needs 401 tokens in every text, but text 0 of emotions-basic"),
+    ({"steer": {"position": "all"}}, [], "steer position all reads every token, but this needs one vector per text"),
+    ({"extract": {"position": "all"}, "probe": {}}, [], "extract position all reads every token"),
 ])
 def test_a_spec_gets_the_same_checks_as_the_command_line(tmp_path, sections, models, needle):
     """``emoscope run SPEC`` is checked like a command: by option name, against every model's known shape."""
@@ -124,6 +126,18 @@ def test_a_spec_gets_the_same_checks_as_the_command_line(tmp_path, sections, mod
         run_spec(spec, tmp_path / "run", model_loader=lambda name: pytest.fail("a model was loaded"))
     assert needle in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_nan_observation_survives_the_ledger():
+    """Found by the property below (a steer run with one prompt has no report half): JSON stores a
+    NaN value as null, and the ledger must read it back as NaN, not crash."""
+    import math
+
+    from emoscope.audit import Finding, Observation
+
+    f = Finding(kind="steering", observation=Observation(metric="m", value=math.nan, interval=(math.nan, math.nan)))
+    back = Finding.model_validate_json(f.model_dump_json(), context={"stored": True})
+    assert math.isnan(back.observation.value) and all(math.isnan(x) for x in back.observation.interval)
 
 
 # -- the property -------------------------------------------------------------------------------

@@ -457,13 +457,14 @@ def test_damaged_vector_bytes_load_or_give_one_line(tmp_path_factory, damage):
 
 # -- CLI argument lists: any flags of any command, hostile files as values -------------------------
 
-CLI_COMMANDS = ["steer", "probe", "extract", "introspect", "patch", "heads", "run", "demo", "audit", "report",
-                "datasets", "models"]
+CLI_COMMANDS = ["steer", "probe", "extract", "introspect", "patch", "heads", "align", "elicit", "run", "demo", "audit",
+                "report", "datasets", "models"]
 CLI_BASES = {"steer": ["--model", "m", "--emotion", "anger"], "probe": ["--model", "m", "--dataset", "emotions-basic"],
              "extract": ["--model", "m", "--dataset", "emotions-basic"], "introspect": ["--model", "m"],
              "patch": ["--model", "m", "--source", "emotions-basic:anger"],
              "heads": ["screen", "--model", "m", "--emotion", "anger"], "run": ["demo"], "demo": [], "audit": ["."],
-             "report": ["."], "datasets": ["show", "emotions-basic"], "models": []}
+             "report": ["."], "datasets": ["show", "emotions-basic"], "models": [],
+             "align": ["--models", "m", "n", "--dataset", "emotions-basic"], "elicit": ["--model", "m"]}
 _NOT_FUZZED = {"--executor", "--ray-address", "--workers", "--gpus-per-worker"}  # (these start Ray: tested elsewhere)
 
 

@@ -53,6 +53,16 @@ class Observation(_Model):
     #: how many cells (layers, strengths, ...) a "best of" choice searched; 1 when nothing was chosen
     n_searched: int | None = None
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _nan_from_null(cls, v: Any) -> Any:  # JSON has no NaN: a stored NaN value reads back as null
+        return math.nan if v is None else v
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _nan_bounds_from_null(cls, v: Any) -> Any:
+        return tuple(math.nan if x is None else x for x in v) if isinstance(v, (list, tuple)) else v
+
     @field_validator("interval")
     @classmethod
     def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -13,7 +13,9 @@ options mean; these know what every stage's options look like, by the names they
   ``mean_from:K``, ``token:I``, ``all``): it must read, must lie within the model's context when
   that is known, and a ``token:I`` / ``mean_from:K`` must fit in every text it reads (the stage's
   ``texts`` option, else the spec's dataset) by an upper bound on the token count: a token
-  covers at least one byte, so a text of B UTF-8 bytes has at most B + ``SPECIAL_TOKENS`` tokens.
+  covers at least one byte, so a text of B UTF-8 bytes has at most B + ``SPECIAL_TOKENS`` tokens;
+  ``all`` (every token, unpooled) only in a spec whose one stage is ``extract``: every other use
+  needs one vector per text.
   Texts that pass the bound but are still too short once tokenised fail in the stage, with an
   error that names the text;
 - an option named ``max_new_tokens`` must leave room for a prompt in the model's known context;
@@ -92,7 +94,8 @@ def _short_text(texts: list[str], need: int) -> tuple[int, int] | None:
     return None
 
 
-def _position(stage: str, name: str, value: str, models: list[str], texts: list[str] | None, source: str) -> None:
+def _position(stage: str, name: str, value: str, models: list[str], texts: list[str] | None, source: str,
+              unpooled_ok: bool) -> None:
     from emoscope.activations.positions import parse_position
     from emoscope.models.peek import peek_shape
 
@@ -100,6 +103,9 @@ def _position(stage: str, name: str, value: str, models: list[str], texts: list[
         pos = parse_position(value)
     except PositionError as e:
         raise PositionError(f"{stage} {name}: {e}") from None
+    if not pos.pooled and not unpooled_ok:
+        raise PositionError(f"{stage} {name} all reads every token, but this needs one vector per text; use last, "
+                            "mean, mean_from:K or token:I (all is for a spec that only extracts)")
     if pos.kind not in ("token", "mean_from"):
         return
     # the tokens a text needs: token:I reads token I (or the -I-th from the end), mean_from:K needs K + 1
@@ -152,7 +158,7 @@ def check_values(spec: Any, stages: list[str], dataset: Any) -> None:
                 if not loaded:
                     texts, source = _texts(stage, values, dataset, spec.dataset)
                     loaded = True
-                _position(stage, name, value, models, texts, source)
+                _position(stage, name, value, models, texts, source, unpooled_ok=list(spec.stages) == ["extract"])
 
 
 def check_models(spec: Any, cache: Any, stages: list[str]) -> None:
