@@ -4,6 +4,8 @@ compare writing with reading.
 - ``elicit(model, emotions, n)``: one seeded, batched decode over emotions x samples; texts that
   name the emotion are rejected; the states at the written tokens can be captured as they are
   written (``layers=``). ``save_elicited`` writes a JSONL dataset with a card.
+- Stage ``elicit`` (``emoscope elicit``, ``elicit/stage.py``): ``elicit`` as a run, the dataset
+  written to ``RUN/elicit/NAME.jsonl``.
 - Stage ``modes`` (``emoscope run extraction-modes``): the 2x2 of generated vs human text and
   instruction in context vs read plainly, plus token-based vectors, compared over emotions with
   a paired Wilcoxon signed-rank test; steering success against random vectors.
