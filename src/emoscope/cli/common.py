@@ -258,9 +258,12 @@ def add_shared(parser: argparse.ArgumentParser | Any, stage: str, model: Any, fl
     name = field or flag.removeprefix("--no-").removeprefix("--").replace("-", "_")
     fkw = _flag_kw(flag)
     if type is not None:
-        if flag != "--positions":
+        if flag != "--positions" or not isinstance(type, Positions):
             raise ValueError(f"{flag}: the converter comes from SHARED")
         fkw["type"] = type
+        if shown is None:  # which words of the one grammar this command writes
+            shown = (f"{_shown(field_default(model, name))}; here: {' | '.join(type.accept)}"
+                     + (", comma-separated for one cell each" if type.many else ""))
     return add_option(parser, stage, model, name, flag, help=SHARED[flag].help, shown=shown, old=old, **fkw, **kw)
 
 
