@@ -4,7 +4,7 @@ findings move.
 Runs ``emoscope steer`` (default: ``--emotion anger`` on smollm2-135m, 4 prompts, 2 random vectors
 per kind, 16 new tokens, so that ``make bench`` stays short where bf16 is slow; ``--claim``: 40
 prompts and the command's defaults otherwise, the claim-sized sweep) or the ``demo`` spec (``--demo``) twice,
-``--model-dtype float32`` then ``bfloat16``, each timed (wall and process CPU time), and compares:
+``--dtype float32`` then ``bfloat16``, each timed (wall and process CPU time), and compares:
 
 - the findings: verdict, the chosen cell (the finding's metric names its layer and strength),
   value and p, finding by finding;
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             argv_dt = ["run", _demo_spec(root, model, dt)]
         else:
-            argv_dt = ["steer", "--model", model, "--emotion", args.emotion, *extra, "--model-dtype", dt]
+            argv_dt = ["steer", "--model", model, "--emotion", args.emotion, *extra, "--dtype", dt]
         _say(f"{dt}: {' '.join(argv_dt)}")
         times[dt] = _run(argv_dt, runs[dt])
         _say(f"{dt}: {times[dt][0]:.1f} s wall, {times[dt][1]:.1f} s CPU")

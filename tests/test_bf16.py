@@ -1,4 +1,4 @@
-"""bfloat16 as a real option: every command runs with ``--model-dtype bfloat16`` on a tiny model,
+"""bfloat16 as a real option: every command runs with ``--dtype bfloat16`` on a tiny model,
 the model it loads is bf16, and its numbers stay close to the float32 ones where an independent
 float32 computation exists (extraction). Unit ids of bf16 edits hash (``core.executor``)."""
 

@@ -28,8 +28,8 @@ def unembed(model: Any, h: torch.Tensor, vocab: torch.Tensor | None = None) -> t
     reads a handful), taken from the unembedding's weight; otherwise the unembedding module runs.
     """
     lm = model.unembed
-    if vocab is None:
-        out = lm(h.to(lm.weight.device))
+    if vocab is None:  # the module itself: its hooks (accelerate's device placement, counters) see the call
+        out = lm(h if lm.weight.device.type == "meta" else h.to(lm.weight.device))
     else:
         rows = vocab.to(lm.weight.device)
         out = h.to(lm.weight.device) @ lm.weight[rows].T
@@ -43,7 +43,7 @@ def unembed(model: Any, h: torch.Tensor, vocab: torch.Tensor | None = None) -> t
 
 
 def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, read: torch.Tensor, *,
-                   chunk: int = 2048) -> torch.Tensor:
+                   chunk: int = 512) -> torch.Tensor:
     """``log P(targets[b, i] | position i)`` at the positions where ``read`` ``(B, W)`` is True, NaN
     elsewhere; ``hidden`` ``(B, W, d)`` is the decoder's output (final norm applied). Only the read
     positions are projected onto the vocabulary, ``chunk`` at a time (memory: chunk x vocab floats).
