@@ -1,7 +1,7 @@
 """Benchmark: the Ray executor against the local executor on the same CPUs.
 
 Work: the 3,400-cell introspection sweep of ``benchmarks/introspect.py`` (smollm2-135m, 10
-concepts x 4 layers x 5 strengths x 17 prompts), run as work units (``emoscope.introspection.work``)
+concepts x 4 layers x 5 strengths x 17 prompts), run as work units (``emoscope.introspection.units``)
 
 - local: ``LocalExecutor`` in this process, torch on ``--threads`` threads (the default run);
 - ray: a local Ray on the same CPUs (``ray.init(num_cpus=--threads)``), ``--threads`` workers of
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from emoscope.core.executor import Execution, LocalExecutor, RayExecutor
-    from emoscope.introspection.work import cell_units, score_units
+    from emoscope.introspection.units import cell_units, score_units
     from emoscope.models import load_model
 
     model, layers, strengths, trials, cells, bank, tokens, words, _ = load_sweep(args)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoscope.models import load_model
     from emoscope.models.batching import eos_ids, pad_batch
     from emoscope.models.decode import RowEdits, decode_rows
-    from emoscope.models.heads import head_shape
+    from emoscope.models.head_outputs import head_shape
     from emoscope.models.interventions import Window
     from emoscope.vectors import ConceptVector, DiffMeans
 

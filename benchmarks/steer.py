@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoscope.steering import SteeringSweep, steer
     from emoscope.steering.scorers import output_perplexity
     from emoscope.vectors import ConceptVector, DiffMeans
-    from emoscope.vectors.units import measure_unit
+    from emoscope.vectors.strength import measure_unit
 
     load_start = load_avg()
     model = load_model(smoke_model(args), dtype=args.dtype)

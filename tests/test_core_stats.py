@@ -129,7 +129,7 @@ def test_random_directions_are_seeded_unit_and_optionally_covariance_matched():
 
 
 def test_norm_profile_finds_a_planted_massive_dimension():
-    from emoscope.vectors.units import norm_profile
+    from emoscope.vectors.strength import norm_profile
 
     rng = np.random.default_rng(0)
     h = rng.normal(size=(100, 64))
@@ -143,9 +143,9 @@ def test_norm_profile_finds_a_planted_massive_dimension():
 
 
 def test_measure_unit_matches_raw_hooks_and_travels_with_the_vector(tmp_path, monkeypatch):
-    import emoscope.vectors.units as units
+    import emoscope.vectors.strength as units
     from emoscope.vectors import ConceptVector
-    from emoscope.vectors.units import UNIT_KEY, measure_unit, vector_unit, with_unit
+    from emoscope.vectors.strength import UNIT_KEY, measure_unit, vector_unit, with_unit
 
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(units, "_MEMO", {})  # the planted hook below edits the model: measure afresh

@@ -32,7 +32,7 @@ from emoscope.core.executor import (
     unit_id,
 )
 from emoscope.errors import InputError
-from tests.test_introspection import QUESTIONS, intro_model
+from tests.helpers import QUESTIONS, intro_model
 
 
 def _count(state, shared, payload):
@@ -126,7 +126,7 @@ def _trials_and_cells(model):
 
 def test_injection_units_merge_to_one_score_cells_call_exactly(tmp_path):
     from emoscope.introspection.cells import score_cells
-    from emoscope.introspection.work import cell_units, score_units
+    from emoscope.introspection.units import cell_units, score_units
 
     model = intro_model("llama", True)
     trials, cells, bank, tokens = _trials_and_cells(model)
@@ -149,7 +149,7 @@ def test_injection_units_merge_to_one_score_cells_call_exactly(tmp_path):
 def test_steering_row_units_equal_one_decode_call():
     from emoscope.models.decode import RowEdits, decode_rows
     from emoscope.models.interventions import parse_window
-    from emoscope.models.work import decode_units
+    from emoscope.models.units import decode_units
 
     model = intro_model("llama", True)
     tok = model.tokenizer

@@ -18,7 +18,7 @@ from emoscope.heads.screen import (
 )
 from emoscope.heads.select import check_heads, parse_heads, random_head_sets
 from emoscope.models.batching import pad_batch
-from emoscope.models.heads import HeadEdit, edit_heads, head_bias, head_readout, head_shape
+from emoscope.models.head_outputs import HeadEdit, edit_heads, head_bias, head_readout, head_shape
 from emoscope.vectors import ConceptVector
 
 from .conftest import tiny_model
@@ -71,7 +71,7 @@ def test_screened_heads_sum_to_the_output_projection_along_the_vector(family, po
 
 
 def test_head_readout_matches_the_per_head_contribution():
-    from emoscope.models.heads import head_contributions
+    from emoscope.models.head_outputs import head_contributions
 
     model = tiny_model("llama")
     u = torch.randn(model.d_model)

@@ -16,7 +16,7 @@ from emoscope.heads.sweep import (
     record_head_outputs,
 )
 from emoscope.models.batching import eos_ids
-from emoscope.models.heads import head_shape
+from emoscope.models.head_outputs import head_shape
 
 from .conftest import tiny_model
 from .greedy import NEAR_TIE, first_difference, same_or_near_tie, trim
@@ -116,7 +116,7 @@ def test_ablation_equals_a_raw_hook_in_multi_token_generation(family, method):
 
 def test_mean_head_outputs_are_the_token_mean_without_the_first_token():
     model = tiny_model("llama")
-    from emoscope.models.heads import head_outputs
+    from emoscope.models.head_outputs import head_outputs
 
     texts = ["The meeting is at three.", "Rain is expected tomorrow afternoon."]
     got = mean_head_outputs(model, [1], texts, batch_size=1)[1]

@@ -9,7 +9,7 @@ import pytest
 
 from emoscope.cli.main import main
 from emoscope.errors import EmoscopeError, InputError
-from emoscope.models.peek import canonical_model, same_model
+from emoscope.models.shape import canonical_model, same_model
 from emoscope.vectors import ConceptVector
 from emoscope.vectors.checks import check_vector_fits, load_vector_for
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emoscope.models.batching import pad_batch, positions_from_mask
-from emoscope.models.heads import head_bias, head_contributions, head_outputs, head_shape
+from emoscope.models.head_outputs import head_bias, head_contributions, head_outputs, head_shape
 from emoscope.models.interventions import (
     EditHook,
     PositionTracker,

@@ -17,7 +17,7 @@ from emoscope.elicit.compare import (
     probe_accuracy,
     separation,
 )
-from emoscope.elicit.modes_run import paired_table
+from emoscope.elicit.mode_comparison import paired_table
 from emoscope.elicit.success import own_target_effects
 from emoscope.errors import InputError
 

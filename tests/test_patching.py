@@ -284,7 +284,7 @@ def test_covariance_matched_random_patches_sit_beside_the_isotropic_ones():
     seeded draws from the neutral covariance (recomputed here), and the steering view labels both."""
     from emoscope.core.directions import random_layer_directions
     from emoscope.patching.effects import steering_view
-    from emoscope.vectors.units import neutral_covariance
+    from emoscope.vectors.strength import neutral_covariance
 
     model = tiny_model("llama")
     plan = _sweep(model, ["last"], layers=[1, 2], n_random=3, seed=5, random_kind="both").plan()

@@ -9,7 +9,7 @@ import pytest
 
 from emoscope.audit import Control, Finding, Observation
 from emoscope.cli.main import main
-from emoscope.core.placebo import judge_decoys, ship_rates
+from emoscope.core.decoys import judge_decoys, ship_rates
 from emoscope.runs import run_spec, spec_from_yaml
 
 from .conftest import tiny_model
@@ -136,7 +136,7 @@ def test_heads_and_patch_run_with_decoys(tiny, tmp_path):
 
 
 def test_introspect_runs_with_decoy_concepts(tmp_path):
-    from .test_introspection import intro_model
+    from tests.helpers import intro_model
 
     model = intro_model("llama", True)
     text = ("name: intro\nmodel: tiny-intro\nstages: [introspect, placebo]\n"

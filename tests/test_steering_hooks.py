@@ -11,7 +11,7 @@ from emoscope.errors import InputError, LayerError, PositionError
 from emoscope.models.interventions import parse_window
 from emoscope.models.standard import block_output
 from emoscope.steering import patch, steer
-from emoscope.vectors.units import measure_unit
+from emoscope.vectors.strength import measure_unit
 
 from .conftest import tiny_model
 

@@ -158,7 +158,7 @@ def test_controls_random_vectors_match_the_norm_and_are_seeded():
 def test_covariance_matched_random_vectors_follow_the_neutral_covariance():
     """Covariance-matched draws are scaled exactly like isotropic ones and point where neutral
     activations vary: their mean variance under the neutral covariance is higher."""
-    from emoscope.vectors.units import neutral_covariance
+    from emoscope.vectors.strength import neutral_covariance
 
     model = tiny_model("llama")
     vec = _joy(model)
@@ -229,7 +229,7 @@ def test_cli_steer_writes_the_sweep(tiny_cli, tmp_path, capsys):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000 and (out / "figures" / f"{name}.svg").exists()
     assert (out / "tables" / "steer_success.csv").exists() and (out / "report.html").exists()
     saved = ConceptVector.load(out / "steer" / "vector.safetensors")
-    from emoscope.vectors.units import vector_unit
+    from emoscope.vectors.strength import vector_unit
 
     assert sorted(vector_unit(saved, "token_norm").values) == [1, 2]  # the vector carries the unit it ran in
 

@@ -1,5 +1,6 @@
-"""Deprecated: the shared CLI module is now ``emoscope.cli.common`` (flags) and
-``emoscope.cli.running`` (spec building and running). This module re-exports both for one release."""
+"""Deprecated import path: use ``emoscope.cli.common`` (the shared flag groups) and
+``emoscope.cli.running`` (spec building and running). This module re-exports both for one
+release; no module of the package imports it."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "concept); default 10")
     p.add_argument("--out", metavar="DIR", default=None, help="run directory (default: runs/NAME-placebo)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted placebo run in DIR")
-    from emoscope.cli._stage_cmd import add_executor_arguments
+    from emoscope.cli.common import add_executor_arguments
 
     add_executor_arguments(p)
     p.set_defaults(func=run)
@@ -61,7 +61,8 @@ def placebo_spec(spec: Any, n: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoscope.cli._stage_cmd import executor_from_args, print_outcome, stage_logger
+    from emoscope.cli.common import executor_from_args
+    from emoscope.cli.running import print_outcome, stage_logger
     from emoscope.core.rundir import RunDir
     from emoscope.runs import load_spec, run_spec
 

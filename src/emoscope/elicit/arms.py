@@ -1,4 +1,4 @@
-"""The extraction modes ("arms") compared by ``emoscope.elicit.modes``, as token sequences.
+"""The extraction modes ("arms") compared by ``emoscope.elicit.modes_stage``, as token sequences.
 
 Two differences hide in "generation-based vs comprehension-based": whether the instruction
 (which names the emotion) is in context, and where the text came from. The 2x2 separates them:
@@ -29,7 +29,7 @@ from typing import Any
 
 from emoscope.elicit.prompts import completion_prompt, instruction
 
-__all__ = ["ARMS", "ARM_LABELS", "plain_sequences", "framed_sequences", "slot_sequences"]
+__all__ = ["ARMS", "ARM_LABELS", "PAIRS", "plain_sequences", "framed_sequences", "slot_sequences"]
 
 ARMS = ("gen_instr", "gen_plain", "read_instr", "read_plain", "token")
 ARM_LABELS = {
@@ -39,6 +39,16 @@ ARM_LABELS = {
     "read_plain": "human-written text read plainly (comprehension-based)",
     "token": "token-based: the emotion word minus its neutral twin, at the word",
 }
+#: (a, b, what the difference isolates)
+PAIRS = [
+    ("gen_instr", "read_plain", "generation- vs comprehension-based (both differences at once)"),
+    ("gen_instr", "gen_plain", "instruction in context, generated text"),
+    ("read_instr", "read_plain", "instruction in context, human text"),
+    ("gen_plain", "read_plain", "text source, read plainly"),
+    ("gen_instr", "read_instr", "text source, instruction in context"),
+    ("token", "read_plain", "token-based vs sentence-level comprehension"),
+]
+
 
 
 def _prefix(model: Any) -> list[int]:

@@ -1,7 +1,7 @@
 """What the model is asked to write, and which of its texts are kept.
 
 Instruct models get a chat message; base models a completion prompt that the text continues.
-Both name the emotion (that is the point of the 2x2 design in ``emoscope.elicit.modes``: the
+Both name the emotion (that is the point of the 2x2 design in ``emoscope.elicit.modes_stage``: the
 instruction is in context while the model writes). ``neutral`` gets the same frame with an
 everyday topic and no feeling, so generated and read arms share a baseline.
 

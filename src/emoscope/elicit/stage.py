@@ -58,7 +58,7 @@ class ElicitOptions(BaseModel):
 def check_elicit(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.Spec; no dataset is read
     """Before the run starts: names, counts, sampling, the file name, and the chat style."""
     from emoscope.elicit.generate import check_request
-    from emoscope.models.peek import known_chat_template
+    from emoscope.models.shape import known_chat_template
 
     opts: ElicitOptions = spec.options("elicit")
     check_request(None, opts.emotions, opts.n, opts.max_new_tokens, _STYLE[opts.style])

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from emoscope.errors import InputError
-from emoscope.models.peek import known_depth
+from emoscope.models.shape import known_depth
 from emoscope.models.standard import parse_layer_text
 
 __all__ = ["known_depth", "check_layers_exist", "depth_peak", "depth_figure"]

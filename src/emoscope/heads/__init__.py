@@ -12,7 +12,7 @@
 - Head specs and random draws (``select.py``): ``top:K``, ``L.H,L.H``, ``L:H``.
 - The ``heads`` run stage (``stage.py``) and ``emoscope heads {screen,ablate,patch}``.
 
-The hooks themselves live in ``emoscope.models.heads`` (``head_outputs``, ``head_readout``,
+The hooks themselves live in ``emoscope.models.head_outputs`` (``head_outputs``, ``head_readout``,
 ``HeadEdit`` / ``edit_heads``), shared with the rest of emoscope.
 """
 

@@ -164,7 +164,7 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
     """Before any model loads (see the module docstring)."""
     from emoscope.heads.screen import load_screen
     from emoscope.heads.select import check_heads, parse_heads
-    from emoscope.models.peek import peek_shape
+    from emoscope.models.shape import peek_shape
 
     opts: HeadsOptions = spec.options("heads")
     modes = set(opts.modes)

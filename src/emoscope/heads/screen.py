@@ -3,7 +3,7 @@
 For a text and a head ``h`` of block ``l``, the head's direct contribution along the unit
 direction ``u`` is ``c = (W_O^h z_h) . u = z_h . (W_O^h)^T u`` at the read position (``last``
 token by default; ``token:I``, ``mean`` and ``mean_from:K`` pool ``c`` the same way activations
-are pooled). ``(W_O^h)^T u`` is computed once per head (``models.heads.head_readout``), so one
+are pooled). ``(W_O^h)^T u`` is computed once per head (``models.head_outputs.head_readout``), so one
 forward per batch of texts, with a pre-hook on each screened block's ``o_proj``, gives every head
 at once; no loop over heads, and the forward stops after the deepest screened block.
 
@@ -52,7 +52,7 @@ from emoscope.activations.positions import parse_position
 from emoscope.core.stats import holm, rng_from
 from emoscope.errors import InputError, PositionError
 from emoscope.models.batching import pad_batch
-from emoscope.models.heads import head_readout, head_shape
+from emoscope.models.head_outputs import head_readout, head_shape
 
 __all__ = ["ScreenResult", "screen_directions", "head_projections", "label_contrast", "screen_heads",
            "rank_heads", "enough_permutations", "save_screen", "load_screen", "SCREEN_TABLE", "ALTERNATIVES"]

@@ -100,7 +100,7 @@ def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> An
 def heads_stage(ctx: RunContext) -> StageResult:
     from emoscope.heads.screen import load_screen
     from emoscope.heads.select import check_heads, parse_heads
-    from emoscope.models.heads import head_shape
+    from emoscope.models.head_outputs import head_shape
 
     opts: HeadsOptions = ctx.options
     model = ctx.model
@@ -295,7 +295,7 @@ def decoy_view(table: Any, decoy: str, others: list[str]) -> Any:
 def _placebo(ctx: RunContext, opts: HeadsOptions, mode: str, table: Any, methods: list[str], metrics: list[str],
              match: str, chosen: list, seconds: float) -> tuple[str, dict]:
     """The last ``decoys`` random sets, each in the chosen heads' place against the first ``n_random``."""
-    from emoscope.core.placebo import decoy_name, judge_decoys
+    from emoscope.core.decoys import decoy_name, judge_decoys
     from emoscope.heads.findings import intervention_findings
     from emoscope.heads.select import describe_match
 

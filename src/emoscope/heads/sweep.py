@@ -25,7 +25,7 @@ chosen heads' lowest layer for every configuration.
 The chosen heads and every random set of the same size run in the same
 batch (``kind`` = ``chosen`` / ``random``), so the random-head control costs rows, not passes.
 
-One forward pre-hook per edited block (``models.heads.edit_heads``) carries a per-row
+One forward pre-hook per edited block (``models.head_outputs.edit_heads``) carries a per-row
 ``(rows, n_heads)`` mask, so a chunk of ``batch_rows`` rows mixing any configurations is one
 decode (``models.decode.decode_rows``, called per chunk with its own rows). Greedy outputs
 equal running each configuration alone (``tests/test_heads_sweep.py``).
@@ -52,11 +52,11 @@ import pandas as pd
 import torch
 
 from emoscope.errors import InputError
-from emoscope.heads.decode import decode_configs
 from emoscope.heads.select import Head, format_heads
+from emoscope.heads.units import decode_configs
 from emoscope.models.batching import eos_ids, pad_batch, pad_token_id
 from emoscope.models.decode import Sampling
-from emoscope.models.heads import head_outputs
+from emoscope.models.head_outputs import head_outputs
 from emoscope.models.interventions import parse_window
 
 __all__ = ["HeadConfig", "plan_configs", "HeadSweep", "HeadSweepResult", "mean_head_outputs",

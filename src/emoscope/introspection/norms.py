@@ -3,7 +3,7 @@
 ``trial_norm`` (the default) is the mean residual norm at the injected layer on the detection
 trial prompt without injection, every token but the first (``resid_norm_profile``, whose table
 also shows how much of that norm massive dimensions carry); ``token_norm`` and
-``token_norm_robust`` are measured on neutral text (``emoscope.vectors.units``). The sweep
+``token_norm_robust`` are measured on neutral text (``emoscope.vectors.strength``). The sweep
 (``emoscope.introspection.sweep``, which re-exports ``resid_norm_profile``) scales every
 injected vector to ``strength × unit``.
 """
@@ -20,7 +20,7 @@ from emoscope.errors import InputError
 from emoscope.introspection.trials import Trial
 from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
-from emoscope.vectors.units import MEASURED, measure_unit, norm_profile
+from emoscope.vectors.strength import MEASURED, measure_unit, norm_profile
 
 __all__ = ["resid_norm_profile"]
 
@@ -30,7 +30,7 @@ def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]
     """Per layer, over the tokens of ``trial`` after the first, without injection: the unit
     ``trial_norm`` (``mean_resid_norm``, mean ``‖resid[l]‖``), the dimension that carries most of
     ``‖resid[l]‖²`` (``top_dim``, ``top_dim_share``), ``mean_norm_without_top_dim``, and the
-    norm without every massive dimension (``mean_norm_robust``; see ``emoscope.vectors.units``).
+    norm without every massive dimension (``mean_norm_robust``; see ``emoscope.vectors.strength``).
 
     Why: models with massive activations put most of the norm into one dimension (Gemma-3-270M:
     dimension 163 holds ~90% of ``‖resid‖²`` from layer 5 on), so one "mean residual norm" is many
@@ -58,7 +58,7 @@ def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]
 
 def _unit_values(model: StandardModel, unit: str, norms_df: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
     """Strength-1 norm per layer: ``trial_norm`` from the trial prompt's profile, or a unit
-    measured on neutral text (``emoscope.vectors.units``)."""
+    measured on neutral text (``emoscope.vectors.strength``)."""
     if unit == "trial_norm":
         return {int(r.layer): float(r.mean_resid_norm) for r in norms_df.itertuples()}
     if unit in MEASURED:

@@ -81,7 +81,7 @@ class IntrospectOptions(BaseModel):
     free_text: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=40, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
-    unit: Literal["trial_norm", "token_norm", "token_norm_robust"] = "trial_norm"  # see emoscope.vectors.units
+    unit: Literal["trial_norm", "token_norm", "token_norm_robust"] = "trial_norm"  # see emoscope.vectors.strength
     ablate: str | None = None  # a ConceptVector .safetensors file: its direction is ablated at the injected layer
     allow_other_model: bool = False  # use an `ablate` vector whose metadata names another model
     claim: str | None = None
@@ -264,14 +264,14 @@ def decoy_concepts(model, layers: list[int], n_concepts: int, n: int, random_kin
     """``n`` decoy runs of ``n_concepts`` random directions each (named ``decoy-i:j``), drawn as the
     sweep draws its random vectors (isotropic, or covariance-matched; alternating when it runs
     both), from their own seeded streams."""
-    from emoscope.core.placebo import alternate_kinds, decoy_name
+    from emoscope.core.decoys import alternate_kinds, decoy_name
     from emoscope.introspection.concepts import random_vectors
 
     cov = None
     out = []
     for i, kind in enumerate(alternate_kinds(n, random_kind)):
         if kind == "covariance" and cov is None:
-            from emoscope.vectors.units import neutral_covariance
+            from emoscope.vectors.strength import neutral_covariance
 
             cov = neutral_covariance(model, layers)
         out += random_vectors(model.d_model, layers, n_concepts, seed=(seed, 91, i),
@@ -282,7 +282,7 @@ def decoy_concepts(model, layers: list[int], n_concepts: int, n: int, random_kin
 def _placebo(ctx: RunContext, o: IntrospectOptions) -> StageResult:
     """Decoy runs: every concept replaced by a random direction; each run judged on its own."""
     from emoscope._progress import is_quiet
-    from emoscope.core.placebo import alternate_kinds, decoy_name, judge_decoys
+    from emoscope.core.decoys import alternate_kinds, decoy_name, judge_decoys
     from emoscope.introspection import run_sweep
     from emoscope.introspection.concepts import load_words
     from emoscope.introspection.heldout import heldout_finding

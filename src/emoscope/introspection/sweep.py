@@ -5,13 +5,13 @@ Strength is in the unit ``trial_norm`` by default: the mean residual norm at the
 measured on the detection trial prompt without injection (all tokens except the first, whose
 attention-sink norm is far above the rest). ``unit="token_norm"`` / ``"token_norm_robust"``
 use steering's units instead (measured on neutral text; the robust one leaves out massive
-dimensions, so strengths compare across models); see ``emoscope.vectors.units``. Every injected vector is scaled to ``strength × mean norm``, so
+dimensions, so strengths compare across models); see ``emoscope.vectors.strength``. Every injected vector is scaled to ``strength × mean norm``, so
 concept and random vectors have exactly the same norm. The unit is measured in ``norms.py``; the
 tables come back as an ``InjectionResult`` (``result.py``); both are re-exported here.
 
 Random vectors (``n_random`` of each kind, default 10): ``random`` are isotropic draws,
 ``random_cov`` covariance-matched ones (drawn from the covariance of ``resid[l]`` on
-``neutral-corpus``, ``emoscope.vectors.units.neutral_covariance``); ``random_kind`` picks
+``neutral-corpus``, ``emoscope.vectors.strength.neutral_covariance``); ``random_kind`` picks
 ``"isotropic"``, ``"covariance"`` or ``"both"`` (the default). The bank normalises every vector
 before scaling, so both kinds have the concept vectors' norm by construction.
 
@@ -74,9 +74,9 @@ from emoscope.introspection.tables import (
     summary_table,
 )
 from emoscope.introspection.trials import build_trials
-from emoscope.introspection.work import score_units
+from emoscope.introspection.units import score_units
 from emoscope.models.standard import StandardModel
-from emoscope.vectors.units import (
+from emoscope.vectors.strength import (
     MASSIVE_SHARE,
     MEASURED,
     UNITS,
@@ -134,7 +134,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
     detection trial (and of the baseline and random vectors), graded by rules (``judge``: an
     optional extra grader, see ``run_free_text``). ``unit``: what strength 1 means, ``trial_norm``
     (the trial prompt's mean token norm, the default) or ``token_norm`` / ``token_norm_robust``
-    measured on neutral text (see ``emoscope.vectors.units``). ``n_random`` random vectors of each
+    measured on neutral text (see ``emoscope.vectors.strength``). ``n_random`` random vectors of each
     ``random_kind`` (``isotropic``, ``covariance``-matched, or ``both``). The reported cell is
     chosen on half the concepts unless ``focus_layer`` and ``focus_strength`` fix it; its seed
     spread uses ``n_splits`` (>= 3) seeds of the concept split (see ``emoscope.introspection.heldout``).

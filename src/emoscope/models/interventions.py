@@ -20,7 +20,7 @@ blocks and re-exports the rest, so every name below is importable from here:
 - ``replay_blocks``: skip blocks whose output is already known; ``eager_attention``: switch to
   eager attention (for attention weights) and back (``injector.py``, with ``Injector``).
 
-The per-head split of attention lives in ``emoscope.models.heads``.
+The per-head split of attention lives in ``emoscope.models.head_outputs``.
 """
 
 from __future__ import annotations

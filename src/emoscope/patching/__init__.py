@@ -13,7 +13,7 @@ prompts while the model generates, against random-patch and neutral-source contr
   seed-spread controls.
 - The ``patch`` run stage (``stage.py``) and ``emoscope patch``.
 
-Single forward passes with a recorded source are ``emoscope.steering.patch``.
+Single forward passes with a recorded source are ``emoscope.steering.replace_residual``.
 
 >>> from emoscope.patching import PatchSweep                               # doctest: +SKIP
 >>> res = PatchSweep(model, anger_texts, prompts, layers=[9, 15], neutral=neutral_texts,

@@ -48,7 +48,7 @@ def random_patch_directions(model: Any, layers: Sequence[int], n_random: int, se
         if rkind == "isotropic":
             draws = random_layer_directions(d, layers, n_random, seed)
         else:
-            from emoscope.vectors.units import neutral_covariance
+            from emoscope.vectors.strength import neutral_covariance
 
             cov = neutral_covariance(model, layers)
             draws = random_layer_directions(d, layers, n_random, np.random.default_rng([seed, 1]),

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emoscope.core.stages import StageResult, register_stage
 from emoscope.errors import InputError
-from emoscope.models.peek import known_depth
+from emoscope.models.shape import known_depth
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
@@ -294,7 +294,7 @@ def decoy_view(result: Any, decoy: str, others: list[str]) -> Any:
 
 def _placebo(ctx: RunContext, opts: PatchOptions, res: Any) -> StageResult:
     """The last ``decoys`` random patches of each kind, each in the source patch's place."""
-    from emoscope.core.placebo import judge_decoys
+    from emoscope.core.decoys import judge_decoys
     from emoscope.patching.findings import patching_findings
 
     k, n = opts.n_random, opts.decoys

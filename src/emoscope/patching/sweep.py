@@ -38,14 +38,14 @@ Rows (all in one batched decode, one edit per row)
   ``||source_last - clean_last|| u_k`` at every generated position (an additive delta: the clean
   generated states are not known in advance). ``random_kind``: ``isotropic`` (the default;
   ``random_kind`` column ``isotropic``, rows ``random-k``), ``covariance`` (``u_k`` drawn from the
-  covariance of neutral activations, ``vectors.units.neutral_covariance``, so the delta falls
+  covariance of neutral activations, ``vectors.strength.neutral_covariance``, so the delta falls
   where activations vary; rows ``random-cov-k``) or ``both``. Effects are judged against the
   isotropic draws when they ran; the covariance-matched ones are reported beside them (``_cov``).
 
 The next-token view
 -------------------
 Every row also carries ``step1``, the log-odds that the first generated token is a target token,
-and ``step1_change`` against the baseline row of the same prompt (``step1.py`` says which tokens).
+and ``step1_change`` against the baseline row of the same prompt (``next_token.py`` says which tokens).
 A one-step view and the multi-token effect can disagree; ``patch_cells`` shows both per cell.
 
 >>> sweep = PatchSweep(model, anger_texts, prompts, layers=[9, 15], positions=["last"],
@@ -70,11 +70,11 @@ import torch
 from emoscope.errors import InputError
 from emoscope.models.batching import eos_ids
 from emoscope.models.interventions import Window
-from emoscope.models.work import decode_units
+from emoscope.models.units import decode_units
+from emoscope.patching.next_token import step1_token_sets, step1_value
 from emoscope.patching.positions import PatchPositions, align_from_end, parse_position_list
 from emoscope.patching.record import class_mean, record_states
 from emoscope.patching.rows import PatchPlan, plan_edits, random_patch_directions
-from emoscope.patching.step1 import step1_token_sets, step1_value
 from emoscope.steering.regimes import RegimeThresholds, classify_regimes
 from emoscope.steering.scorers import DEFAULT_SCORERS, words
 from emoscope.steering.sweep import default_target

@@ -2,7 +2,7 @@
 
 The stages before it ran with ``decoys: N`` in their sections (``emoscope placebo`` writes such a
 spec): each wrote ``placebo_decoys_<stage>``, one row per (decoy, finding kind) with whether a claim
-shipped once the run correction ran over that decoy's findings (``emoscope.core.placebo``). This
+shipped once the run correction ran over that decoy's findings (``emoscope.core.decoys``). This
 stage gathers them into ``placebo_rates`` (kind, decoys, how many shipped, the rate with its exact
 95% interval), the figure ``placebo_rates``, and one ``placebo`` observation per kind. A rate whose
 interval lies above the level says the pipeline ships decoys: its claims of that kind cannot be
@@ -50,7 +50,7 @@ def placebo_stage(ctx: RunContext) -> StageResult:
     import pandas as pd
 
     from emoscope.audit import Finding, Observation
-    from emoscope.core.placebo import rates_figure, ship_rates
+    from emoscope.core.decoys import rates_figure, ship_rates
 
     o: PlaceboOptions = ctx.options
     paths = sorted(ctx.tables_dir.glob("*placebo_decoys_*.csv"))

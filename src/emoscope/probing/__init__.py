@@ -16,7 +16,7 @@ from __future__ import annotations
 from emoscope.probing.controls import ProbeControls
 from emoscope.probing.layers import probe_layers
 from emoscope.probing.probe import LayerProbe
-from emoscope.probing.report import ProbeReport
+from emoscope.probing.probe_report import ProbeReport
 
 __all__ = [
     "LayerProbe",

@@ -18,7 +18,7 @@ from emoscope.probing._solver import blas_threads
 from emoscope.probing._splits import heldout_split, make_folds
 from emoscope.probing.controls import ProbeControls
 from emoscope.probing.probe import LayerProbe, cv_proba, summarize
-from emoscope.probing.report import TABLE_COLUMNS, ProbeReport, judge
+from emoscope.probing.probe_report import TABLE_COLUMNS, ProbeReport, judge
 from emoscope.vectors._data import as_labels, as_layer_dict, numeric_vector
 
 __all__ = ["probe_layers"]

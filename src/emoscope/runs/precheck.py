@@ -7,7 +7,7 @@ options mean; these know what every stage's options look like, by the names they
   ``alpha`` (a test's level) lies strictly between 0 and 1;
 - an option named ``layers``, ``layer`` or ``*_layers`` / ``*_layer`` holds layers: they must read
   (``"1-"`` does not) and, when the model's depth is known without loading it (an embedded alias,
-  a local directory with ``config.json``: ``emoscope.models.peek``), lie inside every model the
+  a local directory with ``config.json``: ``emoscope.models.shape``), lie inside every model the
   stage runs on;
 - an option named ``position`` or ``*_position`` holds a read position (``last``, ``mean``,
   ``mean_from:K``, ``token:I``, ``all``): it must read, must lie within the model's context when
@@ -57,7 +57,7 @@ def _finite(stage: str, name: str, value: Any) -> None:
 
 
 def _layers(stage: str, name: str, value: Any, models: list[str]) -> None:
-    from emoscope.models.peek import resolve_layers_unloaded
+    from emoscope.models.shape import resolve_layers_unloaded
     from emoscope.models.standard import parse_layer_text
 
     if value is None:
@@ -76,7 +76,7 @@ def _layers(stage: str, name: str, value: Any, models: list[str]) -> None:
 
 
 def _context(stage: str, name: str, n_tokens: int, models: list[str]) -> None:
-    from emoscope.models.peek import peek_shape
+    from emoscope.models.shape import peek_shape
 
     for model in models:
         n_ctx = (peek_shape(model) or {}).get("n_ctx")
@@ -97,7 +97,7 @@ def _short_text(texts: list[str], need: int) -> tuple[int, int] | None:
 def _position(stage: str, name: str, value: str, models: list[str], texts: list[str] | None, source: str,
               unpooled_ok: bool) -> None:
     from emoscope.activations.positions import parse_position
-    from emoscope.models.peek import peek_shape
+    from emoscope.models.shape import peek_shape
 
     try:
         pos = parse_position(value)

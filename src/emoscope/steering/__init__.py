@@ -2,7 +2,8 @@
 
 - ``steer(model, vector, layers, strength, positions=..., mode=..., unit=...)``: a context
   manager that adds / ablates / ablates-then-adds a vector at chosen layers and token windows,
-  correct under the KV cache; ``patch(model, source, layers, positions)``: activation patching.
+  correct under the KV cache; ``replace_residual(model, source, layers, positions)``: write the
+  residual recorded on a source prompt (single-forward patching; ``patch`` is its old name).
 - ``SteeringSweep(...).run()``: vectors x layers x strengths x prompts x seeds as a few batched
   decodes with one delta per row, plus strength-0, negated and random matched-norm controls
   (isotropic and covariance-matched), real scorers, regimes and success rates against the
@@ -22,13 +23,14 @@
 
 from __future__ import annotations
 
-from emoscope.steering.hooks import patch, steer
+from emoscope.steering.hooks import patch, replace_residual, steer
 from emoscope.steering.regimes import RegimeThresholds
 from emoscope.steering.scorers import known_scorers, register_scorer, score_texts
 from emoscope.steering.sweep import SteeringResult, SteeringSweep
 
 __all__ = [
     "steer",
+    "replace_residual",
     "patch",
     "SteeringSweep",
     "SteeringResult",

@@ -1,10 +1,12 @@
-"""User-facing residual edits: ``steer`` (add / ablate / ablate then add) and ``patch``.
+"""User-facing residual edits: ``steer`` (add / ablate / ablate then add) and ``replace_residual``
+(write the residual recorded on a source prompt into every forward; ``patch``, its old name, is an
+alias for one release).
 
 Both are thin context managers over ``emoscope.models.interventions``, which holds the edit
 (``edit_residual``), the token windows (``Window``, ``parse_window``), the position tracking that
 keeps windows right under the KV cache (``PositionTracker``) and hook installation
 (``installed``); see that module for how positions are tracked. What stays here is what a user
-calls: the strength units (``emoscope.steering.units``) and the patching hook.
+calls: the strength units (``emoscope.steering.strength``) and the replacement hook.
 
 Windows (``positions=``): ``all``; ``prompt``; ``generated``; ``from:K`` (tokens from the K-th real
 token of each row on). Every hook is removed in ``finally``, also when the body raises.
@@ -28,9 +30,9 @@ from emoscope.models.interventions import (
     replace_block_output,
 )
 from emoscope.models.standard import block_output
-from emoscope.steering.units import unit_deltas
+from emoscope.steering.strength import unit_deltas
 
-__all__ = ["steer", "patch", "MODES"]
+__all__ = ["steer", "replace_residual", "patch", "MODES"]
 
 MODES = ("add", "ablate", "ablate_add")
 
@@ -44,7 +46,7 @@ def steer(model: Any, vector: Any, layers: int | Sequence[int] | str, strength: 
     ``mode``: ``"add"`` adds ``strength`` x the vector; ``"ablate"`` removes the projection on
     the vector's direction (``strength`` is ignored); ``"ablate_add"`` removes it, then adds.
     ``unit="token_norm"`` (or ``"token_norm_robust"``) counts ``strength`` in typical per-token
-    residual norms at that layer (see ``emoscope.vectors.units``); ``"raw"`` uses the vector as given.
+    residual norms at that layer (see ``emoscope.vectors.strength``); ``"raw"`` uses the vector as given.
     ``positions``: ``all``, ``prompt``, ``generated`` or ``from:K``; correct under the KV cache.
 
     >>> with steer(model, joy, layers=[15], strength=4.0, positions="generated"):  # doctest: +SKIP
@@ -104,17 +106,18 @@ class _PatchHook:
 
 
 @contextlib.contextmanager
-def patch(model: Any, source: str | Sequence[int], layers: int | Sequence[int] | str,
+def replace_residual(model: Any, source: str | Sequence[int], layers: int | Sequence[int] | str,
           positions: str | Sequence[int] = "last", *, add_special_tokens: bool = True) -> Iterator[dict[int, torch.Tensor]]:
-    """Activation patching: record ``resid[l]`` on ``source`` and write it into every forward run
-    inside the block, at the same positions.
+    """Replace ``resid[l]`` by the residual recorded on ``source``: record ``resid[l]`` on the
+    source prompt, then write it into every forward run inside the block, at the same positions
+    (single-forward activation patching; multi-token patching sweeps are ``emoscope.patching``).
 
     ``positions``: ``"last"`` (source's last token -> each target row's last prompt token),
     ``"all"`` (token ``i`` -> token ``i`` for every source token), or a list of token indices
     counted from the first real token (negative counts from the source's end). Yields the
     recorded states ``{layer: (source_len, d_model)}``.
 
-    >>> with patch(model, "I am thrilled!", layers=[12], positions="last"):   # doctest: +SKIP
+    >>> with replace_residual(model, "I am thrilled!", layers=[12], positions="last"):   # doctest: +SKIP
     ...     logits = model.hf(**enc).logits
     """
     layer_list = model.resolve_layers(layers if not isinstance(layers, int) else [layers])
@@ -157,3 +160,8 @@ def patch(model: Any, source: str | Sequence[int], layers: int | Sequence[int] |
     hooks = {layer: _PatchHook(tracker, recorded[layer], src_idx, tgt_idx) for layer in layer_list}
     with installed(model, hooks, tracker):
         yield recorded
+
+
+#: Deprecated name of :func:`replace_residual` (issue 23: ``patch`` sat next to the ``patching``
+#: package and did not say what it edits); kept for one release.
+patch = replace_residual

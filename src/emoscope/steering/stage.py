@@ -57,7 +57,7 @@ class SteerOptions(BaseModel):
     position: str = "mean_from:1"  # extraction position when fitting (all tokens but the attention sink)
     layers: str | int | float | list[int | float] = Field(default_factory=lambda: [0.33, 0.5])
     strengths: Strengths = AUTO  # "auto": a short pilot brackets where the vector breaks (steering.pilot); or a list
-    unit: str = "token_norm"  # a strength unit of emoscope.vectors.units (token_norm, token_norm_robust) or "raw"
+    unit: str = "token_norm"  # a strength unit of emoscope.vectors.strength (token_norm, token_norm_robust) or "raw"
     positions: str = "generated"
     mode: Literal["add", "ablate_add"] = "add"
     prompts: str = "neutral-starts"
@@ -82,7 +82,7 @@ class SteerOptions(BaseModel):
     @field_validator("unit")
     @classmethod
     def _known_unit(cls, v: str) -> str:
-        from emoscope.vectors.units import STEERING_UNITS
+        from emoscope.vectors.strength import STEERING_UNITS
 
         if v not in STEERING_UNITS:
             raise ValueError(f"unknown strength unit; use one of {', '.join(STEERING_UNITS)}")
@@ -180,7 +180,7 @@ def steer_stage(ctx: RunContext) -> StageResult:
     from emoscope.steering import SteeringSweep
     from emoscope.steering.plots import dose_response_figure, regime_map_figure
     from emoscope.steering.regimes import regime_switches
-    from emoscope.vectors.units import resolve_unit, with_unit
+    from emoscope.vectors.strength import resolve_unit, with_unit
 
     opts: SteerOptions = ctx.options
     model = ctx.model
@@ -246,7 +246,7 @@ def _vector_of(finding, figures: dict) -> str | None:  # noqa: ANN001
 
 def _record_findings(ctx: RunContext, res, opts: SteerOptions) -> str:
     from emoscope.steering.findings import steering_draw_figures, steering_findings
-    from emoscope.vectors.units import measure_unit
+    from emoscope.vectors.strength import measure_unit
 
     layers = sorted(int(x) for x in res.meta.get("layers", []))
     massive = measure_unit(ctx.model, layers, "token_norm_robust").massive_dims if layers and opts.n_random else {}
@@ -268,9 +268,9 @@ def decoy_vectors(model, vector, layers: list[int], n: int, random_kind: str, se
     sweep runs both."""
     import numpy as np
 
+    from emoscope.core.decoys import alternate_kinds, decoy_name
     from emoscope.core.directions import random_layer_directions
-    from emoscope.core.placebo import alternate_kinds, decoy_name
-    from emoscope.steering.units import layer_vectors
+    from emoscope.steering.strength import layer_vectors
     from emoscope.vectors import ConceptVector
 
     kinds = alternate_kinds(n, random_kind)
@@ -278,7 +278,7 @@ def decoy_vectors(model, vector, layers: list[int], n: int, random_kind: str, se
     iso = random_layer_directions(model.d_model, layers, kinds.count("isotropic"), np.random.default_rng([seed, 71]))
     cov = []
     if "covariance" in kinds:
-        from emoscope.vectors.units import neutral_covariance
+        from emoscope.vectors.strength import neutral_covariance
 
         cov = random_layer_directions(model.d_model, layers, kinds.count("covariance"),
                                       np.random.default_rng([seed, 72]), cov=neutral_covariance(model, layers))
@@ -297,7 +297,7 @@ def _placebo(ctx: RunContext, opts: SteerOptions, layers: list[int], vector,  # 
              strengths: list[float]) -> StageResult:
     """Decoys in the vector's place: one sweep, each decoy judged as the run's only candidate."""
     from emoscope._progress import is_quiet
-    from emoscope.core.placebo import judge_decoys
+    from emoscope.core.decoys import judge_decoys
     from emoscope.steering import SteeringSweep
     from emoscope.steering.findings import steering_findings
     from emoscope.steering.sweep import default_target

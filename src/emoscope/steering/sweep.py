@@ -9,10 +9,10 @@ Controls run in the same batch, always:
   ``-s`` *is* the negated vector at ``s``;
 - ``n_random`` random directions per layer and kind (seeded by ``seed``) at every strength,
   with the same norm as the vector (in a measured unit every delta at strength ``s`` has norm
-  ``s * unit[l]``, see ``emoscope.vectors.units``; in ``unit="raw"`` random vectors are scaled to
+  ``s * unit[l]``, see ``emoscope.vectors.strength``; in ``unit="raw"`` random vectors are scaled to
   ``||v[l]||``). ``random_kind`` picks the kinds: ``isotropic`` (every direction equally likely;
   rows ``random-k``), ``covariance`` (drawn from the covariance of neutral activations,
-  ``emoscope.vectors.units.neutral_covariance``, so they fall where activations vary; rows
+  ``emoscope.vectors.strength.neutral_covariance``, so they fall where activations vary; rows
   ``random-cov-k``) or ``both`` (the default). Rows carry ``kind="random"`` and the column
   ``random_kind``. On a model with massive dimensions neither kind is neutral: isotropic draws
   avoid those dimensions, covariance-matched ones land on them.
@@ -43,7 +43,7 @@ from emoscope.errors import InputError
 from emoscope.models.batching import eos_ids
 from emoscope.models.decode import RowEdits, Sampling, stack_rows
 from emoscope.models.interventions import parse_window
-from emoscope.models.work import decode_units
+from emoscope.models.units import decode_units
 from emoscope.steering.hooks import MODES, _as_strength
 from emoscope.steering.regimes import (
     RANDOM_KINDS,
@@ -52,7 +52,7 @@ from emoscope.steering.regimes import (
     success_table,
 )
 from emoscope.steering.scorers import DEFAULT_SCORERS, words
-from emoscope.steering.units import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
+from emoscope.steering.strength import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
 
 __all__ = ["SteeringSweep", "SteeringResult", "default_target", "RANDOM_KIND_CHOICES"]
 
@@ -245,7 +245,7 @@ class SteeringSweep:
         randoms: dict[str, tuple[str, dict[int, np.ndarray]]] = {}
         cov = None
         if "covariance" in self.random_kinds:
-            from emoscope.vectors.units import neutral_covariance
+            from emoscope.vectors.strength import neutral_covariance
 
             cov = neutral_covariance(self.model, self.layers)
         for vi, (name, vec) in enumerate(self.vectors):

@@ -1,5 +1,5 @@
 """Concept vectors: estimators that find one direction per concept, preprocessing, and the
-``ConceptVector`` value that carries a direction per layer; the strength unit (``units.py``:
+``ConceptVector`` value that carries a direction per layer; the strength unit (``strength.py``:
 what "strength 1" means, measured once and stored with the vector); the ``vectors`` run stage.
 
 >>> import numpy as np
@@ -15,7 +15,7 @@ from emoscope.vectors.concept import ConceptVector
 from emoscope.vectors.estimators import DiffMeans, PCADiff, ProbeDirection, TokenDiff
 from emoscope.vectors.fit import fit_vectors
 from emoscope.vectors.preprocess import Centerer, LengthNormalizer, NeutralNullspace
-from emoscope.vectors.units import StrengthUnit, measure_unit
+from emoscope.vectors.strength import StrengthUnit, measure_unit
 
 __all__ = [
     "ConceptVector",

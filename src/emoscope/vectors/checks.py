@@ -7,7 +7,7 @@ section): a direction fitted in one model's residual stream means nothing in ano
 when the widths happen to agree. Two steps:
 
 - ``load_vector_for(path, spec_model)`` before the model loads: the file exists and reads, the
-  model it names is ``spec_model`` (compared by ``emoscope.models.peek.same_model``), and its
+  model it names is ``spec_model`` (compared by ``emoscope.models.shape.same_model``), and its
   width and layers fit the model's shape when that is known without loading;
 - ``check_vector_fits(vector, model)`` after it loads, before any forward: the weights hash
   matches (when both are known), and the width and layers fit. Width and layers are checked
@@ -62,7 +62,7 @@ def load_vector_for(path: str | os.PathLike[str], spec_model: str, *, what: str 
     >>> load_vector_for(p, "org/other", allow_other_model=True).name
     'joy'
     """
-    from emoscope.models.peek import peek_shape, same_model
+    from emoscope.models.shape import peek_shape, same_model
 
     where = f"{what} {path}"
     if not Path(path).is_file():

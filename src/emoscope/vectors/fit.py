@@ -93,7 +93,7 @@ def fit_vectors(
     row; ``probe`` always separates the class from every other row); extra keywords go to the estimator (``C=``, ``pairing=``, ``seed=``).
     ``meta`` (e.g. ``{"model": ..., "dataset_sha": ...}``) is copied into every vector's
     metadata, next to the method, baseline, class counts and per-layer vector norms
-    (``layer_norms``). The strength unit is measured separately (``emoscope.vectors.units``).
+    (``layer_norms``). The strength unit is measured separately (``emoscope.vectors.strength``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)

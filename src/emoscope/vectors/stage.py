@@ -3,7 +3,7 @@
 Each class is measured against ``baseline``: the ``neutral`` class when the dataset has one,
 else the mean of all classes (``"all"``), or any class named in the spec; the stage notes which.
 The strength unit is not stored here: steering measures it once with
-``emoscope.vectors.units.measure_unit`` (on neutral text, whatever the baseline) and saves the
+``emoscope.vectors.strength.measure_unit`` (on neutral text, whatever the baseline) and saves the
 vector it ran with that unit in ``meta["strength_unit"]``.
 """
 
