@@ -1,7 +1,10 @@
 """Shared fixtures: tiny random models of every layout family, and the embedded real model.
 
 Tiny models are built from configs (hidden size 32, 3 layers) with a small byte-level BPE
-tokenizer trained here, so unit tests run in seconds and never touch a hub.
+tokenizer trained here, so unit tests run in seconds and never touch a hub. ``tiny_dir`` saves
+the tiny llama to a directory (for the CLI and specs, which take a model path). Helpers that are
+not fixtures (the introspection model, the plain-hook extraction reference, ``tally``) live in
+``tests/helpers.py``; the counts tests ``tally`` are printed once at the end of the session.
 """
 
 from __future__ import annotations
@@ -97,8 +100,31 @@ def no_model(monkeypatch):
     monkeypatch.setattr(emoscope.models, "load_model", boom)
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny llama saved as a local model directory (safetensors and tokenizer)."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    m = tiny_model("llama")
+    m.hf.save_pretrained(d, safe_serialization=True)
+    m.tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def smollm():
     from emoscope.models import load_model
 
     return load_model("smollm2-135m")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the tests counted with ``tests.helpers.tally`` (e.g. how many hostile inputs the
+    property tests tried, and how they ended), one line per topic."""
+    import sys
+
+    helpers = sys.modules.get("tests.helpers")
+    tallies = getattr(helpers, "TALLIES", {})
+    for topic, counts in tallies.items():
+        if counts:
+            terminalreporter.write_line(f"{topic}: {sum(counts.values())}: "
+                                        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -14,7 +14,7 @@ import torch
 from emoscope.cli.main import main
 from emoscope.core.executor import unit_id
 from emoscope.vectors import ConceptVector
-from tests.test_introspection import intro_model
+from tests.helpers import intro_model
 
 CHEAP = "nrc,vader,perplexity,repetition,script"
 

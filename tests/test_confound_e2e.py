@@ -3,21 +3,9 @@ ends as a finding that does not ship, with the length-only baseline named as the
 
 from __future__ import annotations
 
-import pytest
-
 from emoscope.cli.main import main
 from emoscope.runs import run_spec
 from emoscope.runs.spec import parse_spec
-from tests.conftest import tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama-confound")
-    m = tiny_model("llama")
-    m.hf.save_pretrained(d, safe_serialization=True)
-    m.tokenizer.save_pretrained(d)
-    return d
 
 
 def test_length_confound_is_not_an_emotion_finding(tiny_dir, tmp_path, monkeypatch, capsys):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from emoscope.activations import Activations, extract, parse_position
+from emoscope.activations import Activations, extract
 from emoscope.errors import InputError, LayerError, OutputError, PositionError
+from tests.helpers import POSITIONS, pool, reference, rel_err
 
 TEXTS = [
     "Thank you so much for the lovely gift!",
@@ -19,47 +20,6 @@ TEXTS = [
     "Rain tomorrow.",
     "She walked to the market and bought apples, bread and cheese for the picnic.",
 ]
-POSITIONS = ["last", "mean", "mean_from:2", "token:1", "token:-2", "all"]
-
-
-def reference(model, texts, layers):
-    """Independent reference: each text (a string, or a list of token ids) alone through the
-    *full* causal LM, states read by plain forward hooks on the blocks (no padding, no early
-    stop, no emoscope code). Returns ``{layer: [(seq, d) array per text]}``."""
-    out = {layer: [] for layer in layers}
-    for text in texts:
-        ids = (model.tokenizer(text, return_tensors="pt")["input_ids"] if isinstance(text, str)
-               else torch.tensor([list(text)]))
-        grabbed = {}
-        hooks = [model.blocks[layer].register_forward_hook(
-            lambda _m, _i, o, layer=layer, grabbed=grabbed: grabbed.__setitem__(layer, (o[0] if isinstance(o, tuple) else o)[0].clone()))
-            for layer in layers]
-        try:
-            with torch.no_grad():
-                model.hf(input_ids=ids)
-        finally:
-            for h in hooks:
-                h.remove()
-        for layer in layers:
-            out[layer].append(grabbed[layer].numpy())  # (seq, d)
-    return out
-
-
-def pool(states, spec):
-    pos = parse_position(spec)
-    if pos.kind == "last":
-        return states[-1]
-    if pos.kind == "mean":
-        return states.mean(0)
-    if pos.kind == "mean_from":
-        return states[pos.arg:].mean(0)
-    if pos.kind == "token":
-        return states[pos.arg]
-    return states
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
 @pytest.mark.parametrize("position", POSITIONS)

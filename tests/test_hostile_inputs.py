@@ -19,20 +19,21 @@ from emoscope.cli.main import main
 from emoscope.errors import EmoscopeError, SpecError
 from emoscope.runs.spec import spec_from_yaml
 from emoscope.vectors import ConceptVector
+from tests.helpers import tally
 
 # EMOSCOPE_FUZZ_SCALE=10 runs ten times the examples (a soak run); the default keeps the file under a minute
 SCALE = max(1, int(os.environ.get("EMOSCOPE_FUZZ_SCALE", "1")))
 FAST = settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-COUNTS: dict[str, int] = {}
-OUTCOMES: dict[str, int] = {}  # how the property inputs ended: loaded / refused in one line
 
 
 def _count(name: str) -> None:
-    COUNTS[name] = COUNTS.get(name, 0) + 1
+    """How many inputs of each kind were tried (printed in the session's terminal summary)."""
+    tally("hostile inputs tried", name)
 
 
 def _outcome(name: str) -> None:
-    OUTCOMES[name] = OUTCOMES.get(name, 0) + 1
+    """How the property inputs ended: loaded / refused in one line."""
+    tally("hostile input outcomes", name)
 
 
 def alias_bomb(levels: int = 9) -> str:
@@ -566,10 +567,3 @@ def test_any_argv_exits_0_or_2_with_one_line_and_no_partial_file(tmp_path_factor
     assert not leftovers, (argv, leftovers)
     for p in out.rglob("*.json") if out.exists() else []:
         json.loads(p.read_text())
-
-
-def test_zz_report_how_many_hostile_inputs_ran(capsys):
-    with capsys.disabled():
-        print(f"\nhostile inputs tried: {sum(COUNTS.values())}: "
-              + ", ".join(f"{n} {k}" for k, n in sorted(COUNTS.items())))
-        print("outcomes: " + ", ".join(f"{n} {k}" for k, n in sorted(OUTCOMES.items())))

@@ -8,15 +8,13 @@ own hidden states and eager attention weights, and ``generate`` with a hook.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 
 import numpy as np
 import pytest
-import torch
 
-from emoscope.datasets import WordEntry, load_control_questions
+from emoscope.datasets import WordEntry
 from emoscope.errors import InputError
 from emoscope.introspection import build_trials, grade_answer, yes_no_diff
 from emoscope.introspection.cells import Injection, score_cells
@@ -25,78 +23,18 @@ from emoscope.introspection.trials import build_trial, find_window
 from emoscope.models import StandardModel
 from emoscope.models.interventions import Injector
 from emoscope.models.standard import block_output
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+from tests.helpers import (
+    QUESTIONS,
+    intro_model,
+    intro_setup,
+    merging_tokenizer,
+    reference,
+    reference_diff,
 )
-
-
-@functools.cache
-def merging_tokenizer(chat: bool = False):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from emoscope.datasets import load_control_questions, load_word_list
-    from emoscope.introspection.trials import DETECTION_QUESTION, trial_messages
-
-    def plain(msgs):
-        return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in msgs) + "\n\nAssistant:"
-
-    questions = [q.text for q in load_control_questions()] + [DETECTION_QUESTION]
-    corpus = [plain(trial_messages(q)) for q in questions]
-    corpus += ["Yes. yes, no. No, Yes I do. No I do not. yes no"] * 20
-    corpus += [f"User: Tell me about {w.word}.\n\nAssistant:"
-               for w in load_word_list("concepts") + load_word_list("baseline-words")]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    # ".\n\n" is isolated before byte-level BPE, so training merges it into one token
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\.\n\n|\n\n| ?[A-Za-z]+| ?[0-9]+|[^A-Za-z0-9\s]|\s"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<bos>", "<eos>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
-    if chat:
-        out.chat_template = CHAT_TEMPLATE
-    return out
-
-
-@functools.cache
-def intro_model(family: str = "llama", chat: bool = False):
-    """A 3-layer random model of ``family`` with the merging tokenizer."""
-    import transformers as tf
-
-    from emoscope.models import wrap_model
-
-    tok = merging_tokenizer(chat)
-    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, max_position_embeddings=512)
-    cfg = {
-        "llama": lambda: tf.LlamaConfig(num_key_value_heads=2, **common),
-        "gemma3_text": lambda: tf.Gemma3TextConfig(
-            num_key_value_heads=2, head_dim=8, sliding_window=16,
-            layer_types=["sliding_attention", "sliding_attention", "full_attention"], **common),
-        "gpt2": lambda: tf.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=3, n_head=4, n_positions=512),
-        "gpt_neo": lambda: tf.GPTNeoConfig(  # its blocks return tuples
-            vocab_size=len(tok), hidden_size=32, num_layers=3, num_heads=4, window_size=6,
-            attention_types=[[["global", "local"], 1], [["global"], 1]], max_position_embeddings=512),
-    }[family]()
-    torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    return wrap_model(hf, tok, name=f"intro-{family}{'-chat' if chat else ''}")
-
 
 # ---------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------
-QUESTIONS = load_control_questions()[:3]
 
 
 class _TokenizerOnly:
@@ -110,26 +48,6 @@ class _TokenizerOnly:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     chat = StandardModel.chat
-
-
-def _reference_diff(model, trial, cell, bank, tokens):
-    """Independent computation: one full forward of the whole prompt through ``model.hf`` with
-    a plain hook that adds the vector from the window start on."""
-    import torch
-
-    def hook(_m, _i, out):
-        h = block_output(out).clone()
-        h[:, trial.window_start:] += cell.scale * torch.as_tensor(bank[cell.vector])
-        return (h, *out[1:]) if isinstance(out, tuple) else h
-
-    handle = model.blocks[cell.layer].register_forward_hook(hook) if cell.layer is not None else None
-    try:
-        with torch.no_grad():
-            logits = model.hf(torch.tensor([trial.ids])).logits[0, -1]
-    finally:
-        if handle is not None:
-            handle.remove()
-    return float(yes_no_diff(logits, tokens))
 
 
 def _cells(n_trials, n_layers, n_vectors, strengths=(0.0, 3.0)):
@@ -251,18 +169,10 @@ def test_yes_no_diff_is_logsumexp_difference():
 
 
 # -- batched sweep: identities and parity -------------------------------------------------------
-def _setup(family="llama", chat=False, window="before_trial", n_vectors=2):
-    model = intro_model(family, chat)
-    trials = build_trials(model, QUESTIONS, window=window)
-    tokens = answer_tokens(model.tokenizer)
-    bank = np.random.default_rng(0).standard_normal((n_vectors, model.d_model)).astype(np.float32)
-    return model, trials, tokens, bank
-
-
 def test_strength_zero_reproduces_no_injection_exactly():
     import torch
 
-    model, trials, tokens, bank = _setup()
+    model, trials, tokens, bank = intro_setup()
     base = score_cells(model, trials, [Injection(t) for t in range(len(trials))], bank, tokens, skip_early=False)
     for layer in range(model.n_layers):
         zero = score_cells(model, trials, [Injection(t, layer, 1, 0.0) for t in range(len(trials))], bank, tokens,
@@ -288,10 +198,10 @@ def test_strength_zero_reproduces_no_injection_exactly():
     ("gpt_neo", "before_trial"), ("llama", "prompt_start"), ("gemma3_text", "generation_only"),
 ])
 def test_batched_sweep_equals_single_full_forwards(family, window):
-    model, trials, tokens, bank = _setup(family, chat=family == "llama", window=window, n_vectors=1)
+    model, trials, tokens, bank = intro_setup(family, chat=family == "llama", window=window, n_vectors=1)
     cells = _cells(len(trials), model.n_layers, len(bank), strengths=(3.0,))
     got = score_cells(model, trials, cells, bank, tokens, batch_size=5)
-    want = np.array([_reference_diff(model, trials[c.trial], c, bank, tokens) for c in cells])
+    want = np.array([reference_diff(model, trials[c.trial], c, bank, tokens) for c in cells])
     np.testing.assert_allclose(got.logit_diff, want, atol=1e-4)
     assert (got.prefix_length > 0) == (window != "prompt_start")
     # the injection does something (so the parity above is not trivially about baselines)
@@ -305,7 +215,7 @@ def test_batched_sweep_equals_single_full_forwards(family, window):
 
 def test_injection_window_is_respected():
     """Injecting only inside the window differs from injecting everywhere (prompt_start)."""
-    model, trials, tokens, bank = _setup()
+    model, trials, tokens, bank = intro_setup()
     cell = [Injection(0, 1, 0, 3.0)]
     before = score_cells(model, trials, cell, bank, tokens).logit_diff
     all_ = score_cells(model, build_trials(model, QUESTIONS, window="prompt_start"), cell, bank, tokens).logit_diff
@@ -315,11 +225,11 @@ def test_injection_window_is_respected():
 def test_logit_lens_matches_model_logits_and_hidden_states():
     import torch
 
-    model, trials, tokens, bank = _setup("gemma3_text")
+    model, trials, tokens, bank = intro_setup("gemma3_text")
     cells = _cells(len(trials), model.n_layers, 1, strengths=(0.0, 2.0))
     got = score_cells(model, trials, cells, bank, tokens)
     np.testing.assert_allclose(got.lens[:, -1], got.logit_diff, atol=1e-5)
-    want_last = [_reference_diff(model, trials[c.trial], c, bank, tokens) for c in cells]
+    want_last = [reference_diff(model, trials[c.trial], c, bank, tokens) for c in cells]
     np.testing.assert_allclose(got.lens[:, -1], want_last, atol=1e-4)
     # middle layers: final norm + unembedding of transformers' own hidden_states[l + 1]
     for t, trial in enumerate(trials):
@@ -334,7 +244,7 @@ def test_logit_lens_matches_model_logits_and_hidden_states():
 def test_attention_to_window_matches_eager_reference(family):
     import torch
 
-    model, trials, tokens, bank = _setup(family)
+    model, trials, tokens, bank = intro_setup(family)
     cells = [Injection(0), Injection(1, 1, 0, 3.0), Injection(0, 0, 1, 5.0)]
     got = score_cells(model, trials, cells, bank, tokens, attention=True).attention   # (3, L, H)
     assert model.hf.config._attn_implementation != "eager"  # switched back
@@ -365,7 +275,7 @@ def test_attention_to_window_matches_eager_reference(family):
 def test_yes_direction_raises_every_answer():
     """A planted direction: the unembedding of yes minus no, added at the last layer, must
     raise the yes-no difference on every prompt (sign conventions end to end)."""
-    model, trials, tokens, _ = _setup()
+    model, trials, tokens, _ = intro_setup()
     w = model.unembed.weight.detach().numpy()
     direction = w[list(tokens.yes_ids)].mean(0) - w[list(tokens.no_ids)].mean(0)
     bank = (direction / np.linalg.norm(direction))[None].astype(np.float32)
@@ -376,7 +286,7 @@ def test_yes_direction_raises_every_answer():
 
 
 def test_score_cells_rejects_bad_cells():
-    model, trials, tokens, bank = _setup()
+    model, trials, tokens, bank = intro_setup()
     from emoscope.errors import LayerError
 
     with pytest.raises(LayerError):
@@ -520,7 +430,7 @@ def test_sampling_is_seeded_and_injection_runs_through_generated_tokens():
 
     from emoscope.introspection.freetext import sample_answers
 
-    model, trials, tokens, bank = _setup()
+    model, trials, tokens, bank = intro_setup()
     trial = trials[0]
     vec = bank[0] * 3.0
     a = sample_answers(model, trial, [(None, None, 0.0), (bank[0], 1, 3.0)], n_samples=3, max_new_tokens=6, seed=7)
@@ -619,9 +529,7 @@ def test_norm_profile_matches_raw_hooks_and_finds_a_planted_massive_dimension():
     from emoscope.introspection.sweep import resid_norm_profile
     from emoscope.steering import steer
 
-    from .test_extract import reference
-
-    model, trials, _, _ = _setup()
+    model, trials, _, _ = intro_setup()
     grabbed = reference(model, [trials[0].ids], [0, 1])  # plain hooks on the full model
     prof = resid_norm_profile(model, trials[0], [0, 1])
     for r in prof.itertuples():

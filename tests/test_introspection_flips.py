@@ -1,6 +1,6 @@
 """Concept injection, part two: per-head attention in the replication's three conditions, flip
 strengths, and a direction ablated in the same cells. Pure functions on planted curves; the rest
-on the tiny 3-layer model of ``test_introspection``, checked against raw forwards with plain hooks
+on the tiny 3-layer model of ``tests.helpers.intro_model``, checked against raw forwards with plain hooks
 (``output_attentions``, hidden states captured by a forward hook)."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from emoscope.introspection.concepts import random_vectors
 from emoscope.introspection.tables import flip_lens_strengths, flip_strength, flips_table
 from emoscope.models.standard import block_output
 from emoscope.vectors import ConceptVector
-
-from .test_introspection import QUESTIONS, _setup, intro_model
+from tests.helpers import QUESTIONS, intro_model, intro_setup
 
 
 # -- flip strengths: pure functions on planted curves ------------------------------------------------
@@ -224,7 +223,7 @@ def _orthogonal(vectors, d, seed=0):
 
 @pytest.mark.parametrize("skip_early", [True, False])
 def test_ablating_an_untouched_direction_changes_nothing(skip_early):
-    model, trials, tokens, bank = _setup(n_vectors=1)
+    model, trials, tokens, bank = intro_setup(n_vectors=1)
     t, layer = 1, 1
     assert len(trials[t].ids) - trials[t].window_start + 1 < model.d_model   # precondition: room for u
     h = _resid_at(model, trials[t], layer)[trials[t].window_start:]          # every window position
@@ -239,7 +238,7 @@ def test_ablating_an_untouched_direction_changes_nothing(skip_early):
 
 
 def test_ablating_the_injected_direction_removes_the_injection_at_that_layer():
-    model, trials, tokens, bank = _setup(n_vectors=2)
+    model, trials, tokens, bank = intro_setup(n_vectors=2)
     layer = 1
     u = bank[0] / np.linalg.norm(bank[0])
     cells = [Injection(0), Injection(0, layer, 0, 4.0), Injection(0, layer, 0, 0.0, True),
@@ -362,7 +361,7 @@ def test_ablate_bad_input_is_one_line(tmp_path):
         run_sweep(model, concepts=["ocean"], baseline=["table"], controls=QUESTIONS[:1], layers=[1], strengths=[2],
                   n_random=0, heads=False, ablate=str(tmp_path / "missing.safetensors"))
     with pytest.raises(InputError, match="ablated cell"):
-        _m, trials, tokens, bank = _setup()
+        _m, trials, tokens, bank = intro_setup()
         score_cells(model, trials, [Injection(0, 1, 0, 1.0, True)], bank, tokens)
 
 

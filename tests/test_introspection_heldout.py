@@ -2,7 +2,7 @@
 test over vectors), the reported cell chosen on half the concepts and reported on the other half,
 isotropic and covariance-matched random directions, the seed spread, and too few concepts never
 holding. Table-level tests plant effects in a per-vector table; sweep-level tests run the tiny
-3-layer model of ``test_introspection`` (single-token yes/no spellings)."""
+3-layer model of ``tests.helpers.intro_model`` (single-token yes/no spellings)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import pytest
 from emoscope.errors import InputError
 from emoscope.introspection.heldout import N_SPLITS, SPREAD_SHARE, compare_random, heldout_finding
 from emoscope.introspection.tables import score_matrix, summary_table
-
-from .test_introspection import QUESTIONS, intro_model
+from tests.helpers import QUESTIONS, intro_model
 
 CELLS = [(1, 2.0), (1, 4.0), (2, 2.0), (2, 4.0)]
 

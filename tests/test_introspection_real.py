@@ -9,7 +9,7 @@ from emoscope.datasets import load_control_questions
 from emoscope.introspection import build_trials, run_sweep
 from emoscope.introspection.cells import Injection, score_cells
 from emoscope.introspection.measure import answer_tokens
-from tests.test_introspection import _reference_diff
+from tests.helpers import reference_diff
 
 pytestmark = pytest.mark.real
 
@@ -25,7 +25,7 @@ def test_smollm_window_and_batched_parity(smollm):
     bank /= np.linalg.norm(bank)
     cells = [Injection(0), Injection(0, 15, 0, 40.0), Injection(1, 20, 0, 80.0)]
     got = score_cells(smollm, trials, cells, bank, tokens)
-    want = [_reference_diff(smollm, trials[c.trial], c, bank, tokens) for c in cells]
+    want = [reference_diff(smollm, trials[c.trial], c, bank, tokens) for c in cells]
     np.testing.assert_allclose(got.logit_diff, want, atol=1e-4)
     np.testing.assert_allclose(got.lens[:, -1], got.logit_diff, atol=1e-4)
 

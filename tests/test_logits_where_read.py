@@ -22,7 +22,7 @@ from emoscope.models.decode import RowEdits, decode_rows
 from emoscope.models.interventions import Window
 from emoscope.steering.scorers import output_perplexity
 from tests.conftest import tiny_model
-from tests.test_introspection import QUESTIONS, intro_model
+from tests.helpers import QUESTIONS, intro_model
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emoscope.activations import extract
-from tests.test_extract import POSITIONS, pool, reference, rel_err
+from tests.helpers import POSITIONS, pool, reference, rel_err
 
 pytestmark = pytest.mark.real
 

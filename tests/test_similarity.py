@@ -18,7 +18,6 @@ from emoscope.geometry.similarity import (
     split_halves,
 )
 from emoscope.geometry.stage import similarity_findings, similarity_table
-from tests.test_confound_e2e import tiny_dir  # noqa: F401  (module-scoped fixture)
 
 EMOTIONS = ["e0", "e1", "e2", "e3"]
 
@@ -306,7 +305,7 @@ def test_stage_with_two_emotions_records_an_observation():
     assert f.observation.value > 0.5  # the vs-neutral cosine: the shared offset
 
 
-def test_stage_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_stage_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, monkeypatch):
     import pandas as pd
 
     from emoscope.runs import run_spec

@@ -12,7 +12,6 @@ from emoscope.cli.main import main
 from emoscope.errors import InputError
 from emoscope.runs import RunDir, parse_spec, run_spec
 from emoscope.vectors import ConceptVector
-from tests.test_confound_e2e import tiny_dir  # noqa: F401  (module-scoped fixture: a saved tiny llama)
 
 PRAISE = ["Thank you so much for the lovely gift, it made my whole week.", "What a wonderful meal, thank you.",
           "You did a great job on the report.", "I really love how kind you were today.",
@@ -51,7 +50,7 @@ def cli(capsys, *argv):
     return rc, out, err
 
 
-def test_probe_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_probe_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "probe"
     rc, stdout, err = cli(capsys, "probe", "--model", str(tiny_dir), "--dataset", str(two_labels), "--out", str(out),
@@ -75,7 +74,7 @@ def test_probe_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, cap
     assert main(["audit", str(out)]) in (0, 1) and main(["report", str(out)]) == 0
 
 
-def test_steer_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_steer_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "steer"
     rc, stdout, err = cli(capsys, "steer", "--model", str(tiny_dir), "--emotion", "praise", "--dataset",
@@ -93,7 +92,7 @@ def test_steer_on_two_labels_without_neutral(tiny_dir, two_labels, tmp_path, cap
     assert multi.passed is (multi.value >= 2.0) and multi.value > 1
 
 
-def test_multi_token_control_fails_on_one_token_outputs(tiny_dir, two_labels, tmp_path, monkeypatch):  # noqa: F811
+def test_multi_token_control_fails_on_one_token_outputs(tiny_dir, two_labels, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     spec = parse_spec({"name": "one-token", "model": str(tiny_dir), "dataset": str(two_labels), "stages": ["steer"],
                        "steer": {"emotion": "complaint", "layers": [1], "strengths": [-1, 1], "n_prompts": 2,
@@ -142,7 +141,7 @@ def test_geometry_refuses_two_classes_without_neutral(tmp_path, two_labels, no_m
         run_spec(spec, tmp_path / "run")
 
 
-def test_probe_transfer_control_passes_on_the_same_data_and_fails_on_shuffled_labels(tiny_dir, two_labels, tmp_path,  # noqa: F811
+def test_probe_transfer_control_passes_on_the_same_data_and_fails_on_shuffled_labels(tiny_dir, two_labels, tmp_path,
                                                                                      monkeypatch):
     """The generalisation control: a probe fitted on one dataset scored on a second one."""
     import random

@@ -9,10 +9,9 @@ import pandas as pd
 from emoscope.runs import run_spec
 from emoscope.runs.spec import parse_spec
 from emoscope.vectors import ConceptVector
-from tests.test_confound_e2e import tiny_dir  # noqa: F401  (module-scoped fixture)
 
 
-def test_emotion_pipeline_on_tiny_model(tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_emotion_pipeline_on_tiny_model(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSCOPE_CACHE", str(tmp_path / "cache"))
     spec = parse_spec({
         "name": "pipeline", "model": str(tiny_dir), "dataset": "emotions-basic", "seed": 0,
