@@ -23,10 +23,10 @@ from emoscope.datasets import (
     load_texts,
     load_word_list,
 )
-from emoscope.datasets._cards import card_header, parse_card_header
 from emoscope.datasets._catalog import builtin_names, data_file
 from emoscope.datasets._dataset import VALID_SPLITS
 from emoscope.datasets._words import find_words
+from emoscope.datasets.cards import card_header, parse_card_header
 from emoscope.errors import DataError, InputError
 
 DATA = Path(__file__).parent / "data"
@@ -462,11 +462,11 @@ def test_user_control_questions(tmp_path):
 
 
 def test_docstring_examples_run():
-    import emoscope.datasets._cards as cards
     import emoscope.datasets._catalog as catalog
     import emoscope.datasets._dataset as dataset
     import emoscope.datasets._readers as readers
     import emoscope.datasets._words as words
+    import emoscope.datasets.cards as cards
 
     for module in (dataset, readers, catalog, words, cards):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -12,7 +12,7 @@ import pytest
 import emoscope.models
 from emoscope.cli.main import main
 from emoscope.datasets import load_dataset
-from emoscope.datasets._cards import parse_card_header
+from emoscope.datasets.cards import parse_card_header
 from emoscope.elicit import elicit, forbidden_for, rejects, save_elicited
 from emoscope.elicit.capture import read_states
 from emoscope.elicit.prompts import check_emotions

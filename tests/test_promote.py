@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emoscope.datasets import load_dataset
-from emoscope.datasets._cards import parse_card_header
+from emoscope.datasets.cards import parse_card_header
 from emoscope.elicit.leakage import leakage_table, score_leakage, script_counts
 from emoscope.errors import InputError
 from emoscope.steering.scorers import _script, main_script

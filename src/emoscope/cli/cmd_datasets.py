@@ -76,7 +76,7 @@ def _list(as_json: bool) -> int:
 
 
 def _summary(ds: Any) -> dict[str, Any]:
-    from emoscope.datasets._cards import card_header
+    from emoscope.datasets.cards import card_header
 
     info = card_header(ds)
     if ds.splits is not None:
@@ -88,7 +88,7 @@ def _summary(ds: Any) -> dict[str, Any]:
 
 def _show(name: str, as_json: bool) -> int:
     from emoscope.datasets import load_dataset
-    from emoscope.datasets._cards import parse_card_header
+    from emoscope.datasets.cards import parse_card_header
 
     ds = load_dataset(name)
     if as_json:

@@ -20,12 +20,13 @@ Built-ins (``emoscope datasets`` lists them; each has a card with length statist
 
 from __future__ import annotations
 
-from emoscope.datasets._catalog import list_datasets, load_dataset, load_texts
+from emoscope.datasets._catalog import builtin_names, list_datasets, load_dataset, load_texts
 from emoscope.datasets._dataset import Dataset
 from emoscope.datasets._readers import DataWarning
 from emoscope.datasets._words import (
     ControlQuestion,
     WordEntry,
+    find_words,
     load_control_questions,
     load_forbidden_words,
     load_word_list,
@@ -42,4 +43,7 @@ __all__ = [
     "load_forbidden_words",
     "WordEntry",
     "ControlQuestion",
+    # helpers other packages use: the names of the built-ins, whole-word matching
+    "builtin_names",
+    "find_words",
 ]

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from emoscope._io import atomic_write_text, ensure_writable_dir
-from emoscope.datasets._cards import card_header
-from emoscope.datasets._dataset import Dataset
+from emoscope.datasets import Dataset
+from emoscope.datasets.cards import card_header
 from emoscope.elicit.generate import Elicited, summarise_lengths
 
 __all__ = ["save_elicited", "elicited_dataset"]

@@ -22,8 +22,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
-from emoscope.datasets import load_forbidden_words
-from emoscope.datasets._words import find_words
+from emoscope.datasets import find_words, load_forbidden_words
 from emoscope.errors import InputError
 
 __all__ = ["NEUTRAL", "CHAT_TEMPLATE", "COMPLETION_TEMPLATE", "NEUTRAL_TOPIC", "check_emotions",

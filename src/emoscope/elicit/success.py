@@ -30,12 +30,10 @@ import numpy as np
 import pandas as pd
 
 from emoscope.core.stats import binomial_interval
-from emoscope.steering.regimes import classify_regimes
+from emoscope.steering.regimes import BROKEN, classify_regimes
 from emoscope.steering.sweep import default_target
 
-__all__ = ["own_target_effects", "BROKEN"]
-
-BROKEN = ("repetitive collapse", "explosive")
+__all__ = ["own_target_effects"]
 
 
 def _changes(table: pd.DataFrame, col: str) -> np.ndarray:

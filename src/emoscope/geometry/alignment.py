@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix
 from emoscope.errors import InputError
-from emoscope.geometry.cosine import _stack
-from emoscope.vectors._data import as_matrix
+from emoscope.geometry.cosine import stack_vectors
 
 __all__ = ["LinearMap", "procrustes_align", "lstsq_align", "evaluate_alignment", "AlignmentResult"]
 
@@ -166,8 +166,8 @@ def evaluate_alignment(
     >>> round(res.mean_cosine, 6), res.retrieval_acc
     (1.0, 1.0)
     """
-    names_a, A = _stack(vectors_A, layer_a)
-    names_b, B = _stack(vectors_B, layer_b)
+    names_a, A = stack_vectors(vectors_A, layer_a)
+    names_b, B = stack_vectors(vectors_B, layer_b)
     common = [n for n in names_a if n in set(names_b)]
     if len(common) < 2:
         raise InputError("evaluate_alignment needs at least two names shared by vectors_A and vectors_B")

@@ -9,7 +9,7 @@ pairwise cosine of these centred vectors is ``-1/(K-1)``, not 0 (:func:`expected
 - :func:`split_half_reliability`: the ceiling, each class's centred vector on two random halves,
   stepped up (Spearman-Brown) to all the texts.
 - :func:`distinctness`: "are A and B distinct?", labels permuted between A and B only.
-- ``_bootstrap_pairs``: percentile intervals, texts resampled within each class.
+- ``bootstrap_pairs``: percentile intervals, texts resampled within each class.
 
 Why and how the test uses them: ``emoscope.geometry.similarity`` (which re-exports them all).
 
@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_labels, as_matrix
 from emoscope.core.stats import holm, min_pvalue, permutation_pvalue, rng_from, spearman_brown
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_labels, as_matrix
 
 __all__ = ["expected_centred_cosine", "centred_cosines", "min_permutations", "PairNull", "centred_cosine_null",
-           "split_half_reliability", "distinctness", "Distinctness"]
+           "split_half_reliability", "distinctness", "Distinctness", "class_blocks", "centred_null_draws",
+           "bootstrap_pairs"]
 
 _CHUNK = 1 << 22  # floats per batch of resampled class means
 
@@ -52,7 +53,7 @@ def min_permutations(n_pairs: int) -> int:
     return 20 * int(n_pairs)
 
 
-def _blocks(y: np.ndarray, classes: list[str], min_rows: int = 2) -> list[np.ndarray]:
+def class_blocks(y: np.ndarray, classes: list[str], min_rows: int = 2) -> list[np.ndarray]:
     out = []
     for c in classes:
         rows = np.flatnonzero(y == c)
@@ -87,7 +88,7 @@ def _setup(X: Any, y: Any, classes: list[str] | None) -> tuple[np.ndarray, np.nd
     X = as_matrix(X, "acts")
     y = as_labels(y, X.shape[0])
     classes = sorted(set(y.tolist())) if classes is None else [str(c) for c in classes]
-    return X, y, classes, _blocks(y, classes)
+    return X, y, classes, class_blocks(y, classes)
 
 
 def centred_cosines(X: Any, y: Any, classes: list[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -144,10 +145,10 @@ class PairNull:
         return self.quantile(1.0 - self.alpha / len(self.pairs))
 
 
-def _null(X: np.ndarray, y: np.ndarray, classes: list[str], n_perm: int,
+def centred_null_draws(X: np.ndarray, y: np.ndarray, classes: list[str], n_perm: int,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Observed centred cosines ``(P,)`` and ``n_perm`` of them with labels permuted ``(n_perm, P)``."""
-    blocks = _blocks(y, classes)
+    blocks = class_blocks(y, classes)
     iu = np.triu_indices(len(classes), 1)
     Z = _reduce(X[np.concatenate(blocks)])  # (m, r), rows grouped by class
     counts = np.array([b.size for b in blocks], dtype=np.float64)
@@ -180,21 +181,21 @@ def centred_cosine_null(X: Any, y: Any, classes: list[str] | None = None, *, n_p
         raise InputError(f"similarity beyond what the vectors share cannot be tested with K<3 classes (got {K}): "
                          "centred vectors of two classes are exact opposites")
     P = K * (K - 1) // 2
-    observed, null = _null(X, y, classes, max(int(n_perm), min_permutations(P)), rng_from(seed))
+    observed, null = centred_null_draws(X, y, classes, max(int(n_perm), min_permutations(P)), rng_from(seed))
     p = np.array([permutation_pvalue(o, null[:, i], "greater") for i, o in enumerate(observed)])
     iu = np.triu_indices(K, 1)
     pairs = [(classes[i], classes[j]) for i, j in zip(*iu, strict=True)]
     return PairNull(classes, pairs, observed, null, p, holm(p), alpha)
 
 
-def _bootstrap_pairs(X: np.ndarray, y: np.ndarray, classes: list[str], n_boot: int, level: float,
+def bootstrap_pairs(X: np.ndarray, y: np.ndarray, classes: list[str], n_boot: int, level: float,
                      seed: Any) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of each pair's centred cosine, texts resampled within each class.
 
     ``core.stats.bootstrap`` resamples values whose mean is the statistic; a cosine of class
     means is not such a mean, so the texts are resampled here and the cosines recomputed.
     """
-    blocks = _blocks(y, classes)
+    blocks = class_blocks(y, classes)
     Z = _reduce(X[np.concatenate(blocks)])
     iu = np.triu_indices(len(classes), 1)
     rng = rng_from(seed)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_matrix
 
 __all__ = ["debiased_cka", "gram", "unbiased_hsic", "cka_matrix"]
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_labels, as_matrix, numeric_vector
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_labels, as_matrix, numeric_vector
 from emoscope.vectors.estimators import DiffMeans
 from emoscope.vectors.preprocess import LengthNormalizer
 
 __all__ = [
+    "stack_vectors",
     "cosine_matrix",
     "cosine_null",
     "CosineNull",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-def _stack(vectors: Mapping[str, Any], layer: int | None = None) -> tuple[list[str], np.ndarray]:
+def stack_vectors(vectors: Mapping[str, Any], layer: int | None = None) -> tuple[list[str], np.ndarray]:
     """Names and a ``(k, d)`` matrix from ``{name: (d,) array or ConceptVector}``."""
     if not isinstance(vectors, Mapping) or not vectors:
         raise InputError("vectors must be a non-empty dict {name: (d,) array}")
@@ -69,7 +70,7 @@ def cosine_matrix(vectors: Mapping[str, Any], layer: int | None = None) -> tuple
     >>> names, M.round(3).tolist()
     (['a', 'b'], [[1.0, 0.707], [0.707, 1.0]])
     """
-    names, M = _stack(vectors, layer)
+    names, M = stack_vectors(vectors, layer)
     return names, _cos(M)
 
 
@@ -121,7 +122,7 @@ def cosine_null(
     >>> bool(res.p[0, 1] < 0.01)
     True
     """
-    names, M = _stack(vectors, layer)
+    names, M = stack_vectors(vectors, layer)
     N = as_matrix(X_neutral, "X_neutral", min_rows=4)
     if N.shape[1] != M.shape[1]:
         raise InputError(f"X_neutral has {N.shape[1]} features but the vectors have {M.shape[1]}")

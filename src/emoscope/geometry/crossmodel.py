@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix
 from emoscope.core.stats import permutation_pvalue, rng_from
 from emoscope.errors import InputError
 from emoscope.geometry.alignment import LinearMap
 from emoscope.geometry.pairing import ShuffledRidge, cv_penalties, matched_cos_centred, pairing_test
-from emoscope.vectors._data import as_matrix
 
 __all__ = ["NeutralMaps", "fit_neutral_maps", "compare_vectors", "matched_names", "subspace_overlap",
            "identification_pvalue", "MAP_ORDER"]

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix
 from emoscope.core.stats import permutation_null, permutation_pvalue
 from emoscope.errors import InputError
 from emoscope.geometry.subspace import EmotionPCA, emotion_pca
-from emoscope.vectors._data import as_matrix
 from emoscope.vectors.preprocess import NeutralNullspace
 
 __all__ = ["load_valence_arousal", "check_valence_arousal", "emotion_space", "EmotionSpace", "denoise_vectors",

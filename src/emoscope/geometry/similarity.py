@@ -38,22 +38,22 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_labels, as_matrix, numeric_vector
 from emoscope.core.stats import rng_from
 from emoscope.errors import InputError
 from emoscope.geometry.centred import (
     Distinctness,
     PairNull,
-    _blocks,
-    _bootstrap_pairs,
-    _null,
+    bootstrap_pairs,
     centred_cosine_null,
     centred_cosines,
+    centred_null_draws,
+    class_blocks,
     distinctness,
     expected_centred_cosine,
     min_permutations,
     split_half_reliability,
 )
-from emoscope.vectors._data import as_labels, as_matrix, numeric_vector
 from emoscope.vectors.preprocess import LengthNormalizer
 
 __all__ = ["expected_centred_cosine", "centred_cosines", "min_permutations", "PairNull", "centred_cosine_null",
@@ -84,7 +84,7 @@ def _select_layer(layers: Mapping[int, np.ndarray], y: np.ndarray, classes: list
     its permutation null, over the null's sd; 200 permutations) is highest on ``rows``."""
     scores = {}
     for L, X in layers.items():
-        obs, null = _null(X[rows], y[rows], classes, 200, rng_from(seed))
+        obs, null = centred_null_draws(X[rows], y[rows], classes, 200, rng_from(seed))
         scores[L] = float(np.max((obs - null.mean(0)) / np.maximum(null.std(0), 1e-12)))
     return max(scores, key=lambda L: scores[L]), scores
 
@@ -157,7 +157,7 @@ def similarity_analysis(acts_by_layer: Mapping[int, Any], labels: Any, token_cou
     if len(classes) < 3:
         raise InputError(f"similarity beyond what emotion vectors share cannot be tested with K<3 classes "
                          f"(got {len(classes)}: {classes})")
-    _blocks(y, classes + ([neutral] if neutral in y else []), min_rows=4)
+    class_blocks(y, classes + ([neutral] if neutral in y else []), min_rows=4)
     if n_seeds < 3:
         raise InputError(f"n_seeds must be >= 3 for a seed spread; got {n_seeds}")
     if layer is not None and layer not in layers:
@@ -175,7 +175,7 @@ def similarity_analysis(acts_by_layer: Mapping[int, Any], labels: Any, token_cou
               "token_count_regressed": LengthNormalizer("regress").fit_transform(X, tr, yr)}
     variants = {v: centred_cosine_null(Xv, yr, classes, n_perm=n_perm, alpha=alpha, seed=rng)
                 for v, Xv in length.items()}
-    lo, hi = _bootstrap_pairs(X, yr, classes, n_boot, 0.95, rng)
+    lo, hi = bootstrap_pairs(X, yr, classes, n_boot, 0.95, rng)
     means = np.stack([X[yr == c].mean(0) for c in classes]).astype(np.float64)  # (K, d)
     cen = means - means.mean(0)
     vs, own = np.full(len(null.pairs), np.nan), np.full(len(null.pairs), np.nan)

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix
 from emoscope.errors import InputError
-from emoscope.geometry.cosine import _stack
-from emoscope.vectors._data import as_matrix
+from emoscope.geometry.cosine import stack_vectors
 
 __all__ = ["principal_angles", "linear_cka", "emotion_pca", "EmotionPCA"]
 
@@ -96,7 +96,7 @@ def emotion_pca(vectors: Mapping[str, Any], layer: int | None = None, normalize:
     >>> float(emotion_pca(v).explained_variance_ratio[0]) > 0.9
     True
     """
-    names, M = _stack(vectors, layer)
+    names, M = stack_vectors(vectors, layer)
     if len(names) < 2:
         raise InputError("emotion_pca needs at least two vectors")
     if normalize:

@@ -35,7 +35,7 @@ from emoscope.core.draws import DEFAULT_DRAW_TEST
 from emoscope.heads.effects import effect_row, metric_label, seed_spread
 from emoscope.steering.regimes import MIN_MEAN_TOKENS
 
-__all__ = ["intervention_findings", "screen_finding", "draws_figures", "MIN_MEAN_TOKENS"]
+__all__ = ["intervention_findings", "screen_finding", "draws_figures"]
 _VERB = {"zero": "zero-ablating", "mean": "mean-ablating", "patch": "patching from the source"}
 
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from emoscope.core.stages import require_classes
 from emoscope.errors import InputError
 
-__all__ = ["HeadsOptions", "check_heads_stage", "DEFAULT_DATASET", "MODES"]
+__all__ = ["HeadsOptions", "check_heads_stage", "DEFAULT_DATASET", "MODES", "load_prompts", "source_texts", "screen_class",
+           "check_loaded_vector", "check_loaded_screen"]
 
 DEFAULT_DATASET = "emotions-basic"
 MODES = ("screen", "ablate", "patch")
@@ -109,7 +110,7 @@ def _spec(parse: Callable[[str], Any], v: str) -> str:
 
 
 # -- input checks (no model) ---------------------------------------------------------------------
-def _prompts(opts: HeadsOptions) -> list[str]:
+def load_prompts(opts: HeadsOptions) -> list[str]:
     from emoscope.datasets import load_texts
 
     prompts = [t for t in load_texts(opts.prompts) if t.strip()]
@@ -118,10 +119,9 @@ def _prompts(opts: HeadsOptions) -> list[str]:
     return prompts[: opts.n_prompts] if opts.n_prompts else prompts
 
 
-def _source_texts(source: str) -> tuple[list[str], str]:
+def source_texts(source: str) -> tuple[list[str], str]:
     """Texts of ``DATASET:CLASS`` (a class of a dataset) or of a dataset / text file."""
-    from emoscope.datasets import load_dataset, load_texts
-    from emoscope.datasets._catalog import builtin_names
+    from emoscope.datasets import builtin_names, load_dataset, load_texts
 
     text = str(source).strip()
     name, sep, cls = text.rpartition(":")
@@ -144,7 +144,7 @@ def _check_vector_file(path: str, spec_model: str, allow_other_model: bool = Fal
     return load_vector_for(path, spec_model, what="heads: vector", allow_other_model=allow_other_model)
 
 
-def _screen_class(opts: HeadsOptions, vector: Any, dataset: Any, dataset_name: str | None) -> tuple[str, str]:
+def screen_class(opts: HeadsOptions, vector: Any, dataset: Any, dataset_name: str | None) -> tuple[str, str]:
     from emoscope.vectors.fit import resolve_baseline
 
     classes = list(require_classes(dataset, "heads", dataset_name))
@@ -202,18 +202,18 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
                              "(--emotion) to fit one on the dataset")
         if dataset is None:
             raise InputError("heads: the screen needs a labelled dataset; add `dataset: NAME` (--dataset)")
-        _screen_class(opts, vector, dataset, spec.dataset)
+        screen_class(opts, vector, dataset, spec.dataset)
     elif vector is None and opts.emotion:
         if dataset is None:
             raise InputError("heads: fitting a vector for `emotion:` needs a dataset; add `dataset: NAME` (--dataset)")
-        _screen_class(opts, None, dataset, spec.dataset)
+        screen_class(opts, None, dataset, spec.dataset)
     if intervene:
-        _prompts(opts)
+        load_prompts(opts)
     if "patch" in modes:
         if not opts.source:
             raise InputError("heads: patching needs source prompts: `source: DATASET:CLASS` (--source), e.g. "
                              "emotions-basic:anger")
-        _source_texts(opts.source)
+        source_texts(opts.source)
     if "ablate" in modes and "mean" in opts.methods:
         from emoscope.datasets import load_texts
 
@@ -222,13 +222,13 @@ def check_heads_stage(spec, dataset) -> None:  # noqa: ANN001 - emoscope.runs.Sp
 
 
 # -- the stage -----------------------------------------------------------------------------------
-def _check_loaded_vector(vector: Any, model: Any, where: str, allow_other_model: bool = False) -> None:
+def check_loaded_vector(vector: Any, model: Any, where: str, allow_other_model: bool = False) -> None:
     from emoscope.vectors.checks import check_vector_fits
 
     check_vector_fits(vector, model, where=f"heads: vector {where}", allow_other_model=allow_other_model)
 
 
-def _check_loaded_screen(model: Any, meta: dict, where: str) -> None:
+def check_loaded_screen(model: Any, meta: dict, where: str) -> None:
     sha, mine = str(meta.get("weights_sha256") or ""), str(getattr(model, "weights_sha256", "") or "")
     if sha and mine and sha != mine:
         raise InputError(f"heads: {where} screened heads of other weights than {model.name}; re-run the screen")

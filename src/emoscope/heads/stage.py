@@ -49,12 +49,12 @@ from emoscope.heads.options import (  # re-exported: specs and the CLI read the 
     DEFAULT_DATASET,
     MODES,
     HeadsOptions,
-    _check_loaded_screen,
-    _check_loaded_vector,
-    _prompts,
-    _screen_class,
-    _source_texts,
     check_heads_stage,
+    check_loaded_screen,
+    check_loaded_vector,
+    load_prompts,
+    screen_class,
+    source_texts,
 )
 
 if TYPE_CHECKING:
@@ -70,11 +70,11 @@ def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> An
     model = ctx.model
     if opts.vector:
         vector = ConceptVector.load(opts.vector)
-        _check_loaded_vector(vector, model, opts.vector, opts.allow_other_model)
+        check_loaded_vector(vector, model, opts.vector, opts.allow_other_model)
         return vector
     if opts.emotion and ctx.spec.dataset:
         data = ctx.dataset
-        emotion, baseline = _screen_class(opts, None, data, ctx.spec.dataset)
+        emotion, baseline = screen_class(opts, None, data, ctx.spec.dataset)
         layers = model.resolve_layers(opts.vector_layers)
         acts = ctx.activations(layers=layers, position=opts.fit_position, progress=False)
         y = np.asarray([str(x) for x in data.labels])
@@ -90,7 +90,7 @@ def _vector(ctx: RunContext, opts: HeadsOptions, screen_meta: dict | None) -> An
         path = Path(opts.from_run) / "heads" / "vector.safetensors"
         if path.is_file():
             vector = ConceptVector.load(path)
-            _check_loaded_vector(vector, model, str(path), opts.allow_other_model)
+            check_loaded_vector(vector, model, str(path), opts.allow_other_model)
             return vector
     return None
 
@@ -112,7 +112,7 @@ def heads_stage(ctx: RunContext) -> StageResult:
     screen_table, screen_meta, chosen_from = None, None, ""
     if opts.from_run and "screen" not in modes:
         screen_table, screen_meta = load_screen(opts.from_run)
-        _check_loaded_screen(model, screen_meta, opts.from_run)
+        check_loaded_screen(model, screen_meta, opts.from_run)
         chosen_from = f"ranked by the screen of {opts.from_run}"
     vector = _vector(ctx, opts, screen_meta)
     summary, metrics = [], {}
@@ -148,7 +148,7 @@ def _screen(ctx: RunContext, opts: HeadsOptions, vector: Any) -> tuple[Any, dict
     from emoscope.heads.screen import SCREEN_TABLE, save_screen, screen_heads
 
     model, data = ctx.model, ctx.dataset
-    emotion, baseline = _screen_class(opts, vector, data, ctx.spec.dataset)
+    emotion, baseline = screen_class(opts, vector, data, ctx.spec.dataset)
     res = screen_heads(model, vector, list(data.texts), [str(y) for y in data.labels], emotion, baseline,
                        layers=opts.layers, direction_layer=opts.direction_layer, position=opts.position,
                        n_permutations=opts.n_permutations, alternative=opts.alternative, alpha=opts.alpha,
@@ -204,7 +204,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
     rs = pd.DataFrame([{"config": f"random-{j}", "heads": ",".join(f"{a}.{b}" for a, b in s)}
                        for j, s in enumerate(randoms)] + [{"config": "chosen", "heads": ",".join(f"{a}.{b}" for a, b in chosen)}])
     ctx.write_table("heads_random_sets", rs)
-    prompts = _prompts(opts)
+    prompts = load_prompts(opts)
     name = vector.name if vector is not None else (opts.emotion or "")
     target = opts.target or (default_target(name) if name else "valence")
     probe = None
@@ -232,7 +232,7 @@ def _intervene(ctx: RunContext, opts: HeadsOptions, mode: str, vector: Any, chos
                f"edited columns: {opts.positions}")
     else:
         methods = ["patch"]
-        src_texts, src_name = _source_texts(opts.source)
+        src_texts, src_name = source_texts(opts.source)
         order = np.random.default_rng([ctx.seed, 5]).permutation(len(src_texts))
         pair = [int(order[i % len(src_texts)]) for i in range(len(prompts))]
         chat = bool(opts.chat and model.has_chat_template)

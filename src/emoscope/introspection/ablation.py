@@ -10,8 +10,8 @@ compute). A cell with ``ablate=True`` and ``scale=0`` is the ablated baseline at
 
 - ``ablation_directions``: unit directions per layer from a ``ConceptVector`` (re-exported by
   ``cells``);
-- ``_Ablation``: the forward hooks, for forwards that run every block;
-- ``_ablate`` / ``_ablation_masks``: the same edit on a known residual (the early-block replay).
+- ``AblationHooks``: the forward hooks, for forwards that run every block;
+- ``ablate_rows`` / ``ablation_masks``: the same edit on a known residual (the early-block replay).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from emoscope.models.standard import StandardModel, block_output
 if TYPE_CHECKING:
     from emoscope.introspection.cells import Injection
 
-__all__ = ["ablation_directions"]
+__all__ = ["ablation_directions", "AblationHooks", "ablate_rows", "ablation_masks"]
 
 
 def ablation_directions(vector: Any, layers: Sequence[int], d_model: int,
@@ -62,7 +62,7 @@ def ablation_directions(vector: Any, layers: Sequence[int], d_model: int,
     return out
 
 
-def _ablation_masks(rows: Sequence[Injection], window: torch.Tensor) -> dict[int, torch.Tensor]:
+def ablation_masks(rows: Sequence[Injection], window: torch.Tensor) -> dict[int, torch.Tensor]:
     """``{layer: (B, S)}``: the window of the rows ablated at ``layer``, zeros elsewhere."""
     out = {}
     for layer in sorted({c.layer for c in rows if c.ablate}):
@@ -71,13 +71,13 @@ def _ablation_masks(rows: Sequence[Injection], window: torch.Tensor) -> dict[int
     return out
 
 
-def _ablate(h: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def ablate_rows(h: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``h - ((h . u) u)`` where ``mask`` (``(B, S)``) is 1; ``h`` unchanged elsewhere."""
     u = u.to(device=h.device, dtype=h.dtype)
     return h - ((h * u).sum(-1, keepdim=True) * mask[..., None].to(device=h.device, dtype=h.dtype)) * u
 
 
-class _Ablation:
+class AblationHooks:
     """Forward hooks that ablate ``dirs[layer]`` for the rows of the current forward (``state``:
     ``{layer: (delta or None, (B, S) mask)}``). They run before the Injector adds ``delta``, so
     they remove ``((h + delta) . u) u``: the same as adding first, then ablating."""

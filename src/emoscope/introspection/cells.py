@@ -24,7 +24,12 @@ import torch
 
 from emoscope._progress import progress as _progress
 from emoscope.errors import InputError, LayerError
-from emoscope.introspection.ablation import _ablate, _Ablation, _ablation_masks, ablation_directions
+from emoscope.introspection.ablation import (
+    AblationHooks,
+    ablate_rows,
+    ablation_directions,
+    ablation_masks,
+)
 from emoscope.introspection.measure import AnswerTokens, yes_no_diff
 from emoscope.introspection.trials import Trial
 from emoscope.models.batching import pad_batch
@@ -152,7 +157,7 @@ class CellScorer:
         self.skip, self.attention = skip_early and not attention, attention
         plen = shared_prefix_length(trials) if share_prefix else 0
         self.run = _Run(model, trials, bank, tokens, plen, prefix_cache(model, trials[0].ids[:plen]), attention)
-        self.run.ablation = _Ablation(dirs)
+        self.run.ablation = AblationHooks(dirs)
         self._residuals = False
 
     @torch.inference_mode()
@@ -206,7 +211,7 @@ class _Run:
         self.rows = torch.tensor(tokens.ids, device=model.device)
         self.resid: list[list[torch.Tensor]] = []   # [layer][trial] -> (suffix_len, d), uninjected
         self.forms: dict[int, int] = {}
-        self.ablation = _Ablation({})
+        self.ablation = AblationHooks({})
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> object:
         B = ids.shape[0]
@@ -236,7 +241,7 @@ class _Run:
         pos = torch.arange(S, device=dev)
         window = ((pos[None] >= start[:, None]) & (pos[None] < length[:, None])).float()   # (B, S)
         deltas = _deltas(rows, self.bank, window)
-        masks = _ablation_masks(rows, window)
+        masks = ablation_masks(rows, window)
         inj.captured = [None] * model.n_layers
         inj.gather = ans
         layer = rows[0].layer
@@ -248,7 +253,7 @@ class _Run:
                 value[r, :len(suffix[r])] = self.resid[layer][c.trial]
             value = value + deltas[layer].to(device=at, dtype=dtype)
             if layer in masks:
-                value = _ablate(value, self.ablation.dirs[layer], masks[layer])
+                value = ablate_rows(value, self.ablation.dirs[layer], masks[layer])
             inj.deltas, self.ablation.state = {}, {}
             with replay_blocks(model, layer, value, self.forms):
                 o = self.forward(ids, mask)

@@ -55,7 +55,7 @@ def concept_vectors(model: Any, concepts: Any = "default", baseline: Any = "defa
     ('ocean', [0, 1])
     """
     from emoscope.activations import extract
-    from emoscope.introspection.trials import _adds_special
+    from emoscope.introspection.trials import adds_special_tokens
 
     if "{word}" not in prompt:
         raise InputError(f"concept prompt {prompt!r} must contain '{{word}}'")
@@ -66,7 +66,7 @@ def concept_vectors(model: Any, concepts: Any = "default", baseline: Any = "defa
         raise InputError(f"concept and baseline lists share {sorted(overlap)}; remove them from one list")
     texts = [model.chat(prompt.format(word=w.word)) for w in [*cwords, *bwords]]
     acts = extract(model, texts, layers=layers, position="last", cache=False, progress=progress,
-                   batch_size=batch_size, add_special_tokens=_adds_special(model.tokenizer, texts[0]))
+                   batch_size=batch_size, add_special_tokens=adds_special_tokens(model.tokenizer, texts[0]))
     n = len(cwords)
     out = []
     for i, w in enumerate(cwords):

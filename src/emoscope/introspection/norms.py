@@ -22,7 +22,7 @@ from emoscope.models.interventions import Injector
 from emoscope.models.standard import StandardModel
 from emoscope.vectors.strength import MEASURED, measure_unit, norm_profile
 
-__all__ = ["resid_norm_profile"]
+__all__ = ["resid_norm_profile", "unit_values"]
 
 
 @torch.inference_mode()
@@ -56,7 +56,7 @@ def resid_norm_profile(model: StandardModel, trial: Trial, layers: Sequence[int]
     return pd.DataFrame(rows)
 
 
-def _unit_values(model: StandardModel, unit: str, norms_df: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
+def unit_values(model: StandardModel, unit: str, norms_df: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
     """Strength-1 norm per layer: ``trial_norm`` from the trial prompt's profile, or a unit
     measured on neutral text (``emoscope.vectors.strength``)."""
     if unit == "trial_norm":

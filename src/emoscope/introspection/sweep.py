@@ -62,7 +62,7 @@ from emoscope.introspection.concepts import concept_vectors, random_vectors
 from emoscope.introspection.freetext import sweep_free_text
 from emoscope.introspection.heldout import N_SPLITS, heldout_finding
 from emoscope.introspection.measure import answer_tokens
-from emoscope.introspection.norms import _unit_values, resid_norm_profile
+from emoscope.introspection.norms import resid_norm_profile, unit_values
 from emoscope.introspection.result import InjectionResult
 from emoscope.introspection.summaries import ablation_baseline, flip_lens, flip_summary
 from emoscope.introspection.tables import (
@@ -180,7 +180,7 @@ def run_sweep(model: StandardModel, vectors: Sequence[Any] | None = None, *, con
                              cov=neutral_covariance(model, layer_list), prefix="random_cov")
     massive = measure_unit(model, layer_list, "token_norm_robust").massive_dims if n_random else {}
     norms_df = resid_norm_profile(model, trials[0], layer_list)
-    norms = _unit_values(model, unit, norms_df, layer_list)
+    norms = unit_values(model, unit, norms_df, layer_list)
 
     # bank rows: one unit direction per (vector, layer); cells index them
     bank, labels, cells = [], [], []

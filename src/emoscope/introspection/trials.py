@@ -27,6 +27,7 @@ from emoscope.errors import InputError
 
 __all__ = [
     "Trial",
+    "adds_special_tokens",
     "WINDOW_MODES",
     "PREAMBLE",
     "ACKNOWLEDGEMENT",
@@ -95,7 +96,7 @@ def trial_messages(question: str = DETECTION_QUESTION, *, preamble: str = PREAMB
     ]
 
 
-def _adds_special(tokenizer: Any, text: str) -> bool:
+def adds_special_tokens(tokenizer: Any, text: str) -> bool:
     """Whether to let the tokenizer add special tokens: not when the text (from a chat
     template) already starts with the BOS string, so BOS is never doubled."""
     bos = getattr(tokenizer, "bos_token", None)
@@ -105,7 +106,7 @@ def _adds_special(tokenizer: Any, text: str) -> bool:
 def encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of ``text`` (special tokens added unless the text
     already starts with BOS)."""
-    enc = tokenizer(text, add_special_tokens=_adds_special(tokenizer, text), return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 

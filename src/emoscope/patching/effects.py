@@ -23,11 +23,9 @@ import numpy as np
 import pandas as pd
 
 from emoscope.core.stats import bootstrap, paired_test
-from emoscope.steering.regimes import judged_kind, random_rows, success_table
+from emoscope.steering.regimes import BROKEN, judged_kind, random_rows, success_table
 
 __all__ = ["cells_of", "steering_view", "neutral_effects", "cell_table", "report_effects", "CELL_COLUMNS"]
-
-_BROKEN = ("repetitive collapse", "explosive")
 
 
 def cells_of(table: pd.DataFrame) -> pd.DataFrame:
@@ -168,7 +166,7 @@ def cell_table(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
             row[dst] = float(s[src]) if s is not None and src in s else np.nan
         row["views"] = compare_views(_direction(row, ""), _direction(row, "step1_"))
         row["share_surgical"] = float((pat["regime"] == "surgical").mean()) if len(pat) else np.nan
-        row["share_broken"] = float(pat["regime"].isin(_BROKEN).mean()) if len(pat) else np.nan
+        row["share_broken"] = float(pat["regime"].isin(BROKEN).mean()) if len(pat) else np.nan
         row["median_ppl_ratio"] = float(np.nanmedian(pat["ppl_ratio"])) if "ppl_ratio" in pat and len(pat) \
             and np.isfinite(pat["ppl_ratio"].to_numpy(float)).any() else np.nan
         row["mean_tokens"] = float(pat["n_tokens"].mean()) if len(pat) else np.nan

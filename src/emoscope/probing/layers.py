@@ -10,6 +10,7 @@ import pandas as pd
 
 from emoscope._io import sha256_json
 from emoscope._progress import progress
+from emoscope.core.arrays import as_labels, as_layer_dict, numeric_vector
 from emoscope.core.directions import random_subspaces
 from emoscope.core.stats import bootstrap, group_permutations, holm, min_pvalue
 from emoscope.errors import InputError, LayerError
@@ -19,7 +20,6 @@ from emoscope.probing._splits import heldout_split, make_folds
 from emoscope.probing.controls import ProbeControls
 from emoscope.probing.probe import LayerProbe, cv_proba, summarize
 from emoscope.probing.probe_report import TABLE_COLUMNS, ProbeReport, judge
-from emoscope.vectors._data import as_labels, as_layer_dict, numeric_vector
 
 __all__ = ["probe_layers"]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_labels, as_matrix
 from emoscope.core.stats import bootstrap
 from emoscope.errors import InputError
 from emoscope.probing._solver import blas_threads, fit_batch
 from emoscope.probing._splits import make_folds
 from emoscope.probing.metrics import classification_metrics
-from emoscope.vectors._data import as_labels, as_matrix
 
 __all__ = ["LayerProbe"]
 

@@ -16,7 +16,6 @@ that compare models.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from emoscope.report.blocks import Figure, Table, figure_block, table_block
+from emoscope.report.registry import section_data, section_functions
 from emoscope.report.runview import split_name, split_stage
 
 if TYPE_CHECKING:
@@ -83,25 +83,6 @@ def tables_shown_by_sections() -> list[str]:
 def section_spec(stage: str) -> SectionSpec:
     """The section of ``stage`` (its name before '@'); the generic one for a stage not listed."""
     return _specs().get(split_stage(stage)[0], SectionSpec())
-
-
-_DATA: dict[str, Callable[..., dict[str, Any]]] = {}
-
-
-def section_data(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Register the function that prepares what the section template of ``stage`` shows:
-    ``fn(view, stage_key, record) -> dict`` (available to the template as ``s.data``)."""
-
-    def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        _DATA[stage] = fn
-        return fn
-
-    return deco
-
-
-def section_functions() -> dict[str, Callable[..., dict[str, Any]]]:
-    """The registry behind ``section_data`` (stage name -> function), e.g. to list or replace one."""
-    return _DATA
 
 
 @dataclass
@@ -190,9 +171,10 @@ def _section(view: RunView, stage: str, rec: StageRecord, owned_draws: set[str])
     elsewhere = {t for b, sp in _specs().items() if b != base and sp.tables_only
                  for t in (*sp.tables_only, *sp.key_figures)}
     s.key_figures, s.figures = _figures(view, rec, spec, owned_draws, elsewhere)
-    if base in _DATA:
+    data_fns = section_functions()
+    if base in data_fns:
         try:
-            s.data = _DATA[base](view, stage, rec)
+            s.data = data_fns[base](view, stage, rec)
         except Exception as e:  # noqa: BLE001 - one odd table must not cost the whole report
             s.template = DEFAULT_TEMPLATE
             s.problem = f"this section's own view could not be drawn ({type(e).__name__}: {e})"
@@ -250,5 +232,6 @@ def build_sections(view: RunView, owned_draws: set[str]) -> list[Group]:
 
 
 def load_section_data() -> None:
-    """Import the functions that register section data (kept apart from the registry)."""
+    """Import the functions that register section data (``emoscope.report.stagedata``, which
+    registers into ``emoscope.report.registry`` and never imports this module)."""
     import emoscope.report.stagedata  # noqa: F401

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from emoscope.report.blocks import Figure, Table, frame_block
 from emoscope.report.charts import interval_chart, line_chart
 from emoscope.report.glance import fmt
+from emoscope.report.registry import section_data
 from emoscope.report.runview import split_name
-from emoscope.report.sections import section_data
 
 if TYPE_CHECKING:
     from emoscope.report.runview import RunView

@@ -57,7 +57,7 @@ from emoscope.steering.regimes import (
 )
 
 __all__ = ["EntityTable", "DrawSearch", "SeedSpread", "entity_table", "search_draws", "seed_spread",
-           "steering_findings", "steering_draw_figures", "combine_passed", "output_checks", "random_control", "MIN_MEAN_TOKENS", "MAX_BROKEN",
+           "steering_findings", "steering_draw_figures", "combine_passed", "output_checks", "random_control", "MAX_BROKEN",
            "SPREAD_SEEDS", "SEED_SD_SHARE"]
 
 MAX_BROKEN = 0.5  # a candidate cell: below this share of collapsed or explosive outputs on the selection half

@@ -30,7 +30,7 @@ from emoscope.models.interventions import (
     replace_block_output,
 )
 from emoscope.models.standard import block_output
-from emoscope.steering.strength import unit_deltas
+from emoscope.steering.strength import as_strength, unit_deltas
 
 __all__ = ["steer", "replace_residual", "patch", "MODES"]
 
@@ -54,7 +54,7 @@ def steer(model: Any, vector: Any, layers: int | Sequence[int] | str, strength: 
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    strength = _as_strength(strength)
+    strength = as_strength(strength)
     window = parse_window(positions)
     layer_list = model.resolve_layers(layers if not isinstance(layers, int) else [layers])
     deltas, dirs = unit_deltas(model, vector, layer_list, unit=unit, norms=norms)
@@ -66,16 +66,6 @@ def steer(model: Any, vector: Any, layers: int | Sequence[int] | str, strength: 
         hooks[layer] = EditHook(tracker, window, delta=delta, direction=u, ablate=0.0 if mode == "add" else 1.0)
     with installed(model, hooks, tracker) as t:
         yield t
-
-
-def _as_strength(value: Any) -> float:
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"strength must be a number, got {value!r}") from None
-    if not np.isfinite(s):
-        raise InputError(f"strength must be finite, got {value!r}")
-    return s
 
 
 def _tensor(arr: np.ndarray, model: Any) -> torch.Tensor:

@@ -35,12 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from emoscope.core.stages import StageResult, register_stage, require_classes
 from emoscope.errors import InputError
 from emoscope.steering.pilot import AUTO, Strengths
-from emoscope.steering.regimes import MIN_MEAN_TOKENS
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
 
-__all__ = ["SteerOptions", "steer_stage", "check_steer", "DEFAULT_DATASET", "MIN_MEAN_TOKENS"]
+__all__ = ["SteerOptions", "steer_stage", "check_steer", "DEFAULT_DATASET"]
 
 DEFAULT_DATASET = "emotions-basic"
 

@@ -17,7 +17,7 @@ import torch
 from emoscope.errors import InputError
 from emoscope.vectors.strength import MEASURED, STEERING_UNITS, resolve_unit
 
-__all__ = ["layer_vectors", "unit_deltas", "unit_norms", "STEERING_UNITS"]
+__all__ = ["as_strength", "layer_vectors", "unit_deltas", "unit_norms", "STEERING_UNITS"]
 
 
 def layer_vectors(model: Any, vector: Any, layers: Sequence[int]) -> dict[int, np.ndarray]:
@@ -85,3 +85,18 @@ def unit_deltas(model: Any, vector: Any, layers: Sequence[int], unit: str = "tok
         return vecs, dirs
     scale = unit_norms(model, vector, list(vecs), unit, norms)
     return {layer: dirs[layer] * scale[layer] for layer in vecs}, dirs
+
+
+def as_strength(value: Any) -> float:
+    """``value`` as a finite float strength; a one-line ``InputError`` otherwise.
+
+    >>> as_strength("2"), as_strength(-0.5)
+    (2.0, -0.5)
+    """
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"strength must be a number, got {value!r}") from None
+    if not np.isfinite(s):
+        raise InputError(f"strength must be finite, got {value!r}")
+    return s

@@ -44,7 +44,7 @@ from emoscope.models.batching import eos_ids
 from emoscope.models.decode import RowEdits, Sampling, stack_rows
 from emoscope.models.interventions import parse_window
 from emoscope.models.units import decode_units
-from emoscope.steering.hooks import MODES, _as_strength
+from emoscope.steering.hooks import MODES
 from emoscope.steering.regimes import (
     RANDOM_KINDS,
     RegimeThresholds,
@@ -52,7 +52,13 @@ from emoscope.steering.regimes import (
     success_table,
 )
 from emoscope.steering.scorers import DEFAULT_SCORERS, words
-from emoscope.steering.strength import STEERING_UNITS, layer_vectors, unit_deltas, unit_norms
+from emoscope.steering.strength import (
+    STEERING_UNITS,
+    as_strength,
+    layer_vectors,
+    unit_deltas,
+    unit_norms,
+)
 
 __all__ = ["SteeringSweep", "SteeringResult", "default_target", "RANDOM_KIND_CHOICES"]
 
@@ -159,7 +165,7 @@ class SteeringSweep:
             layer_vectors(model, v, self.layers)  # width and layer checks, before anything runs
         if isinstance(strengths, (str, bytes)) or not isinstance(strengths, Sequence) or not len(strengths):
             raise InputError("strengths must be a non-empty list of numbers, e.g. [-4, -2, 0, 2, 4]")
-        self.strengths = [_as_strength(s) for s in strengths]
+        self.strengths = [as_strength(s) for s in strengths]
         if isinstance(prompts, str) or not prompts:
             raise InputError("no prompts given: pass a non-empty list of prompt strings")
         for i, p in enumerate(prompts):

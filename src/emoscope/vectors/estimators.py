@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_labels, as_matrix, class_rows, unit
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_labels, as_matrix, class_rows, unit
 
 __all__ = ["DiffMeans", "PCADiff", "ProbeDirection", "TokenDiff", "METHODS"]
 

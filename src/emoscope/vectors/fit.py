@@ -8,8 +8,8 @@ import numpy as np
 
 from emoscope._io import sha256_json
 from emoscope._progress import progress
+from emoscope.core.arrays import as_labels, as_layer_dict
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_labels, as_layer_dict
 from emoscope.vectors.concept import ConceptVector
 from emoscope.vectors.estimators import METHODS, TokenDiff
 

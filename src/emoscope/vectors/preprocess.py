@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from emoscope.core.arrays import as_matrix, numeric_vector
 from emoscope.errors import InputError
-from emoscope.vectors._data import as_matrix, numeric_vector
 
 __all__ = ["LengthNormalizer", "Centerer", "NeutralNullspace"]
 
