@@ -1,6 +1,6 @@
 """Benchmark: head screening and a batched head-ablation sweep on smollm2-135m.
 
-(1) Screening every head: ``emoscope.heads.head_projections`` (a pre-hook on every block's
+(1) Screening every head: ``emoscope.heads.screen.head_projections`` (a pre-hook on every block's
     ``o_proj`` reading all heads along the block's vector at the last token) on the anger and
     neutral texts of emotions-basic, against a bare decoder forward of the same texts in the same
     batches (no hooks, no LM head); texts/s of each and their ratio. The full ``screen_heads``
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from emoscope.activations import extract
     from emoscope.datasets import load_dataset
-    from emoscope.heads import head_projections, random_head_sets, screen_heads
-    from emoscope.heads.screen import screen_directions
+    from emoscope.heads import random_head_sets, screen_heads
+    from emoscope.heads.screen import head_projections, screen_directions
     from emoscope.heads.select import parse_heads
     from emoscope.heads.sweep import HeadConfig, decode_configs
     from emoscope.models import load_model

@@ -3,7 +3,7 @@
 Work: smollm2-135m, 10 concepts x 4 layers (0.3, 0.5, 0.67, 0.8) x 5 strengths (1..16), each
 on the detection question and the 16 control questions (3,400 cells), 2 threads.
 
-- batched: ``emoscope.introspection.score_cells`` (shared prefix KV cache, early blocks
+- batched: ``emoscope.introspection.cells.score_cells`` (shared prefix KV cache, early blocks
   replayed from one uninjected pass, batch 64), all cells;
 - loop: what a user writes with bare transformers: per cell, a forward hook adds the vector
   over the window and ``model.hf(input_ids)`` runs the whole prompt. At about ten seconds per

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from emoscope.errors import InputError
-from emoscope.geometry import linear_cka
 from emoscope.geometry.cka import cka_matrix, debiased_cka, unbiased_hsic
+from emoscope.geometry.subspace import linear_cka
 
 
 def _hsic_reference(K: np.ndarray, L: np.ndarray) -> float:

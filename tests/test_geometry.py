@@ -14,11 +14,11 @@ from emoscope.geometry import (
     emotion_pca,
     evaluate_alignment,
     length_controlled_cosines,
-    linear_cka,
     lstsq_align,
     principal_angles,
     procrustes_align,
 )
+from emoscope.geometry.subspace import linear_cka
 from emoscope.vectors import ConceptVector
 
 

@@ -337,3 +337,51 @@ def test_no_module_imports_a_deprecated_path():
     planted = {"p": ("", True), "p.new": ("x = 1\n", False), "p.old": ("from p.new import *\n", False),
                "p.user": ("def f():\n    from p import old\n", False), "p.other": ("import p.new\n", False)}
     assert importers_of(planted, {"p.old"}) == ["p.user: p.old"]
+
+
+# ---------------------------------------------------------------- package surfaces
+
+def package_all(sources: Mapping[str, tuple[str, bool]]) -> dict[str, list[str]]:
+    """``{package: its __all__}`` for every package ``__init__`` that assigns a literal ``__all__``
+    (the top-level ``emoscope``, whose ``__all__`` is built from its lazy table, is left out)."""
+    out = {}
+    for module, (text, is_pkg) in sources.items():
+        if is_pkg:
+            for node in ast.parse(text).body:
+                if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+                        and all(isinstance(e, ast.Constant) for e in node.value.elts)):
+                    out[module] = [e.value for e in node.value.elts]
+    return out
+
+
+def off_surface_imports(sources: Mapping[str, tuple[str, bool]]) -> list[str]:
+    """``"importer: from P import x"`` for a package ``P`` with an ``__all__`` that lacks ``x``
+    (and ``x`` is no submodule of ``P``): such a name is plumbing, imported from its module."""
+    surfaces = package_all(sources)
+    out = []
+    for module, (text, is_pkg) in sources.items():
+        for _, target, name in _imports(ast.parse(text), module, is_pkg):
+            if (name and target in surfaces and target != module and name not in surfaces[target]
+                    and f"{target}.{name}" not in sources and name != "*"):
+                out.append(f"{module}: from {target} import {name}")
+    return sorted(out)
+
+
+def test_packages_export_what_a_user_calls():
+    surfaces = package_all(SOURCES)
+    sizes = {p.removeprefix("emoscope."): len(v) for p, v in surfaces.items()}
+    # issue 23: heads 15, introspection 11, geometry 22 names before, plumbing included
+    assert sizes["heads"] <= 10 and sizes["introspection"] <= 10 and sizes["geometry"] <= 11, sizes
+    assert max(sizes.values()) <= 12, sizes
+    assert not off_surface_imports(SOURCES)
+    import importlib
+
+    for pkg, names in surfaces.items():  # every exported name exists
+        mod = importlib.import_module(pkg)
+        assert all(hasattr(mod, n) for n in names), pkg
+
+
+def test_off_surface_checker_reports_a_planted_import():
+    planted = {"p": ('from p.m import a, b\n__all__ = ["a"]\n', True), "p.m": ("a = b = 1\n", False),
+               "p.sub": ("", False), "q": ("from p import a, b, sub\n", False)}
+    assert off_surface_imports(planted) == ["q: from p import b"]

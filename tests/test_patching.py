@@ -10,8 +10,9 @@ import torch
 from emoscope.errors import InputError, PositionError
 from emoscope.models.batching import eos_ids
 from emoscope.models.interventions import PositionTracker, ReplaceHook, installed
-from emoscope.patching import PatchSweep, align_from_end, class_mean, parse_positions, record_states
-from emoscope.patching.positions import parse_position_list
+from emoscope.patching import PatchSweep
+from emoscope.patching.positions import align_from_end, parse_position_list, parse_positions
+from emoscope.patching.record import class_mean, record_states
 from emoscope.patching.sweep import step1_token_sets
 
 from .conftest import tiny_model

@@ -18,7 +18,6 @@ __all__ = [
     "as_matrix",
     "as_labels",
     "as_layer_dict",
-    "check_same_rows",
     "class_rows",
     "unit",
     "numeric_vector",
@@ -54,16 +53,6 @@ def as_labels(labels: Any, n: int | None = None, name: str = "labels") -> np.nda
     if n is not None and arr.shape[0] != n:
         raise InputError(f"{name} has {arr.shape[0]} entries but the activations have {n} rows")
     return arr.astype(str)
-
-
-def check_same_rows(n: int, **arrays: Any) -> None:
-    """Raise InputError when any of the named 1-D inputs does not have ``n`` entries."""
-    for key, value in arrays.items():
-        if value is None:
-            continue
-        m = len(value)
-        if m != n:
-            raise InputError(f"{key} has {m} entries but the activations have {n} rows")
 
 
 def as_layer_dict(acts: Any, name: str = "acts_by_layer") -> dict[int, np.ndarray]:

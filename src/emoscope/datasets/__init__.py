@@ -24,7 +24,6 @@ from emoscope.datasets._catalog import builtin_names, list_datasets, load_datase
 from emoscope.datasets._dataset import Dataset
 from emoscope.datasets._readers import DataWarning
 from emoscope.datasets._words import (
-    ControlQuestion,
     WordEntry,
     find_words,
     load_control_questions,
@@ -42,8 +41,6 @@ __all__ = [
     "load_control_questions",
     "load_forbidden_words",
     "WordEntry",
-    "ControlQuestion",
-    # helpers other packages use: the names of the built-ins, whole-word matching
     "builtin_names",
     "find_words",
 ]

@@ -14,7 +14,6 @@ been fed through the model too.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +211,3 @@ def summarise_lengths(el: Elicited) -> dict[str, dict[str, float]]:
         out[lab] = {"n": int(arr.size), "mean": round(float(arr.mean()), 2), "sd": round(float(arr.std()), 2),
                     "min": int(arr.min()), "max": int(arr.max())}
     return out
-
-
-def status_counts(el: Elicited) -> Counter:
-    return Counter(s.split(":")[0] for s in el.status)

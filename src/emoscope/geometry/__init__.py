@@ -8,47 +8,27 @@ cross-model alignment fitted on neutral text with a shuffled-pairing control.
 [[1.0, 0.0], [0.0, 1.0]]
 """
 
-from emoscope.geometry.alignment import (
-    AlignmentResult,
-    LinearMap,
-    evaluate_alignment,
-    lstsq_align,
-    procrustes_align,
-)
-from emoscope.geometry.cka import cka_matrix, debiased_cka
+from emoscope.geometry.alignment import evaluate_alignment, lstsq_align, procrustes_align
+from emoscope.geometry.cka import debiased_cka
 from emoscope.geometry.cosine import (
-    CosineNull,
-    LengthControlledCosines,
     anisotropy,
     cosine_matrix,
     cosine_null,
     length_controlled_cosines,
 )
-from emoscope.geometry.crossmodel import compare_vectors, fit_neutral_maps
-from emoscope.geometry.emotion_space import denoise_vectors, emotion_space, load_valence_arousal
-from emoscope.geometry.subspace import EmotionPCA, emotion_pca, linear_cka, principal_angles
+from emoscope.geometry.emotion_space import emotion_space
+from emoscope.geometry.subspace import emotion_pca, principal_angles
 
 __all__ = [
     "cosine_matrix",
     "cosine_null",
-    "CosineNull",
     "length_controlled_cosines",
-    "LengthControlledCosines",
     "anisotropy",
     "principal_angles",
-    "linear_cka",
     "emotion_pca",
-    "EmotionPCA",
-    "LinearMap",
     "procrustes_align",
     "lstsq_align",
     "evaluate_alignment",
-    "AlignmentResult",
     "debiased_cka",
-    "cka_matrix",
-    "fit_neutral_maps",
-    "compare_vectors",
     "emotion_space",
-    "load_valence_arousal",
-    "denoise_vectors",
 ]

@@ -1,6 +1,6 @@
 """Debiased linear CKA: representational similarity that stays honest when n is close to d.
 
-Plain linear CKA (``emoscope.geometry.linear_cka``) uses the biased HSIC estimator; with
+Plain linear CKA (``emoscope.geometry.subspace.linear_cka``) uses the biased HSIC estimator; with
 about as many inputs as features, two *independent* random representations already score far
 above 0 (the centred Gram matrices share their diagonal). The unbiased HSIC estimator of Song
 et al. (2012), used for CKA by Nguyen, Raghu and Kornblith (2021), removes that bias:

@@ -18,32 +18,18 @@ The hooks themselves live in ``emoscope.models.head_outputs`` (``head_outputs``,
 
 from __future__ import annotations
 
-from emoscope.heads.effects import effect_table, seed_spread
-from emoscope.heads.screen import ScreenResult, head_projections, screen_heads
-from emoscope.heads.select import HeadSpec, check_heads, parse_heads, random_head_sets
-from emoscope.heads.sweep import (
-    HeadConfig,
-    HeadSweep,
-    HeadSweepResult,
-    mean_head_outputs,
-    plan_configs,
-    record_head_outputs,
-)
+from emoscope.heads.effects import effect_table
+from emoscope.heads.screen import screen_heads
+from emoscope.heads.select import parse_heads, random_head_sets
+from emoscope.heads.sweep import HeadSweep, mean_head_outputs, plan_configs, record_head_outputs
 
 __all__ = [
     "screen_heads",
-    "head_projections",
-    "ScreenResult",
-    "HeadSweep",
-    "HeadSweepResult",
-    "HeadConfig",
+    "parse_heads",
+    "random_head_sets",
     "plan_configs",
     "mean_head_outputs",
     "record_head_outputs",
+    "HeadSweep",
     "effect_table",
-    "seed_spread",
-    "HeadSpec",
-    "parse_heads",
-    "check_heads",
-    "random_head_sets",
 ]

@@ -25,25 +25,15 @@ from __future__ import annotations
 from emoscope.introspection.concepts import concept_vectors
 from emoscope.introspection.freetext import grade_answer, run_free_text
 from emoscope.introspection.measure import yes_no_diff
-from emoscope.introspection.sweep import (
-    DEFAULT_LAYERS,
-    DEFAULT_STRENGTHS,
-    InjectionResult,
-    InjectionSweep,
-    run_sweep,
-)
-from emoscope.introspection.trials import Trial, build_trials
+from emoscope.introspection.sweep import InjectionSweep, run_sweep
+from emoscope.introspection.trials import build_trials
 
 __all__ = [
     "InjectionSweep",
-    "InjectionResult",
     "run_sweep",
-    "concept_vectors",
     "build_trials",
-    "Trial",
+    "concept_vectors",
     "yes_no_diff",
     "run_free_text",
     "grade_answer",
-    "DEFAULT_LAYERS",
-    "DEFAULT_STRENGTHS",
 ]

@@ -22,9 +22,9 @@ Single forward passes with a recorded source are ``emoscope.steering.replace_res
 
 from __future__ import annotations
 
-from emoscope.patching.positions import PatchPositions, align_from_end, parse_positions
-from emoscope.patching.record import class_mean, record_states
-from emoscope.patching.sweep import PAIRINGS, PatchPlan, PatchResult, PatchSweep
+from emoscope.patching.sweep import PatchResult, PatchSweep
 
-__all__ = ["PatchSweep", "PatchResult", "PatchPlan", "PAIRINGS", "PatchPositions", "parse_positions",
-           "align_from_end", "record_states", "class_mean"]
+__all__ = [
+    "PatchSweep",
+    "PatchResult",
+]

@@ -15,7 +15,7 @@ from emoscope.vectors.concept import ConceptVector
 from emoscope.vectors.estimators import DiffMeans, PCADiff, ProbeDirection, TokenDiff
 from emoscope.vectors.fit import fit_vectors
 from emoscope.vectors.preprocess import Centerer, LengthNormalizer, NeutralNullspace
-from emoscope.vectors.strength import StrengthUnit, measure_unit
+from emoscope.vectors.strength import measure_unit
 
 __all__ = [
     "ConceptVector",
@@ -28,5 +28,4 @@ __all__ = [
     "Centerer",
     "NeutralNullspace",
     "measure_unit",
-    "StrengthUnit",
 ]
