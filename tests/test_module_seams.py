@@ -385,3 +385,35 @@ def test_off_surface_checker_reports_a_planted_import():
     planted = {"p": ('from p.m import a, b\n__all__ = ["a"]\n', True), "p.m": ("a = b = 1\n", False),
                "p.sub": ("", False), "q": ("from p import a, b, sub\n", False)}
     assert off_surface_imports(planted) == ["q: from p import b"]
+
+
+# ---------------------------------------------------------------- names
+
+def name_clashes(sources: Mapping[str, tuple[str, bool]], root: str = ROOT) -> list[str]:
+    """Modules named like a package of ``root`` they do not belong to (``models/heads.py`` beside
+    the ``heads`` package)."""
+    packages = {m.split(".")[1] for m, (_, is_pkg) in sources.items() if is_pkg and m.count(".") == 1}
+    return sorted(m for m, (_, is_pkg) in sources.items()
+                  if not is_pkg and m.count(".") >= 2 and m.rsplit(".", 1)[1] in packages
+                  and m.split(".")[1] != m.rsplit(".", 1)[1])
+
+
+def test_no_module_is_named_like_another_package():
+    # the three shims, for one release
+    assert name_clashes(SOURCES) == ["emoscope.core.placebo", "emoscope.models.heads", "emoscope.probing.report"]
+    assert all(old in RENAMED for old in name_clashes(SOURCES))
+    planted = {"p": ("", True), "p.heads": ("", True), "p.models": ("", True), "p.models.heads": ("", False),
+               "p.heads.heads": ("", False), "p.heads.decode": ("", False)}
+    assert name_clashes(planted, root="p") == ["p.models.heads"]
+
+
+def test_every_stage_lives_in_a_stage_module():
+    """``core/stages.yaml`` names each stage's module: ``stage.py``, or ``<name>_stage.py`` where a
+    package holds more than one stage."""
+    import yaml
+
+    catalog = yaml.safe_load((SRC / ROOT / "core" / "stages.yaml").read_text(encoding="utf-8"))
+    modules = {name: entry["module"] for name, entry in catalog.items()}
+    assert len(modules) >= 13 and all(m in SOURCES for m in modules.values()), modules
+    bad = {n: m for n, m in modules.items() if not (m.endswith(".stage") or m.endswith("_stage"))}
+    assert not bad, bad
