@@ -8,7 +8,8 @@ directory as the working directory, so every ``runs/...`` of the README lands un
 
 - A block right after the line ``<!-- readme-test: real -->`` runs exactly as written on the
   embedded model (``test_real_blocks_run_as_written``, marked ``real``): the first walk and its
-  audit. Those blocks run in order in one directory, so a later one reads an earlier one's runs.
+  audit. Those blocks run in order in one directory, so a later one reads an earlier one's runs,
+  with the default ``$EMOSCOPE_CACHE`` (where the embedded model's dequantised weights are).
 - Every other block runs on tiny random models (``test_block_runs_on_tiny_models``, one test per
   block, each in a fresh directory): the embedded aliases are replaced by directories holding
   tiny models of the same
