@@ -152,7 +152,7 @@ PATCH_CELLS = [(3, "last"), (3, "all"), (5, "last"), (5, "all")]
 
 
 def patching_table(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, n_prompts: int = 40,
-                   k: int = 10):
+                   k: int = 16):
     """A patch sweep table: the source patch (the decoy), a neutral patch and ``k`` isotropic random
     patches per cell, every patch with its own ``tau * D`` effect per cell (the neutral one too)."""
     from emoscope.patching.effects import cell_table  # noqa: F401  (the stage's own tables read this schema)
@@ -183,7 +183,7 @@ def patching_table(rng: np.random.Generator, *, tau: float, dist: str, plant: fl
     return PatchResult(table=t, cells=pd.DataFrame(), target="target", thresholds=RegimeThresholds(), meta=meta)
 
 
-def patching_run(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, k: int = 10,
+def patching_run(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, k: int = 16,
                  test: str = "interval") -> list:
     from emoscope.patching.findings import patching_findings
 

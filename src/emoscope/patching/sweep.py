@@ -135,7 +135,7 @@ class PatchSweep:
     def __init__(self, model: Any, sources: Sequence[str], targets: Sequence[str], layers: Any,
                  positions: Sequence[str] | str = ("last",), *, source_name: str = "source",
                  neutral: Sequence[str] | None = None, neutral_name: str = "neutral", pairing: str = "class_mean",
-                 generated: bool = False, max_new_tokens: int = 32, n_random: int = 10, seed: int = 0,
+                 generated: bool = False, max_new_tokens: int = 32, n_random: int = 16, seed: int = 0,
                  chat: bool | str = "auto", self_rows: bool = True, scorers: Sequence[str | tuple] = DEFAULT_SCORERS,
                  target: str | None = None, thresholds: RegimeThresholds | None = None, batch_rows: int = 256,
                  record_batch: int = 32, share_prefix: bool = True, progress: bool = True, execution: Any = None,
