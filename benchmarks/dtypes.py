@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--emotion", default="anger")
     ap.add_argument("--n-prompts", type=int, default=4)
-    ap.add_argument("--n-random", type=int, default=2, help="random vectors per kind (--claim: the default, 10)")
+    ap.add_argument("--n-random", type=int, default=2, help="random vectors per kind (--claim: the steer default)")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="(--claim: the default, 32)")
     ap.add_argument("--claim", action="store_true", help="the claim-sized sweep: 40 prompts, defaults otherwise")
     ap.add_argument("--demo", action="store_true", help="the demo spec instead of one steering run")
