@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emoscope.core.stages import StageResult, register_stage
 from emoscope.errors import InputError
-from emoscope.models.shape import known_depth
+from emoscope.models.shape import resolve_layers_unloaded
 
 if TYPE_CHECKING:
     from emoscope.runs.context import RunContext
@@ -147,23 +147,6 @@ def target_prompts(opts: PatchOptions) -> list[str]:
     return None
 
 
-class _Depth:
-    """Stands in for a model when only its depth is known: the model's own layer resolution."""
-
-    def __init__(self, name: str, n_layers: int) -> None:
-        self.name, self.n_layers = name, n_layers
-
-    def check_layer(self, layer: int) -> int:
-        from emoscope.models.standard import StandardModel
-
-        return StandardModel.check_layer(self, layer)  # type: ignore[arg-type]
-
-    def resolve_layers(self, layers: Any) -> list[int]:
-        from emoscope.models.standard import StandardModel
-
-        return StandardModel.resolve_layers(self, layers)  # type: ignore[arg-type]
-
-
 def check_patch(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.Spec; the spec's dataset is not used
     """Before any model loads: the source class, the neutral source, the targets, the positions
     and (when the model's depth is known without loading it) the layers."""
@@ -178,9 +161,7 @@ def check_patch(spec, dataset) -> None:  # noqa: ANN001, ARG001 - emoscope.runs.
     resolve_neutral(opts)
     target_prompts(opts)
     parse_position_list(opts.positions)
-    depth = known_depth(spec.model)
-    if depth is not None:
-        _Depth(spec.model, depth).resolve_layers(opts.layers)
+    resolve_layers_unloaded(spec.model, opts.layers)  # a layer past a model of known depth: one line, now
 
 
 @register_stage("patch", options_model=PatchOptions, check=check_patch,
