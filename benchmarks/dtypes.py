@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None, help="keep the two run directories under this folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="the tiny random model, a few rows: checks it runs")
+    ap.add_argument("--only", choices=DTYPES, default=None,
+                    help="run one dtype and time it, with no comparison (bf16 where it is emulated takes hours "
+                         "at claim size)")
     ap.add_argument("--dtype", default=None, help=argparse.SUPPRESS)  # run_all passes it; both dtypes run here
     ap.add_argument("--out", default="bench-results/dtypes.json")
     args = ap.parse_args(argv)
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--n-prompts", "3", "--n-random", "2", "--max-new-tokens", "4", "--random-kind", "isotropic",
                  "--dataset", _small_dataset(root)]
     times, runs = {}, {}
-    for dt in DTYPES:
+    dtypes = (args.only,) if args.only else DTYPES
+    for dt in dtypes:
         runs[dt] = root / dt
         shutil.rmtree(runs[dt], ignore_errors=True)
         if args.demo:
@@ -128,21 +132,22 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{dt}: {' '.join(argv_dt)}")
         times[dt] = _run(argv_dt, runs[dt])
         _say(f"{dt}: {times[dt][0]:.1f} s wall, {times[dt][1]:.1f} s CPU")
-    result = compare(runs["float32"], runs["bfloat16"])
+    result = compare(runs["float32"], runs["bfloat16"]) if len(dtypes) == 2 else None
     from emoscope.models import load_model
 
     rates = rates_for(load_model(model), 256, min_seconds=0.05 if args.smoke else 0.5)
     payload = {
         "benchmark": "dtypes", "smoke": args.smoke, "model": model, "workload": "demo" if args.demo else "steer",
         "n_prompts": None if args.demo else (3 if args.smoke else n_prompts),
-        "seconds": {dt: round(times[dt][0], 2) for dt in DTYPES},
-        "cpu_seconds": {dt: round(times[dt][1], 2) for dt in DTYPES},
-        "bf16_speedup": times["float32"][0] / times["bfloat16"][0], "matmul_gflops_256_rows": rates,
-        "comparison": result,
-        "summary": summary(f"{'demo' if args.demo else 'steer run'} in bfloat16 (baseline: the same in float32)",
-                           times["bfloat16"][0], {"float32": times["float32"][0]}, None),
+        "seconds": {dt: round(times[dt][0], 2) for dt in dtypes},
+        "cpu_seconds": {dt: round(times[dt][1], 2) for dt in dtypes},
+        "bf16_speedup": times["float32"][0] / times["bfloat16"][0] if len(dtypes) == 2 else None,
+        "matmul_gflops_256_rows": rates, "comparison": result,
+        "summary": (summary(f"{'demo' if args.demo else 'steer run'} in bfloat16 (baseline: the same in float32)",
+                            times["bfloat16"][0], {"float32": times["float32"][0]}, None) if len(dtypes) == 2
+                    else f"{'demo' if args.demo else 'steer run'} in {dtypes[0]}: {times[dtypes[0]][0]:.1f} s"),
         "load_average": [load0, load_avg()], "machine": machine(),
-        "runs": {dt: str(runs[dt]) for dt in DTYPES} if args.keep else None,
+        "runs": {dt: str(runs[dt]) for dt in dtypes} if args.keep else None,
     }
     write_json(args.out, payload)
     if not args.keep:

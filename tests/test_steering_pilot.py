@@ -13,6 +13,7 @@ import pytest
 
 from emoscope.steering.pilot import (
     LADDER,
+    PILOT_PROMPTS,
     break_points,
     check_strengths,
     grid_from_breaks,
@@ -193,12 +194,14 @@ def test_steer_auto_sweeps_the_pilot_grid_and_placebo_uses_it_too(tmp_path, monk
     assert sorted(set(out.strength[out.kind == "vector"])) == grid
     assert set(pilot.layer) == {1, 2} and pilot.groupby(["layer", "strength"]).size().max() == 1
     assert {(int(r.layer), int(np.sign(r.strength))): r.break_point for r in pilot.itertuples()} == PLANT
-    # the pilot ran on the 4 prompts after the sweep's 3 (none of them in the sweep)
+    # the pilot ran on the PILOT_PROMPTS prompts after the sweep's 3 (none of them in the sweep)
     from emoscope.datasets import load_texts
 
     every = [t for t in load_texts("neutral-starts") if t.strip()]
-    assert pilots == [every[3:7]] and not set(pilots[0]) & set(out.prompt)
+    assert pilots == [every[3:3 + PILOT_PROMPTS]] and not set(pilots[0]) & set(out.prompt)
     m = rd.read_manifest().stages["steer"]
+    # for as many tokens as the sweep generates (the spec's max_new_tokens: 4), not a fixed short pilot
+    assert any(f"({PILOT_PROMPTS} prompts x 4 tokens" in n for n in m.notes)
     assert any(n.startswith("strengths auto: grid -1, -0.5") for n in m.notes)
     assert m.metrics["pilot_seconds"] > 0 and m.metrics["strengths_auto"] == ",".join(f"{s:g}" for s in grid)
     # placebo: the decoys run over the grid the pilot chose for the vector

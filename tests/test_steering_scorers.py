@@ -180,3 +180,65 @@ def test_regime_switches_name_where_each_regime_takes_over():
     lines = regime_switches(pd.DataFrame(rows))
     assert lines == ["layer 3: intact up to |strength| 0.25; explosive from |strength| 1; repetitive collapse from |strength| 4",
                      "layer 7: broken at every strength tried; explosive from |strength| 0.25; never mostly repetitive collapse"]
+
+
+def _gemma_like_table():
+    """8 prompts, as gemma3-270m at 32 tokens: prompts 2, 6 and 7 loop with no steering and go on
+    looping at every strength; prompt 0 is borderline and tips into a loop at any strength; the
+    others stay intact below 0.25 and turn explosive from 0.25."""
+    rows = []
+    for p in range(8):
+        looped = p in (2, 6, 7)
+        rows.append(dict(kind="baseline", layer=-1, strength=0.0, prompt_id=p, seed=0,
+                         regime="repetitive collapse" if looped else "no effect"))
+        for s in (0.0625, 0.125, 0.25, 0.5):
+            for sign in (1, -1):
+                reg = "repetitive collapse" if looped or p == 0 else ("explosive" if s >= 0.25 else "no effect")
+                rows.append(dict(kind="vector", layer=6, strength=sign * s, prompt_id=p, seed=0, regime=reg))
+    return pd.DataFrame(rows)
+
+
+def test_where_steering_breaks_text_is_read_on_prompts_whose_unsteered_output_is_intact():
+    from emoscope.steering.regimes import intact_at_baseline
+
+    df = _gemma_like_table()
+    # counted on every prompt, the loops the model makes by itself call the smallest strength broken
+    assert regime_switches(df.assign(kind=df["kind"].replace("baseline", "other")))[0].startswith(
+        "layer 6: broken at every strength tried")
+    assert regime_switches(df) == ["layer 6: intact up to |strength| 0.125; explosive from |strength| 0.25; never "
+                                   "mostly repetitive collapse (on 5 of 8 prompts: 3 left out, their unsteered "
+                                   "output is already broken)"]
+    assert intact_at_baseline(df).groupby(df["prompt_id"]).all().tolist() == [p not in (2, 6, 7) for p in range(8)]
+
+
+def test_regime_shares_match_a_count_by_hand():
+    """Against a plain loop over random tables: per (layer, strength), the share of each regime among
+    the vector rows whose prompt and seed have an intact baseline row."""
+    from emoscope.steering.regimes import BROKEN, REGIMES, regime_shares
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        rows = []
+        for p in range(5):
+            for seed in (0, 1):
+                rows.append(dict(kind="baseline", layer=-1, strength=0.0, prompt_id=p, seed=seed,
+                                 regime=REGIMES[rng.integers(4)]))
+                for layer in (2, 4):
+                    for s in (-1.0, 0.5, 1.0):
+                        rows.append(dict(kind="vector", layer=layer, strength=s, prompt_id=p, seed=seed,
+                                         regime=REGIMES[rng.integers(4)]))
+        df = pd.DataFrame(rows)
+        good = {(r["prompt_id"], r["seed"]) for r in rows if r["kind"] == "baseline" and r["regime"] not in BROKEN}
+        if not good:  # every unsteered output broken: every prompt counts
+            good = {(r["prompt_id"], r["seed"]) for r in rows}
+        got = regime_shares(df).set_index(["layer", "strength"])
+        for layer in (2, 4):
+            for s in (-1.0, 0.5, 1.0):
+                cell = [r["regime"] for r in rows if r["kind"] == "vector" and r["layer"] == layer
+                        and r["strength"] == s and (r["prompt_id"], r["seed"]) in good]
+                if not cell:
+                    assert (layer, s) not in got.index
+                    continue
+                assert got.loc[(layer, s), "n"] == len(cell)
+                for reg in REGIMES:
+                    assert got.loc[(layer, s), reg] == pytest.approx(cell.count(reg) / len(cell))

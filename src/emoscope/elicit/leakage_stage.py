@@ -87,7 +87,7 @@ def leakage_stage(ctx: RunContext) -> StageResult:
         if strengths == AUTO:  # positive strengths below and past where this vector breaks at this layer
             pilot = run_pilot(model, vecs[e], [layer], pilot_prompts(every, len(prompts)), unit=opts.unit,
                               chat=opts.chat and model.has_chat_template, scorers=scorers, seed=ctx.seed,
-                              execution=ctx.execution)
+                              max_new_tokens=opts.max_new_tokens, execution=ctx.execution)
             strengths = [s for s in pilot.grid if s > 0]  # the sweep runs the negated vector at each
             pilots.append(pilot.table.assign(emotion=e))
             for line in pilot.notes():

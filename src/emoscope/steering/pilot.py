@@ -3,13 +3,17 @@ strength grid of the sweep is built around that point.
 
 The pilot is one small batched ``SteeringSweep``: the vector and its negation at each layer over a
 geometric ladder of strengths (``LADDER``, 1/16 .. 4 in the sweep's unit, doubling), on a few
-prompts (``PILOT_PROMPTS``) and few tokens (``PILOT_TOKENS``), greedy, with no random controls and
-only the scorers the broken regimes read (repetition, perplexity, script; ``REGIME_SCORERS``).
-Every output gets its regime from the sweep's own rules (``regimes.classify_regimes``).
+prompts (``PILOT_PROMPTS``), greedy, with no random controls and only the scorers the broken
+regimes read (repetition, perplexity, script; ``REGIME_SCORERS``). It generates as many tokens as
+the sweep will (``max_new_tokens``): a loop that shows only after 16 tokens is a break the sweep
+sees, so a shorter pilot places the break too high (gemma3-270m, at 16 tokens, looked intact at
+strengths where at 32 it loops). Every output gets its regime from the sweep's own rules
+(``regimes.classify_regimes``), and the shares are read as the sweep reads them
+(``regimes.regime_shares``).
 
 **Break point** of a layer and sign: the smallest rung from which on a strict majority of the
 pilot outputs is broken (repetitive collapse or explosive, ``regimes.BROKEN``) at that rung *and
-every larger one tried*. A lone broken rung below an intact one is the noise of four prompts, not
+every larger one tried*. A lone broken rung below an intact one is the noise of a few prompts, not
 the break. Prompts whose unsteered output is already broken tell nothing about where steering
 breaks it and are left out of the shares. A layer and sign that never breaks on the ladder has no
 break point (the note says so).
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BeforeValidator
 
-from emoscope.steering.regimes import BROKEN, RegimeThresholds
+from emoscope.steering.regimes import BROKEN, RegimeThresholds, regime_shares
 
 __all__ = ["AUTO", "Strengths", "check_strengths", "LADDER", "PILOT_PROMPTS", "PILOT_TOKENS", "REGIME_SCORERS",
            "Pilot", "run_pilot", "break_points", "grid_from_breaks", "pilot_prompts"]
@@ -49,8 +53,8 @@ __all__ = ["AUTO", "Strengths", "check_strengths", "LADDER", "PILOT_PROMPTS", "P
 AUTO = "auto"
 #: the pilot's strengths (in the sweep's unit), doubling: 1/16 .. 4
 LADDER = tuple(2.0 ** k for k in range(-4, 3))
-PILOT_PROMPTS = 4
-PILOT_TOKENS = 16  # enough words (>= RegimeThresholds.min_words) for the repetition rules to apply
+PILOT_PROMPTS = 6  # a small model loops unsteered on about one prompt in four; those are left out
+PILOT_TOKENS = 32  # the sweep's default max_new_tokens; the stage passes the sweep's own
 #: the scorers whose columns the broken regimes read, and the column each gives the pilot's target
 REGIME_SCORERS = {"script": "script_leakage", "repetition": "rep4", "perplexity": "perplexity"}
 _BELOW = 3  # grid strengths below the smallest break point, each half the next
@@ -240,16 +244,12 @@ def run_pilot(model: Any, vector: Any, layers: Sequence[int], prompts: Sequence[
     t = res.table
     base = t[t["kind"] == "baseline"]
     ok = set(base.loc[~base["regime"].isin(BROKEN), "prompt_id"])
-    vec = t[(t["kind"] == "vector") & t["prompt_id"].isin(ok)]
-    rows = []
-    for (layer, s), g in vec.groupby(["layer", "strength"]):
-        reg = g["regime"]
-        rows.append({"layer": int(layer), "strength": float(s), "n": int(g["prompt_id"].nunique()),
-                     "intact_share": float((~reg.isin(BROKEN)).mean()),
-                     "collapse_share": float((reg == "repetitive collapse").mean()),
-                     "explosive_share": float((reg == "explosive").mean())})
-    table = pd.DataFrame(rows, columns=["layer", "strength", "n", "intact_share", "collapse_share",
-                                        "explosive_share"])
+    shares = regime_shares(t, "vector")  # on the prompts whose unsteered output is intact
+    table = pd.DataFrame({"layer": shares["layer"].astype(int), "strength": shares["strength"].astype(float),
+                          "n": shares["n"].astype(int),
+                          "intact_share": 1.0 - shares[list(BROKEN)].sum(axis=1),
+                          "collapse_share": shares["repetitive collapse"], "explosive_share": shares["explosive"]},
+                         columns=["layer", "strength", "n", "intact_share", "collapse_share", "explosive_share"])
     if ok:
         breaks = break_points(table)
     else:  # every unsteered output already broken: nothing to measure the break against

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from emoscope.core.figures import new_figure
-from emoscope.steering.regimes import RANDOM_KINDS, REGIMES, random_rows
+from emoscope.steering.regimes import RANDOM_KINDS, REGIMES, intact_at_baseline, random_rows
 
 __all__ = ["dose_response_figure", "regime_map_figure", "REGIME_COLORS", "RANDOM_COLORS"]
 
@@ -69,10 +69,12 @@ def dose_response_figure(result: Any) -> Any:
 
 
 def regime_map_figure(result: Any, kinds: tuple[str, ...] = ("vector", "random")) -> Any:
-    """Layer x strength grid coloured by the most common regime, with its share written in."""
+    """Layer x strength grid coloured by the most common regime, with its share written in, on the
+    prompts whose unsteered output is intact (``regimes.intact_at_baseline``)."""
     from matplotlib.patches import Patch
 
     t = result.table
+    t = t[intact_at_baseline(t)]  # where steering breaks text: prompts whose unsteered output is intact
     kinds = tuple(k for k in kinds if (t["kind"] == k).any())
     fig = new_figure(4.0 * max(1, len(kinds)), 0.5 + 0.5 * max(2, t["layer"].nunique()), layout="constrained")
     axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]

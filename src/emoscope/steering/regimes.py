@@ -35,6 +35,13 @@ against isotropic ones when the sweep ran them (the conventional control), the `
 against covariance-matched ones. ``p_bonferroni`` corrects ``p_value`` over every cell tried; a
 finding does not use it: it chooses its cell on half the prompts and reports the other half
 (``emoscope.steering.findings``).
+
+**Where steering breaks text** (``regime_shares``, ``regime_switches``, the pilot of
+``strengths: auto``) is read on the prompts whose unsteered output is intact
+(``intact_at_baseline``). A small model loops on some prompts with no steering at all (gemma3-270m
+repeats itself on 2 of the 8 default prompts at 32 tokens); counting those outputs as "broken by
+steering" calls every strength broken, down to the smallest. The rows themselves keep their regime:
+the fluency filter and every statistic read all prompts as before.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ from emoscope.core.stats import (
     unpaired_test,
 )
 
-__all__ = ["RegimeThresholds", "REGIMES", "BROKEN", "MIN_MEAN_TOKENS", "RANDOM_KINDS", "classify_regimes", "regime_switches", "success_table",
+__all__ = ["RegimeThresholds", "REGIMES", "BROKEN", "MIN_MEAN_TOKENS", "RANDOM_KINDS", "classify_regimes", "regime_switches",
+           "regime_shares", "intact_at_baseline", "success_table",
            "random_rows", "judged_kind", "paired_effects", "prompt_effects"]
 
 REGIMES = ("no effect", "surgical", "repetitive collapse", "explosive")
@@ -115,17 +123,68 @@ def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds
     return pd.Series(out, index=df.index, name="regime")
 
 
+def intact_at_baseline(df: pd.DataFrame) -> pd.Series:
+    """Per row: whether the unsteered output of its prompt (and seed) is intact, i.e. whether the
+    row can show steering breaking text. All true when the table has no baseline rows, or when every
+    unsteered output is broken (then nothing is left to compare, and every prompt counts).
+
+    >>> df = pd.DataFrame({"kind": ["baseline", "baseline", "vector", "vector"], "prompt_id": [0, 1, 0, 1],
+    ...                    "seed": 0, "regime": ["no effect", "repetitive collapse", "explosive", "explosive"]})
+    >>> intact_at_baseline(df).tolist()
+    [True, False, True, False]
+    """
+    if "kind" not in df or "prompt_id" not in df or "regime" not in df:
+        return pd.Series(True, index=df.index)
+    keys = ["prompt_id", "seed"] if "seed" in df else ["prompt_id"]
+    base = df[df["kind"] == "baseline"]
+    if not len(base):
+        return pd.Series(True, index=df.index)
+    ok = base.loc[~base["regime"].isin(BROKEN), keys]
+    if not len(ok):
+        return pd.Series(True, index=df.index)
+    good = set(map(tuple, ok.to_numpy().tolist()))
+    return pd.Series([tuple(k) in good for k in df[keys].to_numpy().tolist()], index=df.index)
+
+
+def regime_shares(df: pd.DataFrame, kind: str = "vector") -> pd.DataFrame:
+    """Per (``layer``, ``strength``) of the ``kind`` rows: ``n`` outputs counted and the share of each
+    regime, on the prompts whose unsteered output is intact (``intact_at_baseline``).
+
+    >>> df = pd.DataFrame({"kind": ["baseline", "baseline", "vector", "vector"], "layer": [-1, -1, 3, 3],
+    ...                    "strength": [0.0, 0.0, 1.0, 1.0], "prompt_id": [0, 1, 0, 1], "seed": 0,
+    ...                    "regime": ["no effect", "repetitive collapse", "surgical", "repetitive collapse"]})
+    >>> regime_shares(df).to_dict("records")
+    [{'layer': 3, 'strength': 1.0, 'n': 1, 'explosive': 0.0, 'no effect': 0.0, 'repetitive collapse': 0.0, 'surgical': 1.0}]
+    """
+    t = df[(df["kind"] == kind) & intact_at_baseline(df)]
+    counts = t.groupby(["layer", "strength"])["regime"].value_counts().unstack(fill_value=0)
+    counts = counts.reindex(columns=sorted(set(counts.columns) | set(REGIMES)), fill_value=0)
+    n = counts.sum(axis=1)
+    shares = counts.div(n.where(n > 0, 1), axis=0).astype(float)
+    shares.insert(0, "n", n.astype(int))
+    shares.columns.name = None
+    return shares.reset_index()
+
+
 def regime_switches(df: pd.DataFrame, kind: str = "vector") -> list[str]:
     """One line per layer: from which ``|strength|`` on each broken regime (repetitive collapse,
     explosive) is the most common regime of the ``kind`` rows, and the largest ``|strength|``
-    at which most outputs are still intact (no effect or surgical).
+    at which most outputs are still intact (no effect or surgical); on the prompts whose unsteered
+    output is intact (``intact_at_baseline``; the line says how many were left out).
 
     >>> df = pd.DataFrame({"kind": "vector", "layer": 5, "strength": [0.5, 1, 2, -2],
     ...                    "regime": ["surgical", "explosive", "repetitive collapse", "repetitive collapse"]})
     >>> regime_switches(df)
     ['layer 5: intact up to |strength| 0.5; explosive from |strength| 1; repetitive collapse from |strength| 2']
     """
-    t = df[df["kind"] == kind]
+    keep = intact_at_baseline(df)
+    t = df[(df["kind"] == kind) & keep]
+    left_out = ""
+    if not keep.all() and "prompt_id" in df:
+        base = df[df["kind"] == "baseline"]
+        n_out = int((~keep[base.index]).sum())
+        left_out = (f" (on {len(base) - n_out} of {len(base)} prompts: {n_out} left out, their unsteered output "
+                    "is already broken)")
     out = []
     for layer, g in t.groupby("layer"):
         by = g.groupby(g["strength"].abs())["regime"]
@@ -137,7 +196,7 @@ def regime_switches(df: pd.DataFrame, kind: str = "vector") -> list[str]:
         for reg in ("explosive", "repetitive collapse"):
             hit = top[top == reg]
             parts.append(f"{reg} from |strength| {hit.index.min():g}" if len(hit) else f"never mostly {reg}")
-        out.append(f"layer {int(layer)}: " + "; ".join(parts))
+        out.append(f"layer {int(layer)}: " + "; ".join(parts) + left_out)
     return out
 
 

@@ -230,7 +230,7 @@ def _strengths(ctx: RunContext, opts: SteerOptions, layers: list[int], vector) -
     pilot = run_pilot(ctx.model, vector, layers, prompts, unit=opts.unit, positions=opts.positions, mode=opts.mode,
                       chat="auto" if opts.chat else False, scorers=opts.scorers, seed=ctx.seed, seeds=opts.seeds,
                       temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, batch_rows=opts.batch_rows,
-                      execution=ctx.execution, progress=not is_quiet())
+                      max_new_tokens=opts.max_new_tokens, execution=ctx.execution, progress=not is_quiet())
     ctx.write_table("steer_pilot", pilot.table)
     for line in pilot.notes():
         ctx.note(line)

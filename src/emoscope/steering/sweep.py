@@ -49,6 +49,7 @@ from emoscope.steering.regimes import (
     RANDOM_KINDS,
     RegimeThresholds,
     classify_regimes,
+    regime_shares,
     success_table,
 )
 from emoscope.steering.scorers import DEFAULT_SCORERS, words
@@ -92,10 +93,9 @@ class SteeringResult:
     tokens: list[list[int]] = field(default_factory=list)  # new token ids per table row
 
     def regime_shares(self, kind: str = "vector") -> pd.DataFrame:
-        """Share of each regime per (layer, strength) for one kind of row."""
-        t = self.table[self.table["kind"] == kind]
-        return (t.groupby(["layer", "strength"])["regime"].value_counts(normalize=True)
-                .unstack(fill_value=0.0).reset_index())
+        """Share of each regime per (layer, strength) for one kind of row, on the prompts whose
+        unsteered output is intact (``regimes.regime_shares``)."""
+        return regime_shares(self.table, kind)
 
     def dose_response(self) -> pd.DataFrame:
         """Mean target score per (kind, vector, layer, strength); baseline rows have layer -1."""
