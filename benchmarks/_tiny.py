@@ -21,6 +21,22 @@ CHAT_TEMPLATE = (
 )
 
 
+def random_lm(cfg, seed: int = 0):  # noqa: ANN001, ANN201 - a transformers config and model
+    """A causal LM with random float32 weights from ``cfg`` (seeded), every matrix scaled by 4 so the
+    blocks produce distinct, non-trivial states (the default init is small). The one builder of the
+    tiny random models: the benchmarks' ``--smoke`` model and the test suite's (``tests/helpers``)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    return hf
+
+
 def _corpus() -> list[str]:
     from emoscope.datasets import load_control_questions, load_dataset, load_word_list
     from emoscope.introspection.trials import DETECTION_QUESTION, trial_messages
@@ -37,7 +53,6 @@ def _corpus() -> list[str]:
 @functools.cache
 def tiny_model_dir() -> Path:
     """Directory of the tiny chat Llama (built on first call in this process)."""
-    import torch
     import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -54,12 +69,7 @@ def tiny_model_dir() -> Path:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id,
                          pad_token_id=fast.pad_token_id)
-    torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
+    hf = random_lm(cfg)
     hf.save_pretrained(out, safe_serialization=True)
     fast.save_pretrained(out)
     return out

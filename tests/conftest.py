@@ -13,7 +13,7 @@ import functools
 import os
 
 import pytest
-import torch
+from benchmarks._tiny import random_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,19 +68,10 @@ FAMILIES = ["llama", "mistral", "qwen2", "gemma3_text", "gpt2", "gpt_neox", "gpt
 
 @functools.cache
 def tiny_model(family: str):
-    from transformers import AutoModelForCausalLM
-
     from emoscope.models import wrap_model
 
     tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = _configs(len(tok))[family]
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    # Random init is small; scale it up so layers produce distinct, non-trivial states.
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
+    hf = random_lm(_configs(len(tok))[family])  # random init, scaled up so layers differ
     return wrap_model(hf, tok, name=f"tiny-{family}")
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+from benchmarks._tiny import random_lm
 
 from emoscope.activations import parse_position
 from emoscope.datasets import load_control_questions
@@ -90,13 +91,7 @@ def intro_model(family: str = "llama", chat: bool = False):
             vocab_size=len(tok), hidden_size=32, num_layers=3, num_heads=4, window_size=6,
             attention_types=[[["global", "local"], 1], [["global"], 1]], max_position_embeddings=512),
     }[family]()
-    torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    return wrap_model(hf, tok, name=f"intro-{family}{'-chat' if chat else ''}")
+    return wrap_model(random_lm(cfg), tok, name=f"intro-{family}{'-chat' if chat else ''}")
 
 
 QUESTIONS = load_control_questions()[:3]

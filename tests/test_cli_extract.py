@@ -14,16 +14,6 @@ from emoscope.models import load_model
 from tests.conftest import tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny llama saved as a local safetensors directory (exercises the local-dir loader)."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    m = tiny_model("llama")
-    m.hf.save_pretrained(d, safe_serialization=True)
-    m.tokenizer.save_pretrained(d)
-    return d
-
-
 def run_cli(capsys, *argv):
     rc = main(list(argv))
     out, err = capsys.readouterr()

@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+from benchmarks._tiny import random_lm
 
 from emoscope.models.batching import pad_batch, positions_from_mask
 from emoscope.models.head_outputs import head_bias, head_contributions, head_outputs, head_shape
@@ -33,15 +34,9 @@ def wide_gqa_model():
     from emoscope.models import wrap_model
 
     tok = tiny_tokenizer()
-    torch.manual_seed(1)
     cfg = tf.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    return wrap_model(hf, tok, name="tiny-llama-wide-gqa")
+    return wrap_model(random_lm(cfg, seed=1), tok, name="tiny-llama-wide-gqa")
 
 
 def _model(name):
