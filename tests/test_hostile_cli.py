@@ -89,6 +89,16 @@ def test_a_position_past_the_context_is_refused_before_the_texts_are_read(tmp_pa
     assert rc == 2 and "beyond the context of smollm2-135m (8192 tokens)" in err and not out.exists(), err
 
 
+def test_auto_strengths_where_no_pilot_exists_is_refused_naming_where_it_is(tmp_path, capsys, loader_must_not_run):
+    """``--strengths`` is one shared flag; ``auto`` means a pilot of generated text, which introspection
+    (one answer's logits) has not: refused before anything loads, saying where ``auto`` works."""
+    out = tmp_path / "run"
+    rc = main(["-q", "introspect", "--model", "smollm2-135m", "--strengths", "auto", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and not out.exists(), err
+    assert "introspect.strengths" in err and "'auto' is for steer and leakage" in err, err
+
+
 def test_a_text_too_short_once_tokenised_fails_naming_the_text(tiny_dir, tmp_path, capsys, monkeypatch):
     """The byte bound lets ``token:6`` through for a 5-byte text; the tokenizer makes it shorter: the
     stage fails, names the text and the fix, and does not suggest resuming as is."""

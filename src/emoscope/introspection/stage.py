@@ -42,9 +42,9 @@ crosses 0, and the gap) and notes, per layer, the strength its logit lens is dra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emoscope.audit import Control, Finding, Observation
 from emoscope.core.stages import StageResult, register_stage
@@ -86,6 +86,14 @@ class IntrospectOptions(BaseModel):
     allow_other_model: bool = False  # use an `ablate` vector whose metadata names another model
     claim: str | None = None
     decoys: int = Field(default=0, ge=0)  # placebo: N decoy runs, each with every concept replaced by a random vector
+
+    @field_validator("strengths", mode="before")
+    @classmethod
+    def _no_auto(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":  # the shared --strengths flag takes it for steer
+            raise ValueError("takes numbers, such as [1, 2, 4, 8, 16]: 'auto' is for steer and leakage, where a "
+                             "pilot finds the strength at which generated text breaks")
+        return v
 
 
 def _random_note(h: HeldOutFinding, massive: dict[int, list[int]] | None, massive_share: float) -> str:
