@@ -110,6 +110,34 @@ def test_every_entity_chooses_only_among_its_own_fluent_cells_of_the_selection_h
     assert d.held[0] == pytest.approx(float((np.sign(mine.strength) * mine.target_change).mean()))
 
 
+def test_the_fluency_filter_counts_broken_text_only_where_steering_broke_it():
+    """As gemma3-270m: the model loops with no steering on a quarter of the prompts, and those outputs
+    stay looped at every cell. Counted on every prompt, no cell of the selection half is mostly fluent
+    (so every cell, the exploded one too, may be chosen); counted on the prompts whose unsteered
+    output is intact, the filter keeps the fluent cells and drops the exploded one."""
+    df = planted(0.2)
+    loops = df.prompt_id % 4 == 0  # 10 of 40 prompts, at baseline and at every cell, every entity
+    df.loc[loops, "regime"] = "repetitive collapse"
+    # a quarter more of the outputs break at every cell: 50% broken on every prompt, 33% on the rest
+    df.loc[(df.prompt_id % 4 == 1) & (df.kind != "baseline"), "regime"] = "repetitive collapse"
+    boom = (df.kind == "vector") & (df.layer == 5) & (df.strength == 2.0) & (df.prompt_id % 4 >= 2)
+    df.loc[boom, "target_change"] += 1.0  # the largest effect, on exploded text
+    df.loc[boom, "regime"] = "explosive"
+    ent = entity_table(df, "joy", ["isotropic"])
+    assert np.isnan(ent.broken[:, ::4, :]).all()  # the prompts that loop unsteered are not counted
+    # by hand: on the other 30 prompts, a cell's broken share is the share of its rows in BROKEN
+    rows = df[(df.vector == "joy") & (df.layer == 5) & (df.strength == 2.0) & (df.prompt_id % 4 != 0)]
+    by_prompt = rows.groupby("prompt_id")["regime"].apply(lambda r: r.isin(["repetitive collapse", "explosive"]).mean())
+    c = ent.cells.index((5, 2.0))
+    assert np.allclose(ent.broken[0, [i for i in range(40) if i % 4], c], by_prompt.to_numpy())
+    d = search_draws(ent, seed=3)
+    assert d.n_candidates == d.n_cells - 1 and (d.layer, d.strength) != (5, 2.0) and d.layer == 5
+    # the old count (every prompt): every cell at or above one half broken, so every cell a candidate
+    old = search_draws(entity_table(df.assign(kind=df.kind.replace("baseline", "unsteered")), "joy",
+                                    ["isotropic"]), seed=3)
+    assert old.n_candidates == old.n_cells and (old.layer, old.strength) == (5, 2.0)
+
+
 def test_a_decoy_with_a_direction_of_its_own_does_not_ship_where_a_per_prompt_test_would():
     """The candidate is one more random vector: every entity has an effect of its own per cell
     (tau = 1 x the prompt noise), 40 prompts, 10 draws per kind, 200 sweeps. Judged by the draws,

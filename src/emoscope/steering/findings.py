@@ -12,7 +12,9 @@ cell that was chosen. So the unit of the random control is the draw (``emoscope.
    negative one).
 2. The prompts are split at random (``seed``) into a selection half and a report half. Each entity
    chooses, on the selection half, its best cell among the cells whose *own* outputs there mostly
-   stay fluent (collapsed plus explosive share below ``MAX_BROKEN``; every cell when none is), and
+   stay fluent (collapsed plus explosive share below ``MAX_BROKEN``, counted on the prompts whose
+   unsteered output is intact, ``regimes.intact_at_baseline``: a prompt the model loops on with no
+   steering says nothing about whether steering broke it; every cell when none is fluent), and
    its value is its mean on the report half at that cell. The vector's value is the candidate;
    each random vector's value is one sample of the null.
 3. ``random_vectors``: the candidate against the draws of each kind that ran
@@ -52,6 +54,7 @@ from emoscope.steering.regimes import (
     BROKEN,
     MIN_MEAN_TOKENS,
     RANDOM_KINDS,
+    intact_at_baseline,
     judged_kind,
     random_rows,
 )
@@ -77,7 +80,7 @@ class EntityTable:
     prompts: np.ndarray  # (U,) prompt ids
     cells: tuple[tuple[Any, float], ...]  # (layer, strength) per cell
     values: np.ndarray  # (E, U, C) intended-direction change, mean over seeds
-    broken: np.ndarray  # (E, U, C) share of collapsed or explosive outputs
+    broken: np.ndarray  # (E, U, C) share of collapsed or explosive outputs (NaN: the unsteered output is broken)
 
     def draws_of(self, kind: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.kinds) == kind)
@@ -114,10 +117,13 @@ def entity_table(table: pd.DataFrame, vector: str, kinds: Sequence[str] = RANDOM
     s = np.bincount(flat[fin], weights=signed[ok][fin], minlength=n.size)
     nf = np.bincount(flat[fin], minlength=n.size).astype(float)
     brk = t["regime"].isin(BROKEN).to_numpy(float)[ok] if "regime" in t else np.zeros(int(ok.sum()))
-    b = np.bincount(flat, weights=brk, minlength=n.size)
+    base = table[table["kind"] == "baseline"]  # broken counts where steering broke it, not where it was before
+    counted = intact_at_baseline(pd.concat([base, t])).to_numpy(float)[len(base):][ok]
+    b = np.bincount(flat, weights=brk * counted, minlength=n.size)
+    nb = np.bincount(flat, weights=counted, minlength=n.size)
     with np.errstate(all="ignore"):
         values = np.where(nf > 0, s / np.maximum(nf, 1), np.nan).reshape(shape)
-        broken = np.where(n > 0, b / np.maximum(n, 1), np.nan).reshape(shape)
+        broken = np.where(nb > 0, b / np.maximum(nb, 1), np.nan).reshape(shape)
     return EntityTable(vector, names, tuple(kind_of[nm] for nm in names), prompts, cells, values, broken)
 
 
