@@ -103,7 +103,7 @@ def pilot_prompts(prompts: Sequence[str], n_used: int, k: int = PILOT_PROMPTS) -
     not chosen on the prompts the finding selects its cell on and reports; the first ``k`` when the
     set has no more.
 
-    >>> pilot_prompts(list("abcdefg"), 2), pilot_prompts(list("abc"), 3)
+    >>> pilot_prompts(list("abcdefg"), 2, k=4), pilot_prompts(list("abc"), 3, k=4)
     (['c', 'd', 'e', 'f'], ['a', 'b', 'c'])
     """
     rest = list(prompts[n_used:])
