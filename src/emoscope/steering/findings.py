@@ -117,8 +117,7 @@ def entity_table(table: pd.DataFrame, vector: str, kinds: Sequence[str] = RANDOM
     s = np.bincount(flat[fin], weights=signed[ok][fin], minlength=n.size)
     nf = np.bincount(flat[fin], minlength=n.size).astype(float)
     brk = t["regime"].isin(BROKEN).to_numpy(float)[ok] if "regime" in t else np.zeros(int(ok.sum()))
-    base = table[table["kind"] == "baseline"]  # broken counts where steering broke it, not where it was before
-    counted = intact_at_baseline(pd.concat([base, t])).to_numpy(float)[len(base):][ok]
+    counted = intact_at_baseline(table, t).to_numpy(float)[ok]  # broken where steering broke it, not before
     b = np.bincount(flat, weights=brk * counted, minlength=n.size)
     nb = np.bincount(flat, weights=counted, minlength=n.size)
     with np.errstate(all="ignore"):

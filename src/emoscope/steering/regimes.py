@@ -40,8 +40,9 @@ finding does not use it: it chooses its cell on half the prompts and reports the
 ``strengths: auto``) is read on the prompts whose unsteered output is intact
 (``intact_at_baseline``). A small model loops on some prompts with no steering at all (gemma3-270m
 repeats itself on 2 of the 8 default prompts at 32 tokens); counting those outputs as "broken by
-steering" calls every strength broken, down to the smallest. The rows themselves keep their regime:
-the fluency filter and every statistic read all prompts as before.
+steering" calls every strength broken, down to the smallest. The search's fluency filter counts the
+same way (``steering.findings``). The rows themselves keep their regime, and the ``fluency`` control
+of a chosen cell and every statistic read all prompts as before.
 """
 
 from __future__ import annotations
@@ -123,27 +124,27 @@ def classify_regimes(df: pd.DataFrame, target: str, thresholds: RegimeThresholds
     return pd.Series(out, index=df.index, name="regime")
 
 
-def intact_at_baseline(df: pd.DataFrame) -> pd.Series:
-    """Per row: whether the unsteered output of its prompt (and seed) is intact, i.e. whether the
-    row can show steering breaking text. All true when the table has no baseline rows, or when every
-    unsteered output is broken (then nothing is left to compare, and every prompt counts).
+def intact_at_baseline(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.Series:
+    """Per row of ``rows`` (default: ``df`` itself): whether the unsteered output of its prompt (and
+    seed) in ``df`` is intact, i.e. whether the row can show steering breaking text. All true when
+    ``df`` has no baseline rows, or when every unsteered output is broken (then nothing is left to
+    compare, and every prompt counts).
 
     >>> df = pd.DataFrame({"kind": ["baseline", "baseline", "vector", "vector"], "prompt_id": [0, 1, 0, 1],
     ...                    "seed": 0, "regime": ["no effect", "repetitive collapse", "explosive", "explosive"]})
-    >>> intact_at_baseline(df).tolist()
-    [True, False, True, False]
+    >>> intact_at_baseline(df).tolist(), intact_at_baseline(df, df.iloc[[3]]).tolist()
+    ([True, False, True, False], [False])
     """
+    rows = df if rows is None else rows
+    every = pd.Series(True, index=rows.index)
     if "kind" not in df or "prompt_id" not in df or "regime" not in df:
-        return pd.Series(True, index=df.index)
-    keys = ["prompt_id", "seed"] if "seed" in df else ["prompt_id"]
+        return every
+    keys = ["prompt_id", "seed"] if "seed" in df and "seed" in rows else ["prompt_id"]
     base = df[df["kind"] == "baseline"]
-    if not len(base):
-        return pd.Series(True, index=df.index)
-    ok = base.loc[~base["regime"].isin(BROKEN), keys]
-    if not len(ok):
-        return pd.Series(True, index=df.index)
-    good = set(map(tuple, ok.to_numpy().tolist()))
-    return pd.Series([tuple(k) in good for k in df[keys].to_numpy().tolist()], index=df.index)
+    good = base.loc[~base["regime"].isin(BROKEN), keys]
+    if not len(base) or not len(good):
+        return every
+    return pd.Series(pd.MultiIndex.from_frame(rows[keys]).isin(pd.MultiIndex.from_frame(good)), index=rows.index)
 
 
 def regime_shares(df: pd.DataFrame, kind: str = "vector") -> pd.DataFrame:
