@@ -54,12 +54,15 @@ STEER_STRENGTHS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
 
 
 def steering_table(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, n_prompts: int = 40,
-                   k: int = 16, kinds: tuple[str, ...] = ("isotropic", "covariance"), broken_share: float = 0.1):
+                   k: int = 16, kinds: tuple[str, ...] = ("isotropic", "covariance"), broken_share: float = 0.1,
+                   looping_share: float = 0.0):
     """A steering sweep table: the vector "decoy" and ``k`` random vectors per kind (16, the stage's
     default), 2 layers x 6
     strengths, one seed per prompt. Each entity moves the target by its own ``tau * D`` per cell
     (in the intended direction when positive), prompts by a shared ``0.5 * N(0, 1)`` per cell,
-    plus unit noise; ``broken_share`` of each entity's cells break its text (collapse)."""
+    plus unit noise; ``broken_share`` of each entity's cells break its text (collapse).
+    ``looping_share`` of the prompts loop with no steering (as gemma3-270m does on 2 of 8) and stay
+    looped in every cell of every entity: the fluency filter must not count them."""
     from emoscope.steering import RegimeThresholds, SteeringResult
 
     cells = [(la, s) for la in STEER_LAYERS for s in STEER_STRENGTHS]
@@ -77,10 +80,12 @@ def steering_table(rng: np.random.Generator, *, tau: float, dist: str, plant: fl
     df = pd.DataFrame({"kind": np.array([n[0] for n in names])[e], "vector": np.array([n[1] for n in names])[e],
                        "random_kind": np.array([n[2] for n in names])[e], "layer": lay, "strength": st,
                        "prompt_id": u, "seed": 0, "target_change": np.sign(st) * change.ravel()})
-    df["regime"] = np.where(brk[e, c], "repetitive collapse", "no effect")
+    loops = rng.random(U) < looping_share
+    df["regime"] = np.where(brk[e, c] | loops[u], "repetitive collapse", "no effect")
     df["n_tokens"], df["ppl_ratio"] = 16, np.where(brk[e, c], 5.0, 1.0)
     base = pd.DataFrame({"kind": "baseline", "vector": "baseline", "random_kind": "", "layer": -1, "strength": 0.0,
-                         "prompt_id": np.arange(U), "seed": 0, "target_change": 0.0, "regime": "no effect",
+                         "prompt_id": np.arange(U), "seed": 0, "target_change": 0.0,
+                         "regime": np.where(loops, "repetitive collapse", "no effect"),
                          "n_tokens": 16, "ppl_ratio": 1.0})
     table = pd.concat([base, df], ignore_index=True)
     table["target_score"] = 0.5 + table["target_change"]
@@ -88,10 +93,10 @@ def steering_table(rng: np.random.Generator, *, tau: float, dist: str, plant: fl
 
 
 def steering_run(rng: np.random.Generator, *, tau: float, dist: str, plant: float = 0.0, k: int = 16,
-                 test: str = "interval") -> list:
+                 test: str = "interval", looping_share: float = 0.0) -> list:
     from emoscope.steering.findings import steering_findings
 
-    res = steering_table(rng, tau=tau, dist=dist, plant=plant, k=k)
+    res = steering_table(rng, tau=tau, dist=dist, plant=plant, k=k, looping_share=looping_share)
     findings, _ = steering_findings(res, seed=int(rng.integers(1 << 30)), max_new_tokens=16, n_boot=0, n_seeds=3,
                                     vectors=["decoy"], test=test)
     return findings

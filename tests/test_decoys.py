@@ -83,3 +83,19 @@ def test_the_rank_test_needs_its_draws_and_says_how_many():
     assert rv.passed is None and f.verdict == "needs controls"
     assert "cannot go below 0.167" in rv.note and "at least 20 draws are needed" in rv.note
     assert f.observation.p_floor == pytest.approx(1 / 6)
+
+
+def test_steering_with_prompts_that_loop_unsteered_neither_lets_a_decoy_ship_nor_loses_power():
+    """A quarter of the prompts loop with no steering and stay looped in every cell (gemma3-270m loops
+    on 2 of 8): the search's fluency filter leaves them out of its broken count, the same for the
+    candidate and every draw. A decoy ships at most at the level (200 seeds: 1/200, [0.0001, 0.028]);
+    a candidate 4 draw sds above the draws still ships (50 seeds: 46/50)."""
+    ships, n = _decoy_rate("steering", 80, looping_share=0.25)
+    iv = binomial_interval(ships, n)
+    print(f"\nsteering, 25% of prompts looping unsteered: decoy ships {ships}/{n} [{iv.lo:.3f}, {iv.hi:.3f}]")
+    assert iv.point <= ALPHA and iv.lo <= ALPHA
+    plant = 4.0 * ds.draw_sd("steering", 1.0, "normal", n=8)
+    hits = sum(any(f.verdict == "ships" for f in correct_run(ds.steering_run(
+        np.random.default_rng([22, s]), tau=1.0, dist="normal", plant=plant, looping_share=0.25)).findings)
+        for s in range(25))
+    assert hits / 25 >= 0.8, hits
